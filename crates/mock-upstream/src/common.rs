@@ -1,0 +1,247 @@
+//! Pieces shared by the OpenAI and Anthropic handlers.
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use axum::{
+    body::Body,
+    http::{header, HeaderMap, HeaderValue, StatusCode},
+    response::Response,
+};
+
+use crate::{next_id, LedgerEntry, LedgerSlot, MockConfig, MockState};
+
+/// Which provider API a request targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    Chat,
+    Embeddings,
+    Messages,
+}
+
+impl Api {
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat.completions",
+            Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+        }
+    }
+
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            Api::Chat => "chatcmpl-",
+            Api::Embeddings => "emb-",
+            Api::Messages => "msg_",
+        }
+    }
+
+    /// Provider-specific error body.
+    pub fn error_body(self, status: u16, message: &str) -> Vec<u8> {
+        let body = match self {
+            Api::Chat | Api::Embeddings => {
+                let kind = if (400..500).contains(&status) {
+                    "invalid_request_error"
+                } else {
+                    "server_error"
+                };
+                serde_json::json!({
+                    "error": {"message": message, "type": kind, "param": null, "code": "mock_error"}
+                })
+            }
+            Api::Messages => {
+                let kind = match status {
+                    400 => "invalid_request_error",
+                    401 => "authentication_error",
+                    403 => "permission_error",
+                    404 => "not_found_error",
+                    413 => "request_too_large",
+                    429 => "rate_limit_error",
+                    529 => "overloaded_error",
+                    s if (400..500).contains(&s) => "invalid_request_error",
+                    _ => "api_error",
+                };
+                serde_json::json!({
+                    "type": "error",
+                    "error": {"type": kind, "message": message}
+                })
+            }
+        };
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+/// Unix time in seconds.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Appends a decimal number.
+pub(crate) fn push_num(buf: &mut Vec<u8>, n: u64) {
+    // Writing into a Vec cannot fail.
+    let _ = write!(buf, "{n}");
+}
+
+/// A JSON string literal (quoted and escaped).
+pub(crate) fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| String::from("\"\""))
+}
+
+/// The ledger entry of a request, before its outcome is known.
+pub(crate) fn base_entry(
+    api: Api,
+    id: String,
+    model: &str,
+    headers: &HeaderMap,
+    streamed: bool,
+) -> LedgerEntry {
+    let header_str = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let auth = match api {
+        Api::Messages => header_str("x-api-key").or_else(|| header_str("authorization")),
+        _ => header_str("authorization").or_else(|| header_str("x-api-key")),
+    };
+    LedgerEntry {
+        id,
+        request_id: header_str("x-tollgate-request-id"),
+        api: api.name().to_owned(),
+        model: model.to_owned(),
+        streamed,
+        input_tokens: 0,
+        output_tokens: 0,
+        cached_tokens: 0,
+        reasoning_tokens: 0,
+        usage_reported: false,
+        completed: false,
+        status: 0,
+        auth,
+    }
+}
+
+/// Records `entry` unless the ledger is turned off for this request.
+pub(crate) fn record(st: &MockState, cfg: &MockConfig, entry: LedgerEntry) -> Option<LedgerSlot> {
+    cfg.record_ledger.then(|| st.record(entry))
+}
+
+/// Token plan of a generating request.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    /// Total input, cached included.
+    pub input: u64,
+    /// Cached part of the input.
+    pub cached: u64,
+    /// Generated words.
+    pub words: u64,
+    /// Whether `words` was capped by the request's max tokens.
+    pub truncated: bool,
+}
+
+impl Plan {
+    pub fn new(cfg: &MockConfig, input: u64, max_tokens: Option<u64>) -> Plan {
+        let words = max_tokens.map_or(cfg.output_tokens, |m| m.min(cfg.output_tokens));
+        Plan {
+            input,
+            cached: cfg.cached_tokens.min(input),
+            words,
+            truncated: words < cfg.output_tokens,
+        }
+    }
+}
+
+/// Applies `hang`, `latency_ms` and `error_status`. Returns the response to
+/// send instead of the normal one, if any.
+pub(crate) async fn gate(
+    st: &Arc<MockState>,
+    cfg: &MockConfig,
+    api: Api,
+    entry: &LedgerEntry,
+) -> Option<Response> {
+    if cfg.hang {
+        record(st, cfg, entry.clone());
+        std::future::pending::<()>().await;
+    }
+    if cfg.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(cfg.latency_ms)).await;
+    }
+    let status = cfg.error_status?;
+    let mut e = entry.clone();
+    e.status = status;
+    e.completed = true;
+    record(st, cfg, e);
+    Some(error_response(
+        api,
+        status,
+        "mock upstream error",
+        &entry.id,
+    ))
+}
+
+pub(crate) fn error_response(api: Api, status: u16, message: &str, id: &str) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = json_response(api.error_body(status.as_u16(), message), id);
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Rejects a malformed request (recorded in the ledger with status 400).
+pub(crate) fn bad_request(
+    st: &Arc<MockState>,
+    api: Api,
+    headers: &HeaderMap,
+    message: &str,
+) -> Response {
+    let id = next_id(api.id_prefix());
+    let cfg = st.config();
+    let mut e = base_entry(api, id, "", headers, false);
+    e.status = 400;
+    e.completed = true;
+    let resp = error_response(api, 400, message, &e.id);
+    record(st, &cfg, e);
+    resp
+}
+
+fn with_id_header(resp: &mut Response, id: &str) {
+    if id.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        resp.headers_mut().insert("x-mock-id", v);
+    }
+}
+
+pub(crate) fn json_response(body: Vec<u8>, id: &str) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    with_id_header(&mut resp, id);
+    resp
+}
+
+pub(crate) fn sse_response(body: Body, id: &str) -> Response {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    with_id_header(&mut resp, id);
+    resp
+}
+
+pub(crate) async fn not_found() -> Response {
+    let mut resp = json_response(
+        Api::Chat.error_body(404, "mock-upstream: no such route"),
+        "",
+    );
+    *resp.status_mut() = StatusCode::NOT_FOUND;
+    resp
+}

@@ -1,0 +1,433 @@
+//! # mock-upstream
+//!
+//! A fake upstream LLM provider speaking the OpenAI (`/v1/chat/completions`,
+//! `/v1/embeddings`, `/v1/models`) and Anthropic (`/v1/messages`) wire
+//! formats, JSON and SSE streaming.
+//!
+//! It exists so the tollgate gateway can be tested and benchmarked without
+//! real providers: every response is deterministic (token counts follow
+//! simple word-counting rules, see [`MockConfig`]), misbehaviour can be
+//! requested on demand (latency, slow streams, cut connections, missing
+//! usage, error statuses, hangs), and the mock keeps its own **ledger** of
+//! what it served ([`LedgerEntry`]), which tests compare with the gateway's
+//! metering records: the ledger is the ground truth.
+//!
+//! Token rules (one whitespace-separated word = one token):
+//! * input = words of every message content, plus 1 per message, plus the
+//!   words of the Anthropic `system` prompt (no +1 for it); embeddings: the
+//!   words of every input (token-id arrays count one per id), no +1;
+//! * output = `output_tokens` words, capped by the request's `max_tokens` /
+//!   `max_completion_tokens`; OpenAI chat adds `reasoning_tokens` to
+//!   `completion_tokens`;
+//! * `cached_tokens` (clamped to the input) is part of OpenAI's
+//!   `prompt_tokens` but excluded from Anthropic's `input_tokens`; the ledger
+//!   always records the total input and the cached count separately.
+//!
+//! Knobs are global ([`MockServer::set_config`], `POST /_mock/config`, CLI
+//! flags) or per request: a top-level `"mock": {...}` object in the request
+//! body (same field names, partial) overrides the global config for that
+//! request.
+//!
+//! Built for throughput (it backs a ~50k req/s benchmark): no per-request
+//! logging, no lock held across an await, request bodies are scanned rather
+//! than materialised, SSE bodies are rendered into a single buffer.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+};
+
+use axum::{
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Router,
+};
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+mod anthropic;
+mod common;
+mod openai;
+mod sse;
+mod tokens;
+
+/// Behaviour knobs. Every field has a default, and a partial JSON object
+/// (as accepted by `POST /_mock/config` or the per-request `"mock"` field)
+/// only changes the fields it names. Unknown fields are rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MockConfig {
+    /// Delay before the response headers, in milliseconds.
+    pub latency_ms: u64,
+    /// Delay between SSE events, in milliseconds.
+    pub chunk_delay_ms: u64,
+    /// Generated words (= output tokens), before the request's max_tokens cap.
+    pub output_tokens: u64,
+    /// Cached input tokens reported (clamped to the input size).
+    pub cached_tokens: u64,
+    /// Reasoning tokens (OpenAI chat only), added to `completion_tokens`.
+    pub reasoning_tokens: u64,
+    /// Never report usage.
+    pub omit_usage: bool,
+    /// In a stream, abort the connection after this many SSE events.
+    pub cut_at_chunk: Option<u64>,
+    /// Answer with this HTTP status and the provider's error body.
+    pub error_status: Option<u16>,
+    /// Never answer.
+    pub hang: bool,
+    /// Record requests in the ledger (turn off for long benchmarks to keep
+    /// memory flat).
+    pub record_ledger: bool,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            latency_ms: 0,
+            chunk_delay_ms: 0,
+            output_tokens: 16,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
+            omit_usage: false,
+            cut_at_chunk: None,
+            error_status: None,
+            hang: false,
+            record_ledger: true,
+        }
+    }
+}
+
+impl MockConfig {
+    /// This config with the fields of `patch` (a JSON object, possibly
+    /// partial; `null` clears an optional field) applied.
+    pub fn merged(&self, patch: &serde_json::Value) -> Result<MockConfig, serde_json::Error> {
+        let serde_json::Value::Object(patch) = patch else {
+            return Err(serde::de::Error::custom(
+                "mock config must be a JSON object",
+            ));
+        };
+        let mut base = serde_json::to_value(self)?;
+        if let serde_json::Value::Object(base) = &mut base {
+            for (k, v) in patch {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(base)
+    }
+}
+
+/// What the mock served for one request: the ground truth tests compare the
+/// gateway's records with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// The response id the mock generated (`chatcmpl-…`, `msg_…`, `emb-…`);
+    /// also sent in the `x-mock-id` response header.
+    pub id: String,
+    /// The incoming `x-tollgate-request-id` header, if any.
+    pub request_id: Option<String>,
+    /// `"chat.completions"`, `"embeddings"` or `"messages"`.
+    pub api: String,
+    pub model: String,
+    /// Whether the client asked for a stream.
+    pub streamed: bool,
+    /// Total input tokens, cached ones included (for both APIs).
+    pub input_tokens: u64,
+    /// Total output tokens (OpenAI: words + reasoning).
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// Whether the final usage reached the wire (false when omitted, not
+    /// requested via `stream_options.include_usage`, or cut before).
+    pub usage_reported: bool,
+    /// Whether the whole response, final event included, was produced.
+    pub completed: bool,
+    /// HTTP status (0 for a request left hanging).
+    pub status: u16,
+    /// The credential received: the `authorization` header value (e.g.
+    /// `"Bearer sk-upstream"`) or the `x-api-key` value.
+    pub auth: Option<String>,
+}
+
+/// Sums over the ledger (handy for benchmarks, where the ledger is large).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerSummary {
+    pub requests: u64,
+    pub completed: u64,
+    pub usage_reported: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+struct Ledger {
+    /// Bumped by every reset, so stale slots are ignored.
+    epoch: u64,
+    entries: Vec<LedgerEntry>,
+}
+
+/// Position of an entry in the ledger, to update it later.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LedgerSlot {
+    epoch: u64,
+    index: usize,
+}
+
+/// Shared state of a mock server: global config and ledger.
+pub struct MockState {
+    config: RwLock<MockConfig>,
+    ledger: Mutex<Ledger>,
+}
+
+impl MockState {
+    pub fn new(config: MockConfig) -> Arc<MockState> {
+        Arc::new(MockState {
+            config: RwLock::new(config),
+            ledger: Mutex::new(Ledger {
+                epoch: 0,
+                entries: Vec::new(),
+            }),
+        })
+    }
+
+    /// The current global config.
+    pub fn config(&self) -> MockConfig {
+        *self.config.read()
+    }
+
+    /// Replaces the global config.
+    pub fn set_config(&self, config: MockConfig) {
+        *self.config.write() = config;
+    }
+
+    /// Applies a partial JSON config to the global config; returns the result.
+    pub fn update_config(
+        &self,
+        patch: &serde_json::Value,
+    ) -> Result<MockConfig, serde_json::Error> {
+        let mut cfg = self.config.write();
+        *cfg = cfg.merged(patch)?;
+        Ok(*cfg)
+    }
+
+    /// A copy of the ledger, in arrival order.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.ledger.lock().entries.clone()
+    }
+
+    pub fn summary(&self) -> LedgerSummary {
+        let ledger = self.ledger.lock();
+        let mut s = LedgerSummary::default();
+        for e in &ledger.entries {
+            s.requests += 1;
+            s.completed += u64::from(e.completed);
+            s.usage_reported += u64::from(e.usage_reported);
+            s.input_tokens += e.input_tokens;
+            s.output_tokens += e.output_tokens;
+            s.cached_tokens += e.cached_tokens;
+            s.reasoning_tokens += e.reasoning_tokens;
+        }
+        s
+    }
+
+    /// Clears the ledger.
+    pub fn reset(&self) {
+        let mut ledger = self.ledger.lock();
+        ledger.epoch += 1;
+        ledger.entries = Vec::new();
+    }
+
+    /// The config for one request: the global one with the request's
+    /// `"mock"` override applied.
+    pub(crate) fn effective_config(
+        &self,
+        over: Option<&serde_json::Value>,
+    ) -> Result<MockConfig, serde_json::Error> {
+        let base = self.config();
+        match over {
+            None | Some(serde_json::Value::Null) => Ok(base),
+            Some(patch) => base.merged(patch),
+        }
+    }
+
+    pub(crate) fn record(&self, entry: LedgerEntry) -> LedgerSlot {
+        let mut ledger = self.ledger.lock();
+        ledger.entries.push(entry);
+        LedgerSlot {
+            epoch: ledger.epoch,
+            index: ledger.entries.len() - 1,
+        }
+    }
+
+    pub(crate) fn update_entry(&self, slot: LedgerSlot, f: impl FnOnce(&mut LedgerEntry)) {
+        let mut ledger = self.ledger.lock();
+        if ledger.epoch == slot.epoch {
+            if let Some(e) = ledger.entries.get_mut(slot.index) {
+                f(e);
+            }
+        }
+    }
+}
+
+/// A fresh response id: `prefix` + 20 hex digits, unique within the process
+/// (and very likely across processes).
+pub(crate) fn next_id(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    static SEED: OnceLock<u32> = OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        let mixed = nanos ^ (u64::from(std::process::id()) << 32);
+        (mixed ^ (mixed >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15) as u32
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{seed:08x}{n:012x}")
+}
+
+/// The HTTP routes of the mock (provider APIs and `/_mock/*` control
+/// endpoints).
+pub fn router(state: Arc<MockState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/v1/models", get(openai::models))
+        .route("/v1/messages", post(anthropic::messages))
+        .route("/_mock/ledger", get(get_ledger))
+        .route("/_mock/summary", get(get_summary))
+        .route("/_mock/reset", post(post_reset))
+        .route("/_mock/config", get(get_config).post(post_config))
+        .route("/_mock/health", get(|| async { "ok" }))
+        .fallback(common::not_found)
+        .layer(DefaultBodyLimit::max(64 << 20))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener`, with `TCP_NODELAY` on every accepted
+/// connection. Runs until the task is dropped or aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<MockState>,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Best effort: a failure only costs latency.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(state)).await
+}
+
+/// An in-process mock server, for integration tests. Dropping it stops
+/// accepting connections.
+pub struct MockServer {
+    pub addr: SocketAddr,
+    state: Arc<MockState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MockServer {
+    /// Binds `127.0.0.1:0` and spawns the server on the current tokio runtime.
+    pub async fn start(config: MockConfig) -> anyhow::Result<MockServer> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let state = MockState::new(config);
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                // Errors here can only come from a broken listener; the
+                // tests will notice through failing requests.
+                let _ = serve(listener, state).await;
+            }
+        });
+        Ok(MockServer { addr, state, task })
+    }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A copy of the ledger, in arrival order.
+    pub fn ledger(&self) -> Vec<LedgerEntry> {
+        self.state.ledger()
+    }
+
+    /// Sums over the ledger.
+    pub fn summary(&self) -> LedgerSummary {
+        self.state.summary()
+    }
+
+    /// Clears the ledger.
+    pub fn reset(&self) {
+        self.state.reset();
+    }
+
+    /// Replaces the global config.
+    pub fn set_config(&self, config: MockConfig) {
+        self.state.set_config(config);
+    }
+
+    /// The current global config.
+    pub fn config(&self) -> MockConfig {
+        self.state.config()
+    }
+
+    /// The shared state (config + ledger).
+    pub fn state(&self) -> &Arc<MockState> {
+        &self.state
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn json_ok(body: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn get_ledger(State(st): State<Arc<MockState>>) -> Response {
+    // Serialised under the lock: avoids cloning a possibly huge ledger.
+    let body = serde_json::to_vec(&st.ledger.lock().entries);
+    match body {
+        Ok(body) => json_ok(body),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn get_summary(State(st): State<Arc<MockState>>) -> Response {
+    axum::Json(st.summary()).into_response()
+}
+
+async fn post_reset(State(st): State<Arc<MockState>>) -> StatusCode {
+    st.reset();
+    StatusCode::NO_CONTENT
+}
+
+async fn get_config(State(st): State<Arc<MockState>>) -> Response {
+    axum::Json(st.config()).into_response()
+}
+
+async fn post_config(State(st): State<Arc<MockState>>, body: Bytes) -> Response {
+    let patch: serde_json::Value = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Object(Default::default())
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    };
+    match st.update_config(&patch) {
+        Ok(cfg) => axum::Json(cfg).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    }
+}

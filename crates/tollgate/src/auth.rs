@@ -1,0 +1,218 @@
+//! API keys: issuing (shown once, stored as a SHA-256 hash), and resolving a presented key to
+//! its caller. Keys are 256-bit random, so a fast hash is safe and keeps auth in microseconds;
+//! validated keys are cached for `server.key_cache_secs`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use parking_lot::RwLock;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, ErrorCode};
+use crate::ledger::{new_id, now_ms, Account, ApiKeyRecord, Role, Store};
+
+/// Who is calling, once the key checks out.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub account_id: String,
+    pub key_id: String,
+    pub role: Role,
+}
+
+#[derive(Clone)]
+struct Cached {
+    key: ApiKeyRecord,
+    account_disabled: bool,
+    loaded: Instant,
+}
+
+pub struct KeyService {
+    store: Arc<dyn Store>,
+    prefix: String,
+    ttl: Duration,
+    cache: RwLock<HashMap<String, Cached>>,
+}
+
+/// A newly issued key: the only time the secret exists outside the client.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IssuedKey {
+    #[serde(flatten)]
+    pub record: ApiKeyRecord,
+    pub key: String,
+}
+
+pub fn hash_key(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+fn random_secret(prefix: &str) -> String {
+    let mut rng = rand::thread_rng();
+    // 43 base62 characters carry 256 bits.
+    let body: String = (0..43)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("{prefix}{body}")
+}
+
+/// The presented credential: `Authorization: Bearer K` or `x-api-key: K`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        if !k.is_empty() {
+            return Some(k.trim());
+        }
+    }
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+        Some(token.trim())
+    } else {
+        None
+    }
+}
+
+impl KeyService {
+    pub fn new(store: Arc<dyn Store>, prefix: String, ttl: Duration) -> Self {
+        Self {
+            store,
+            prefix,
+            ttl,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let Some(secret) = presented_key(headers) else {
+            return Err(ApiError::new(
+                ErrorCode::MissingApiKey,
+                "no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            ));
+        };
+        let hash = hash_key(secret);
+        let cached = self.cache.read().get(&hash).cloned();
+        let entry = match cached {
+            Some(c) if c.loaded.elapsed() < self.ttl => c,
+            _ => {
+                let Some(key) = self.store.find_key_by_hash(&hash).await? else {
+                    self.cache.write().remove(&hash);
+                    return Err(ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"));
+                };
+                let account = self.store.get_account(&key.account_id).await?;
+                let c = Cached {
+                    account_disabled: account.is_none_or(|a| a.disabled),
+                    key,
+                    loaded: Instant::now(),
+                };
+                self.cache.write().insert(hash, c.clone());
+                c
+            }
+        };
+        if entry.key.revoked_at_ms.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::ApiKeyInactive,
+                "this API key has been revoked",
+            ));
+        }
+        if entry.account_disabled {
+            return Err(ApiError::new(
+                ErrorCode::UserInactive,
+                "this account is disabled",
+            ));
+        }
+        Ok(Caller {
+            account_id: entry.key.account_id,
+            key_id: entry.key.id,
+            role: entry.key.role,
+        })
+    }
+
+    pub async fn create_account(&self, name: &str) -> Result<Account, ApiError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 {
+            return Err(ApiError::invalid(
+                "name",
+                "name must be 1 to 200 characters",
+            ));
+        }
+        let account = Account {
+            id: new_id("acct", 8),
+            name: name.to_string(),
+            created_at_ms: now_ms(),
+            disabled: false,
+        };
+        self.store.create_account(account.clone()).await?;
+        Ok(account)
+    }
+
+    /// Issues a key for an existing account. The secret is returned here and nowhere else.
+    pub async fn issue(
+        &self,
+        account_id: &str,
+        name: &str,
+        role: Role,
+    ) -> Result<IssuedKey, ApiError> {
+        if self.store.get_account(account_id).await?.is_none() {
+            return Err(
+                ApiError::new(ErrorCode::NotFound, format!("no account {account_id}"))
+                    .with_param("account_id"),
+            );
+        }
+        let secret = random_secret(&self.prefix);
+        let record = ApiKeyRecord {
+            id: new_id("key", 8),
+            account_id: account_id.to_string(),
+            name: name.to_string(),
+            key_hash: hash_key(&secret),
+            last4: secret[secret.len() - 4..].to_string(),
+            prefix: self.prefix.clone(),
+            role,
+            created_at_ms: now_ms(),
+            revoked_at_ms: None,
+        };
+        self.store.create_key(record.clone()).await?;
+        Ok(IssuedKey {
+            record,
+            key: secret,
+        })
+    }
+
+    pub async fn revoke(&self, key_id: &str) -> Result<ApiKeyRecord, ApiError> {
+        if !self.store.revoke_key(key_id, now_ms()).await? {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no key {key_id}"),
+            ));
+        }
+        // Drop it from the cache at once so this process refuses it from the next request on.
+        self.cache.write().retain(|_, c| c.key.id != key_id);
+        self.store
+            .get_key(key_id)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no key {key_id}")))
+    }
+
+    /// First start: when no admin key exists, create an admin account and key.
+    pub async fn bootstrap_admin(&self) -> Result<Option<IssuedKey>, ApiError> {
+        if self.store.count_admin_keys().await? > 0 {
+            return Ok(None);
+        }
+        let account = match self
+            .store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .find(|a| a.name == "admin")
+        {
+            Some(a) => a,
+            None => self.create_account("admin").await?,
+        };
+        Ok(Some(
+            self.issue(&account.id, "bootstrap admin key", Role::Admin)
+                .await?,
+        ))
+    }
+}

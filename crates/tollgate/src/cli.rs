@@ -1,0 +1,287 @@
+//! The command line: `serve`, `check-config`, and admin chores that work on the store directly
+//! (useful before any admin key exists, or when one is lost).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{imported_prices_path, load_price_table, open_store, Application};
+use crate::auth::KeyService;
+use crate::config::Config;
+use crate::ledger::Role;
+use crate::metering::money::nanos_to_usd_string;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "A self-hosted LLM API gateway that meters every token"
+)]
+pub struct Cli {
+    /// Config file (TOML). Default: ./tollgate.toml if present. TOLLGATE_* variables override it.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Start the gateway.
+    Serve,
+    /// Validate the configuration and print what it resolves to.
+    CheckConfig,
+    /// Manage accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCmd),
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Inspect or import model prices.
+    #[command(subcommand)]
+    Prices(PricesCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCmd {
+    Create { name: String },
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Issue a key; it is printed once and stored only as a hash.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// An admin key (may call /admin and read every account).
+        #[arg(long)]
+        admin: bool,
+    },
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PricesCmd {
+    /// The effective price table (USD per million tokens).
+    List,
+    /// Import LiteLLM's model_prices_and_context_window.json; config [prices] still win.
+    Import { file: PathBuf },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => serve(config).await,
+        Command::CheckConfig => check_config(&config),
+        Command::Accounts(cmd) => accounts(config, cmd).await,
+        Command::Keys(cmd) => keys(config, cmd).await,
+        Command::Prices(cmd) => prices(config, cmd),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.server.data_dir.clone();
+    let app = Application::build(config).await?;
+    let addr = app.local_addr()?;
+    println!(
+        "tollgate listening on http://{addr} (data in {})",
+        data_dir.display()
+    );
+    match &app.bootstrap_admin_key {
+        Some(k) => {
+            println!();
+            println!(
+                "First start: created an admin key. It is shown only this once; store it now:"
+            );
+            println!();
+            println!("    {}", k.key);
+            println!();
+            println!("Next: create an account and a key for it, e.g.");
+            println!("    curl -s http://{addr}/admin/accounts -H 'Authorization: Bearer <admin key>' -d '{{\"name\":\"team-a\"}}'");
+            println!("    curl -s http://{addr}/admin/accounts/<account id>/keys -H 'Authorization: Bearer <admin key>' -d '{{\"name\":\"laptop\"}}'");
+            println!("or: tollgate accounts create team-a && tollgate keys create --account <account id>");
+            println!(
+                "Then point an OpenAI or Anthropic SDK at base_url http://{addr}/v1 with that key."
+            );
+        }
+        None => println!(
+            "Admin keys exist already. A new one: tollgate keys create --account <id> --admin"
+        ),
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    app.run_with_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    let prices = load_price_table(config)?;
+    println!("config OK");
+    println!("  listen: {}", config.server.listen);
+    println!("  data_dir: {}", config.server.data_dir.display());
+    println!(
+        "  store: {} at {}",
+        config.store.kind,
+        config.sqlite_path().display()
+    );
+    for (name, p) in &config.providers {
+        let key = if p.resolve_key(|v| std::env::var(v).ok()).is_some() {
+            "set"
+        } else {
+            "MISSING"
+        };
+        println!(
+            "  provider {name}: {:?} {} key {key}; models {:?}",
+            p.kind, p.base_url, p.models
+        );
+        if key == "MISSING" {
+            println!(
+                "    (requests for these models get 503 until providers.{name}.api_key or ${} is set)",
+                p.api_key_env.as_deref().unwrap_or("<api_key_env>")
+            );
+        }
+    }
+    println!("  prices: {} models", prices.len());
+    Ok(())
+}
+
+async fn key_service(config: &Config) -> anyhow::Result<KeyService> {
+    let store = open_store(config).await?;
+    Ok(KeyService::new(
+        store,
+        config.server.key_prefix.clone(),
+        Duration::from_secs(0),
+    ))
+}
+
+async fn accounts(config: Config, cmd: AccountsCmd) -> anyhow::Result<()> {
+    let keys = key_service(&config).await?;
+    match cmd {
+        AccountsCmd::Create { name } => {
+            let a = keys
+                .create_account(&name)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("{}", serde_json::to_string_pretty(&a)?);
+        }
+        AccountsCmd::List => {
+            let store = open_store(&config).await?;
+            for a in store.list_accounts().await? {
+                println!(
+                    "{}\t{}\t{}",
+                    a.id,
+                    a.name,
+                    if a.disabled { "disabled" } else { "active" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn keys(config: Config, cmd: KeysCmd) -> anyhow::Result<()> {
+    let svc = key_service(&config).await?;
+    match cmd {
+        KeysCmd::Create {
+            account,
+            name,
+            admin,
+        } => {
+            let role = if admin { Role::Admin } else { Role::User };
+            let k = svc
+                .issue(&account, &name, role)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("{}", serde_json::to_string_pretty(&k)?);
+            eprintln!("The key is shown only this once.");
+        }
+        KeysCmd::List { account } => {
+            let store: Arc<dyn crate::ledger::Store> = open_store(&config).await?;
+            for k in store.list_keys(account).await? {
+                let state = if k.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{}\t{}\t{}…{}\t{}\t{}",
+                    k.id,
+                    k.account_id,
+                    k.prefix,
+                    k.last4,
+                    k.role.as_str(),
+                    state
+                );
+            }
+        }
+        KeysCmd::Revoke { id } => {
+            let k = svc
+                .revoke(&id)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("revoked {}", k.id);
+        }
+    }
+    Ok(())
+}
+
+fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
+    match cmd {
+        PricesCmd::List => {
+            let table = load_price_table(&config)?;
+            let mut entries: Vec<_> = table.iter().collect();
+            entries.sort_by(|a, b| (&a.owned_by, &a.model).cmp(&(&b.owned_by, &b.model)));
+            println!("model\towned_by\tinput\toutput\tcached_input\tmax_output_tokens");
+            for e in entries {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    e.model,
+                    e.owned_by,
+                    nanos_to_usd_string(e.prices.input),
+                    nanos_to_usd_string(e.prices.output),
+                    nanos_to_usd_string(e.prices.cached_input),
+                    e.max_output_tokens
+                );
+            }
+        }
+        PricesCmd::Import { file } => {
+            let text = std::fs::read_to_string(&file)?;
+            let entries = crate::metering::prices::import_litellm(&text)?;
+            std::fs::create_dir_all(&config.server.data_dir)?;
+            std::fs::write(imported_prices_path(&config), text)?;
+            println!(
+                "imported {} priced models from {}; restart the gateway to use them",
+                entries.len(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}

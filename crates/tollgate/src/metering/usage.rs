@@ -1,0 +1,337 @@
+//! Reading usage out of both wire formats: whole JSON responses, and SSE streams event by event.
+
+use serde_json::Value;
+
+use super::tokenizer;
+use super::Usage;
+
+/// The API a request was made to; decides the wire format of its usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    ChatCompletions,
+    Embeddings,
+    Messages,
+}
+
+impl Api {
+    /// The endpoint name recorded on usage records (ElectronHub's `endpoints` keys).
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            Api::ChatCompletions => "chat.completions",
+            Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+        }
+    }
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// OpenAI's `usage` object (chat or embeddings). `prompt_tokens` already includes cached tokens.
+pub fn from_openai_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    let details = usage
+        .get("prompt_tokens_details")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let out_details = usage
+        .get("completion_tokens_details")
+        .cloned()
+        .unwrap_or(Value::Null);
+    Some(Usage {
+        input_tokens: u(usage, "prompt_tokens"),
+        output_tokens: u(usage, "completion_tokens"),
+        cached_tokens: u(&details, "cached_tokens"),
+        cache_write_tokens: 0,
+        reasoning_tokens: u(&out_details, "reasoning_tokens"),
+    })
+}
+
+/// Anthropic's `usage` object. Its `input_tokens` excludes cache reads and writes; they are added
+/// here so `Usage::input_tokens` means all input for every provider.
+pub fn from_anthropic_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    let cached = u(usage, "cache_read_input_tokens");
+    let writes = u(usage, "cache_creation_input_tokens");
+    Some(Usage {
+        input_tokens: u(usage, "input_tokens") + cached + writes,
+        output_tokens: u(usage, "output_tokens"),
+        cached_tokens: cached,
+        cache_write_tokens: writes,
+        reasoning_tokens: 0,
+    })
+}
+
+/// Usage from a complete (non-streamed) JSON response body.
+pub fn from_response(api: Api, body: &Value) -> Option<Usage> {
+    let usage = body.get("usage")?;
+    match api {
+        Api::ChatCompletions | Api::Embeddings => from_openai_usage(usage),
+        Api::Messages => from_anthropic_usage(usage),
+    }
+}
+
+/// The assistant text of a complete response, for local counting when usage is missing.
+pub fn response_text(api: Api, body: &Value) -> String {
+    let mut text = String::new();
+    match api {
+        Api::ChatCompletions => {
+            for c in body
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = c.pointer("/message/content").and_then(Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+        }
+        Api::Messages => {
+            for b in body
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = b.get("text").and_then(Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+        }
+        Api::Embeddings => {}
+    }
+    text
+}
+
+/// What the proxy should do with one SSE event after the meter has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    Forward,
+    /// The usage-only chunk we asked OpenAI for on the client's behalf: the client did not ask
+    /// for it, so it does not get it.
+    Drop,
+    /// The stream's last event (`data: [DONE]`, `message_stop`): forward it only after the
+    /// request's record is durable.
+    Terminal,
+}
+
+/// Follows one SSE stream, event by event, collecting the usage the upstream reports and, in
+/// case it reports none, the generated text to count locally.
+#[derive(Debug)]
+pub struct StreamMeter {
+    api: Api,
+    client_wants_usage: bool,
+    usage: Option<Usage>,
+    text: String,
+    pub saw_error_event: bool,
+    pub first_content_seen: bool,
+}
+
+/// Generated text beyond this is not kept for local counting; the estimate then scales.
+const MAX_TEXT: usize = 4 * 1024 * 1024;
+
+impl StreamMeter {
+    pub fn new(api: Api, client_wants_usage: bool) -> Self {
+        Self {
+            api,
+            client_wants_usage,
+            usage: None,
+            text: String::new(),
+            saw_error_event: false,
+            first_content_seen: false,
+        }
+    }
+
+    /// `event` is the SSE `event:` field (empty if none), `data` the joined `data:` lines.
+    pub fn on_event(&mut self, event: &str, data: &str) -> EventAction {
+        match self.api {
+            Api::ChatCompletions | Api::Embeddings => self.on_openai(data),
+            Api::Messages => self.on_anthropic(event, data),
+        }
+    }
+
+    fn on_openai(&mut self, data: &str) -> EventAction {
+        let data = data.trim();
+        if data == "[DONE]" {
+            return EventAction::Terminal;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return EventAction::Forward;
+        };
+        if v.get("error").is_some() {
+            self.saw_error_event = true;
+        }
+        let mut has_choices = false;
+        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+            has_choices = !choices.is_empty();
+            for c in choices {
+                if let Some(s) = c.pointer("/delta/content").and_then(Value::as_str) {
+                    if !s.is_empty() {
+                        self.first_content_seen = true;
+                    }
+                    self.push_text(s);
+                }
+            }
+        }
+        match v.get("usage").and_then(from_openai_usage) {
+            Some(usage) => {
+                self.usage = Some(usage);
+                if !self.client_wants_usage && !has_choices {
+                    EventAction::Drop
+                } else {
+                    EventAction::Forward
+                }
+            }
+            None => EventAction::Forward,
+        }
+    }
+
+    fn on_anthropic(&mut self, event: &str, data: &str) -> EventAction {
+        match event {
+            "message_stop" => return EventAction::Terminal,
+            "ping" => return EventAction::Forward,
+            "error" => {
+                self.saw_error_event = true;
+                return EventAction::Forward;
+            }
+            _ => {}
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            return EventAction::Forward;
+        };
+        match v.get("type").and_then(Value::as_str).unwrap_or(event) {
+            "message_start" => {
+                if let Some(usage) = v.pointer("/message/usage").and_then(from_anthropic_usage) {
+                    self.usage = Some(usage);
+                }
+            }
+            "content_block_delta" => {
+                let delta = v.get("delta");
+                let text = delta
+                    .and_then(|d| {
+                        d.get("text")
+                            .or_else(|| d.get("thinking"))
+                            .or_else(|| d.get("partial_json"))
+                    })
+                    .and_then(Value::as_str);
+                if let Some(s) = text {
+                    self.first_content_seen = true;
+                    self.push_text(s);
+                }
+            }
+            "message_delta" => {
+                // Output tokens here are cumulative; input fields, when present, are final.
+                if let Some(d) = v.get("usage").filter(|d| d.is_object()) {
+                    let mut usage = self.usage.unwrap_or_default();
+                    if let Some(o) = d.get("output_tokens").and_then(Value::as_u64) {
+                        usage.output_tokens = o;
+                    }
+                    if d.get("input_tokens").and_then(Value::as_u64).is_some() {
+                        if let Some(full) = from_anthropic_usage(d) {
+                            usage.input_tokens = full.input_tokens;
+                            usage.cached_tokens = full.cached_tokens;
+                            usage.cache_write_tokens = full.cache_write_tokens;
+                        }
+                    }
+                    self.usage = Some(usage);
+                }
+            }
+            "message_stop" => return EventAction::Terminal,
+            _ => {}
+        }
+        EventAction::Forward
+    }
+
+    fn push_text(&mut self, s: &str) {
+        if self.text.len() + s.len() <= MAX_TEXT {
+            self.text.push_str(s);
+        }
+    }
+
+    /// The upstream's own usage, if it reported any.
+    pub fn reported(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// Output tokens counted locally from the text seen so far.
+    pub fn estimate_output(&self) -> u64 {
+        tokenizer::count_text(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_prompt_tokens_include_cached() {
+        let u = from_openai_usage(&json!({
+            "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+            "prompt_tokens_details": {"cached_tokens": 40},
+            "completion_tokens_details": {"reasoning_tokens": 5}
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (100, 40, 20, 5)
+        );
+    }
+
+    #[test]
+    fn anthropic_input_excludes_cache_so_it_is_added() {
+        let u = from_anthropic_usage(&json!({
+            "input_tokens": 60, "output_tokens": 20,
+            "cache_read_input_tokens": 40, "cache_creation_input_tokens": 10
+        }))
+        .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_tokens, u.cache_write_tokens),
+            (110, 40, 10)
+        );
+    }
+
+    #[test]
+    fn openai_stream_usage_chunk_dropped_only_when_client_did_not_ask() {
+        let usage_chunk = r#"{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        let content =
+            r#"{"id":"x","choices":[{"index":0,"delta":{"content":"hi there"}}],"usage":null}"#;
+        let mut m = StreamMeter::new(Api::ChatCompletions, false);
+        assert_eq!(m.on_event("", content), EventAction::Forward);
+        assert_eq!(m.on_event("", usage_chunk), EventAction::Drop);
+        assert_eq!(m.on_event("", "[DONE]"), EventAction::Terminal);
+        assert_eq!(m.reported().unwrap().output_tokens, 2);
+        assert_eq!(m.estimate_output(), 2);
+        let mut m = StreamMeter::new(Api::ChatCompletions, true);
+        m.on_event("", content);
+        assert_eq!(m.on_event("", usage_chunk), EventAction::Forward);
+    }
+
+    #[test]
+    fn anthropic_stream_combines_start_and_delta() {
+        let mut m = StreamMeter::new(Api::Messages, true);
+        m.on_event("message_start", r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":4,"output_tokens":1}}}"#);
+        m.on_event("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#);
+        m.on_event("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#);
+        assert_eq!(
+            m.on_event("message_stop", r#"{"type":"message_stop"}"#),
+            EventAction::Terminal
+        );
+        let u = m.reported().unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_tokens, u.output_tokens),
+            (14, 4, 7)
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! One request's lifecycle after it has been checked: forward it upstream, pass the answer back
+//! (whole, or event by event), and meter it exactly once at the end (`Exchange::finish`).
+//!
+//! The exchange runs in a task of its own, so a client that hangs up does not cancel it: the
+//! upstream is still read to its end (bounded by `drain_timeout_secs`) and the request is
+//! recorded as `cancelled` with the tokens it really used. The record is journaled before the
+//! client receives the last bytes of its response.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::routing::Provider;
+use super::sse::SseSplitter;
+use super::ProxyRequest;
+use crate::app::{AppState, RequestCtx};
+use crate::auth::Caller;
+use crate::config::ProviderKind;
+use crate::error::{ApiError, ErrorCode};
+use crate::ledger::{now_ms, Status, UsageRecord};
+use crate::metering::prices::{cost_nanos, PriceEntry};
+use crate::metering::usage::{self, Api, EventAction, StreamMeter};
+use crate::metering::{tokenizer, Provenance, Usage};
+
+pub struct Exchange {
+    pub state: Arc<AppState>,
+    pub ctx: RequestCtx,
+    pub caller: Caller,
+    pub api: Api,
+    pub provider: Arc<Provider>,
+    pub api_key: String,
+    pub price: PriceEntry,
+    pub anthropic_version: Option<String>,
+    pub anthropic_beta: Option<String>,
+    pub req: ProxyRequest,
+}
+
+/// How the tokens of a finished request are known.
+enum Tokens {
+    Reported(Usage),
+    /// Count locally: the request's input, and this many output tokens.
+    Estimate {
+        output: u64,
+    },
+    /// Nothing was generated (the upstream refused or failed before answering).
+    None,
+}
+
+struct Outcome {
+    status: Status,
+    http_status: u16,
+    error_code: Option<String>,
+    tokens: Tokens,
+    model_served: Option<String>,
+    ttft_ms: Option<i64>,
+}
+
+type Head = Result<Response, ApiError>;
+
+impl Exchange {
+    pub async fn run(self) -> Result<Response, ApiError> {
+        let (head_tx, head_rx) = oneshot::channel::<Head>();
+        tokio::spawn(self.drive(head_tx));
+        head_rx
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the exchange ended without a response")))
+    }
+
+    fn upstream_url(&self) -> String {
+        let path = match self.api {
+            Api::ChatCompletions => "chat/completions",
+            Api::Embeddings => "embeddings",
+            Api::Messages => "messages",
+        };
+        format!("{}/{path}", self.provider.base_url)
+    }
+
+    async fn drive(self, head_tx: oneshot::Sender<Head>) {
+        let s = &self.state;
+        let mut rb = s
+            .http
+            .post(self.upstream_url())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-tollgate-request-id", &self.ctx.request_id);
+        // Only the provider's own credential goes upstream; the client's key never does.
+        rb = match (self.provider.kind, self.api) {
+            (ProviderKind::Anthropic, Api::Messages) => {
+                let mut rb = rb.header("x-api-key", &self.api_key).header(
+                    "anthropic-version",
+                    self.anthropic_version.as_deref().unwrap_or("2023-06-01"),
+                );
+                if let Some(beta) = &self.anthropic_beta {
+                    rb = rb.header("anthropic-beta", beta);
+                }
+                rb
+            }
+            _ => rb.bearer_auth(&self.api_key),
+        };
+        let timeout = Duration::from_secs(s.config.server.upstream_timeout_secs);
+        let sent = tokio::time::timeout(timeout, rb.body(self.req.forward.clone()).send()).await;
+        let resp = match sent {
+            Err(_) => {
+                let err = ApiError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "provider {} did not answer within {}s",
+                        self.provider.name,
+                        timeout.as_secs()
+                    ),
+                );
+                return self.fail(head_tx, err, 504, None);
+            }
+            Ok(Err(e)) => {
+                let err = ApiError::new(
+                    ErrorCode::ProviderError,
+                    format!(
+                        "provider {} is unreachable: {}",
+                        self.provider.name,
+                        error_chain(&e)
+                    ),
+                );
+                return self.fail(head_tx, err, 502, None);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_limited(resp, 1024 * 1024).await.unwrap_or_default();
+            let message = upstream_message(&body).unwrap_or_else(|| {
+                format!(
+                    "provider {} answered {}",
+                    self.provider.name,
+                    status.as_u16()
+                )
+            });
+            let err = ApiError::new(ErrorCode::Upstream(status.as_u16()), message);
+            return self.fail(head_tx, err, status.as_u16(), Some("upstream_error"));
+        }
+        if self.req.stream {
+            self.stream(resp, head_tx).await
+        } else {
+            self.whole(resp, head_tx).await
+        }
+    }
+
+    /// The upstream failed before answering: record it, then tell the client.
+    fn fail(
+        &self,
+        head_tx: oneshot::Sender<Head>,
+        err: ApiError,
+        http_status: u16,
+        code: Option<&str>,
+    ) {
+        let status = if head_tx.is_closed() {
+            Status::Cancelled
+        } else {
+            Status::Error
+        };
+        self.finish(Outcome {
+            status,
+            http_status,
+            error_code: Some(code.unwrap_or(err.code.code()).to_string()),
+            tokens: Tokens::None,
+            model_served: None,
+            ttft_ms: None,
+        });
+        let _ = head_tx.send(Err(err));
+    }
+
+    async fn whole(self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                let err = ApiError::new(
+                    ErrorCode::ProviderError,
+                    format!(
+                        "provider {} broke off its response: {}",
+                        self.provider.name,
+                        error_chain(&e)
+                    ),
+                );
+                return self.fail(head_tx, err, 502, None);
+            }
+        };
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let tokens = match usage::from_response(self.api, &json) {
+            Some(u) => Tokens::Reported(u),
+            None => Tokens::Estimate {
+                output: tokenizer::count_text(&usage::response_text(self.api, &json)),
+            },
+        };
+        let model_served = json
+            .get("model")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        self.finish(Outcome {
+            // A closed receiver means the client hung up while the upstream worked.
+            status: if head_tx.is_closed() {
+                Status::Cancelled
+            } else {
+                Status::Success
+            },
+            http_status: status.as_u16(),
+            error_code: None,
+            tokens,
+            model_served,
+            ttft_ms: None,
+        });
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+        );
+        let _ = head_tx.send(Ok(response));
+    }
+
+    async fn stream(self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+        let cfg = &self.state.config.server;
+        let idle = Duration::from_secs(cfg.stream_idle_timeout_secs);
+        let drain = Duration::from_secs(cfg.drain_timeout_secs);
+        let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let mut response = Response::new(Body::from_stream(tokio_stream_from(body_rx)));
+        *response.status_mut() = StatusCode::OK;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        let mut client_alive = head_tx.send(Ok(response)).is_ok();
+        let mut drain_deadline = (!client_alive).then(|| Instant::now() + drain);
+
+        let mut upstream = resp.bytes_stream();
+        let mut splitter = SseSplitter::default();
+        let mut meter = StreamMeter::new(self.api, self.req.client_wants_usage);
+        let mut model_served: Option<String> = None;
+        let mut ttft_ms = None;
+        let mut terminal: Option<Bytes> = None;
+        // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke.
+        let ended: Result<bool, &'static str> = loop {
+            let wait = match drain_deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(idle),
+                None => idle,
+            };
+            let next = match tokio::time::timeout(wait, upstream.next()).await {
+                Err(_) => break Err("upstream_timeout"),
+                Ok(None) => break Ok(meter.reported().is_some()),
+                Ok(Some(Err(_))) => break Err("upstream_stream_broken"),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if ttft_ms.is_none() {
+                ttft_ms = Some(self.ctx.started.elapsed().as_millis() as i64);
+            }
+            let mut out = BytesMut::new();
+            for ev in splitter.push(&next) {
+                if model_served.is_none() {
+                    model_served = served_model(&ev.data);
+                }
+                match meter.on_event(&ev.event, &ev.data) {
+                    EventAction::Forward => out.extend_from_slice(&ev.raw),
+                    EventAction::Drop => {}
+                    EventAction::Terminal => terminal = Some(ev.raw),
+                }
+            }
+            if client_alive && !out.is_empty() && body_tx.send(Ok(out.freeze())).await.is_err() {
+                client_alive = false;
+                drain_deadline = Some(Instant::now() + drain);
+            }
+            if terminal.is_some() {
+                break Ok(true);
+            }
+        };
+        let rest = splitter.take_rest();
+        let tokens = match meter.reported() {
+            Some(u) => Tokens::Reported(u),
+            None => Tokens::Estimate {
+                output: meter.estimate_output(),
+            },
+        };
+        let (status, error_code) = match (&ended, client_alive) {
+            (_, false) => (Status::Cancelled, Some("client_disconnected".to_string())),
+            (Ok(true), true) if !meter.saw_error_event => (Status::Success, None),
+            (Ok(true), true) => (Status::Error, Some("upstream_error_event".to_string())),
+            (Ok(false), true) => (Status::Error, Some("upstream_ended_early".to_string())),
+            (Err(code), true) => (Status::Error, Some((*code).to_string())),
+        };
+        self.finish(Outcome {
+            status,
+            http_status: 200,
+            error_code,
+            tokens,
+            model_served,
+            ttft_ms,
+        });
+        // Only now, with the record durable, does the client get the end of its stream.
+        if client_alive {
+            match (terminal, ended) {
+                (Some(t), _) => {
+                    let _ = body_tx.send(Ok(t)).await;
+                }
+                (None, Ok(_)) => {
+                    if !rest.is_empty() {
+                        let _ = body_tx.send(Ok(rest)).await;
+                    }
+                }
+                // Break the client's stream too, rather than end it as if complete.
+                (None, Err(code)) => {
+                    let _ = body_tx.send(Err(std::io::Error::other(code))).await;
+                }
+            }
+        }
+        drop(body_tx);
+        // Read what follows the terminal event so the connection can go back to the pool.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = upstream.next().await {}
+        })
+        .await;
+    }
+
+    /// The one place a request is metered: tokens, price, cost, and the durable record.
+    fn finish(&self, o: Outcome) {
+        let (usage, provenance) = match o.tokens {
+            Tokens::Reported(u) => (u, Provenance::Provider),
+            Tokens::Estimate { output } => (
+                Usage {
+                    input_tokens: tokenizer::count_request_input(&self.req.json),
+                    output_tokens: output,
+                    ..Usage::default()
+                },
+                Provenance::Estimated,
+            ),
+            Tokens::None => (Usage::default(), Provenance::Provider),
+        };
+        let p = &self.price.prices;
+        let record = UsageRecord {
+            request_id: self.ctx.request_id.clone(),
+            created_at_ms: self.ctx.started_ms,
+            finished_at_ms: now_ms(),
+            account_id: self.caller.account_id.clone(),
+            key_id: self.caller.key_id.clone(),
+            endpoint: self.api.endpoint().to_string(),
+            model_requested: self.req.model.clone(),
+            model_served: o.model_served.unwrap_or_else(|| self.req.model.clone()),
+            provider: self.provider.name.clone(),
+            owned_by: self.price.owned_by.clone(),
+            source: "platform".into(),
+            input_tokens: to_i64(usage.input_tokens),
+            output_tokens: to_i64(usage.output_tokens),
+            cached_tokens: to_i64(usage.cached_tokens),
+            cache_write_tokens: to_i64(usage.cache_write_tokens),
+            reasoning_tokens: to_i64(usage.reasoning_tokens),
+            cost_nanos: cost_nanos(&usage, p),
+            price_input: p.input,
+            price_output: p.output,
+            price_cached_input: p.cached_input,
+            price_cache_write: p.cache_write,
+            status: o.status,
+            http_status: o.http_status,
+            error_code: o.error_code,
+            latency_ms: self.ctx.started.elapsed().as_millis() as i64,
+            ttft_ms: o.ttft_ms,
+            streamed: self.req.stream,
+            provenance,
+        };
+        self.state.ledger.record(record);
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The `model` of an OpenAI chunk or of Anthropic's `message_start`.
+fn served_model(data: &str) -> Option<String> {
+    if !data.contains("\"model\"") {
+        return None;
+    }
+    let v: Value = serde_json::from_str(data).ok()?;
+    v.get("model")
+        .or_else(|| v.pointer("/message/model"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
+/// The message of an OpenAI- or Anthropic-shaped error body.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    e.get("message")
+        .and_then(Value::as_str)
+        .or_else(|| e.as_str())
+        .map(str::to_string)
+}
+
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if buf.len() + chunk.len() > limit {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(buf.freeze())
+}
+
+/// A reqwest error with its causes ("connection refused" sits in the source chain).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
