@@ -1,0 +1,5 @@
+//! One integration-test binary (faster to link than one per file); modules by topic.
+
+mod durability;
+mod helpers;
+mod proxy;
