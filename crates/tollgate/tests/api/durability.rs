@@ -32,7 +32,10 @@ async fn start_binary(config: &std::path::Path) -> (Child, String, Option<String
         .unwrap()
         .to_string();
     let mut admin = None;
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), lines.next_line()).await.unwrap_or(Ok(None)) {
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), lines.next_line())
+        .await
+        .unwrap_or(Ok(None))
+    {
         let t = line.trim();
         if t.starts_with("tg-") {
             admin = Some(t.to_string());
@@ -53,7 +56,11 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
     };
     std::fs::write(
         &config,
-        config_toml(&dir.path().join("data"), &mock.base_url(), &format!("127.0.0.1:{port}")),
+        config_toml(
+            &dir.path().join("data"),
+            &mock.base_url(),
+            &format!("127.0.0.1:{port}"),
+        ),
     )
     .unwrap();
     let (mut child, base, admin) = start_binary(&config).await;
@@ -65,19 +72,29 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
     let completed: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut tasks = Vec::new();
     for i in 0..16 {
-        let (http, base, key, completed) = (http.clone(), base.clone(), key.clone(), completed.clone());
+        let (http, base, key, completed) =
+            (http.clone(), base.clone(), key.clone(), completed.clone());
         tasks.push(tokio::spawn(async move {
             let stream = i % 2 == 0;
             loop {
                 let body = json!({"model": "gpt-4o-mini", "stream": stream,
                                   "messages": [{"role": "user", "content": "load test"}]});
-                let Ok(resp) = http.post(format!("{base}/v1/chat/completions")).bearer_auth(&key).json(&body).send().await
+                let Ok(resp) = http
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
                 else {
                     return;
                 };
                 let id = request_id(&resp);
                 let Ok(text) = resp.text().await else { return };
-                let whole = if stream { text.trim_end().ends_with("data: [DONE]") } else { serde_json::from_str::<Value>(&text).is_ok() };
+                let whole = if stream {
+                    text.trim_end().ends_with("data: [DONE]")
+                } else {
+                    serde_json::from_str::<Value>(&text).is_ok()
+                };
                 if whole {
                     completed.lock().push(id);
                 }
@@ -91,10 +108,17 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
         t.await.unwrap();
     }
     let completed = completed.lock().clone();
-    assert!(completed.len() > 50, "too little load to prove anything: {}", completed.len());
+    assert!(
+        completed.len() > 50,
+        "too little load to prove anything: {}",
+        completed.len()
+    );
 
     let (_child, base, again) = start_binary(&config).await;
-    assert!(again.is_none(), "the admin key is created only on the first start");
+    assert!(
+        again.is_none(),
+        "the admin key is created only on the first start"
+    );
     let v: Value = http
         .get(format!("{base}/admin/requests?limit=10000"))
         .bearer_auth(&admin)
@@ -104,24 +128,44 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|r| r["request_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
     let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "a request id is stored twice");
     for id in &completed {
-        assert!(unique.contains(id.as_str()), "answered request {id} was lost");
+        assert!(
+            unique.contains(id.as_str()),
+            "answered request {id} was lost"
+        );
     }
     // Every record the gateway has was served by the upstream, once.
-    let served: std::collections::HashSet<String> = mock.ledger().into_iter().filter_map(|e| e.request_id).collect();
+    let served: std::collections::HashSet<String> = mock
+        .ledger()
+        .into_iter()
+        .filter_map(|e| e.request_id)
+        .collect();
     assert!(unique.iter().all(|id| served.contains(*id)));
 
     // Rollups were built once per record even though the journal was replayed.
     let db = rusqlite::Connection::open(dir.path().join("data/tollgate.db")).unwrap();
     let (n, tokens): (i64, i64) = db
-        .query_row("SELECT COUNT(*), COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage_records", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .query_row(
+            "SELECT COUNT(*), COALESCE(SUM(input_tokens + output_tokens), 0) FROM usage_records",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
         .unwrap();
     for table in ["usage_rollup_minute", "usage_rollup_hour"] {
         let (rn, rt): (i64, i64) = db
-            .query_row(&format!("SELECT SUM(requests), SUM(input_tokens + output_tokens) FROM {table}"), [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row(
+                &format!("SELECT SUM(requests), SUM(input_tokens + output_tokens) FROM {table}"),
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .unwrap();
         assert_eq!((rn, rt), (n, tokens), "{table} disagrees with the records");
     }
@@ -133,13 +177,17 @@ async fn replaying_the_journal_twice_counts_each_record_once() {
     use tollgate::ledger::Store;
     let app = spawn_app().await;
     for _ in 0..3 {
-        let r = app.post_bearer("/v1/chat/completions", &app.chat_body("gpt-4o", false)).await;
+        let r = app
+            .post_bearer("/v1/chat/completions", &app.chat_body("gpt-4o", false))
+            .await;
         assert_eq!(r.status(), 200);
     }
     let records = app.records().await;
     assert_eq!(records.len(), 3);
-    let typed: Vec<tollgate::ledger::UsageRecord> =
-        records.iter().map(|r| serde_json::from_value(r.clone()).unwrap()).collect();
+    let typed: Vec<tollgate::ledger::UsageRecord> = records
+        .iter()
+        .map(|r| serde_json::from_value(r.clone()).unwrap())
+        .collect();
     let store = SqliteStore::open(&app._dir.path().join("data/tollgate.db")).unwrap();
     assert_eq!(store.insert_usage(typed.clone()).await.unwrap(), 0);
     assert_eq!(store.insert_usage(typed).await.unwrap(), 0);

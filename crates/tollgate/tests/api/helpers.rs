@@ -54,7 +54,11 @@ output = "1"
 
 pub fn load_config(dir: &std::path::Path, mock_base: &str) -> Config {
     let path = dir.join("tollgate.toml");
-    std::fs::write(&path, config_toml(&dir.join("data"), mock_base, "127.0.0.1:0")).unwrap();
+    std::fs::write(
+        &path,
+        config_toml(&dir.join("data"), mock_base, "127.0.0.1:0"),
+    )
+    .unwrap();
     Config::load_from(Some(&path), &[]).unwrap()
 }
 
@@ -182,8 +186,24 @@ pub fn request_id(resp: &reqwest::Response) -> String {
 
 /// Asserts that a record's tokens equal what the mock served.
 pub fn assert_matches_ledger(record: &Value, e: &mock_upstream::LedgerEntry) {
-    assert_eq!(record["input_tokens"], json!(e.input_tokens), "input: {record}");
-    assert_eq!(record["output_tokens"], json!(e.output_tokens), "output: {record}");
-    assert_eq!(record["cached_tokens"], json!(e.cached_tokens), "cached: {record}");
-    assert_eq!(record["reasoning_tokens"], json!(e.reasoning_tokens), "reasoning: {record}");
+    assert_eq!(
+        record["input_tokens"],
+        json!(e.input_tokens),
+        "input: {record}"
+    );
+    assert_eq!(
+        record["output_tokens"],
+        json!(e.output_tokens),
+        "output: {record}"
+    );
+    assert_eq!(
+        record["cached_tokens"],
+        json!(e.cached_tokens),
+        "cached: {record}"
+    );
+    assert_eq!(
+        record["reasoning_tokens"],
+        json!(e.reasoning_tokens),
+        "reasoning: {record}"
+    );
 }

@@ -22,7 +22,10 @@ async fn chat_is_metered_exactly_and_forwarded_with_the_providers_key() {
     assert_eq!(out["usage"]["prompt_tokens"], json!(4));
     assert_eq!(out["usage"]["completion_tokens"], json!(10));
     // 4 input of which 2 cached, 10 output: (2*2.5e9 + 2*1.25e9 + 10*1e10) / 1e6 nano-USD.
-    assert_eq!(rec["cost_nanos"], json!((2 * 2_500_000_000i64 + 2 * 1_250_000_000 + 10 * 10_000_000_000) / 1_000_000));
+    assert_eq!(
+        rec["cost_nanos"],
+        json!((2 * 2_500_000_000i64 + 2 * 1_250_000_000 + 10 * 10_000_000_000) / 1_000_000)
+    );
     assert_eq!(rec["status"], "success");
     assert_eq!(rec["provenance"], "provider");
     assert_eq!(rec["account_id"], json!(app.account_id));
@@ -33,14 +36,19 @@ async fn chat_is_metered_exactly_and_forwarded_with_the_providers_key() {
 #[tokio::test]
 async fn stream_without_include_usage_hides_the_usage_chunk_but_meters_it() {
     let app = spawn_app().await;
-    let resp = app.post_bearer("/v1/chat/completions", &app.chat_body("gpt-4o-mini", true)).await;
+    let resp = app
+        .post_bearer("/v1/chat/completions", &app.chat_body("gpt-4o-mini", true))
+        .await;
     assert_eq!(resp.status(), 200);
     let id = request_id(&resp);
     let text = resp.text().await.unwrap();
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
     for line in text.lines().filter(|l| l.starts_with("data: {")) {
         let v: Value = serde_json::from_str(&line[6..]).unwrap();
-        assert!(v.get("usage").is_none_or(Value::is_null), "client got a usage chunk: {line}");
+        assert!(
+            v.get("usage").is_none_or(Value::is_null),
+            "client got a usage chunk: {line}"
+        );
     }
     let rec = app.record(&id).await.unwrap();
     let e = app.ledger_entry(&id);
@@ -75,7 +83,10 @@ async fn anthropic_stream_with_cache_counts_input_once() {
     assert_eq!(rec["input_tokens"], json!(7));
     assert_eq!(e.auth.as_deref(), Some("sk-upstream-anthropic"));
     // 3 uncached at $3/M, 4 cached at $0.30/M, 5 output at $15/M.
-    assert_eq!(rec["cost_nanos"], json!((3 * 3_000_000_000i64 + 4 * 300_000_000 + 5 * 15_000_000_000) / 1_000_000));
+    assert_eq!(
+        rec["cost_nanos"],
+        json!((3 * 3_000_000_000i64 + 4 * 300_000_000 + 5 * 15_000_000_000) / 1_000_000)
+    );
 }
 
 #[tokio::test]
@@ -92,7 +103,8 @@ async fn missing_usage_is_estimated_locally() {
         assert_eq!(rec["status"], "success");
         // The mock's 6 words, counted by the bundled o200k BPE; the prompt is
         // 3 framing + 3 words + 3 priming.
-        let expected = tollgate::metering::tokenizer::count_text("lorem ipsum dolor sit amet consectetur");
+        let expected =
+            tollgate::metering::tokenizer::count_text("lorem ipsum dolor sit amet consectetur");
         assert!(expected >= 6);
         assert_eq!(rec["output_tokens"], json!(expected), "{rec}");
         assert_eq!(rec["input_tokens"], json!(9), "{rec}");
@@ -112,7 +124,10 @@ async fn client_disconnect_mid_stream_is_recorded_cancelled_with_real_usage() {
     drop(stream);
     let rec = app.wait_record(&id).await;
     assert_eq!(rec["status"], "cancelled", "{rec}");
-    assert_eq!(rec["provenance"], "provider", "the gateway kept reading to learn real usage");
+    assert_eq!(
+        rec["provenance"], "provider",
+        "the gateway kept reading to learn real usage"
+    );
     let e = app.ledger_entry(&id);
     assert!(e.completed);
     assert_matches_ledger(&rec, &e);
@@ -134,7 +149,12 @@ async fn upstream_cut_mid_stream_is_an_error_with_estimated_tokens() {
     assert_eq!(rec["input_tokens"], json!(9));
 }
 
-async fn raw(app: &TestApp, path: &str, auth: Option<(&str, String)>, body: Vec<u8>) -> (u16, Value) {
+async fn raw(
+    app: &TestApp,
+    path: &str,
+    auth: Option<(&str, String)>,
+    body: Vec<u8>,
+) -> (u16, Value) {
     let mut rb = app.http.post(format!("{}{path}", app.base)).body(body);
     if let Some((h, v)) = auth {
         rb = rb.header(h, v);
@@ -149,11 +169,17 @@ async fn raw(app: &TestApp, path: &str, auth: Option<(&str, String)>, body: Vec<
 fn shape(style: &str, v: &Value) -> (String, Value) {
     if style == "x-api-key" {
         assert_eq!(v["type"], "error", "{v}");
-        (v["error"]["type"].as_str().unwrap().to_string(), Value::Null)
+        (
+            v["error"]["type"].as_str().unwrap().to_string(),
+            Value::Null,
+        )
     } else {
         assert!(v["error"]["message"].is_string(), "{v}");
         assert!(v["error"].as_object().unwrap().contains_key("param"), "{v}");
-        (v["error"]["type"].as_str().unwrap().to_string(), v["error"]["code"].clone())
+        (
+            v["error"]["type"].as_str().unwrap().to_string(),
+            v["error"]["code"].clone(),
+        )
     }
 }
 
@@ -173,20 +199,88 @@ async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing()
         key
     };
     let good = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#.to_vec();
-    let big = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#, "x".repeat(70_000));
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "x".repeat(70_000)
+    );
     for style in ["bearer", "x-api-key"] {
         let auth = |k: &str| -> Option<(&'static str, String)> {
-            Some(if style == "bearer" { ("authorization", format!("Bearer {k}")) } else { ("x-api-key", k.to_string()) })
+            Some(if style == "bearer" {
+                ("authorization", format!("Bearer {k}"))
+            } else {
+                ("x-api-key", k.to_string())
+            })
         };
-        let path = if style == "bearer" { "/v1/chat/completions" } else { "/v1/messages" };
+        let path = if style == "bearer" {
+            "/v1/chat/completions"
+        } else {
+            "/v1/messages"
+        };
         let cases: Vec<(&str, Option<(&str, String)>, Vec<u8>, u16, &str, &str, &str)> = vec![
-            ("missing key", None, good.clone(), 401, "authentication_error", "authentication_error", "missing_api_key"),
-            ("bad key", auth("tg-nope"), good.clone(), 401, "authentication_error", "authentication_error", "invalid_api_key"),
-            ("revoked key", auth(&revoked), good.clone(), 401, "authentication_error", "authentication_error", "api_key_inactive"),
-            ("bad json", auth(&app.user_key), b"{not json".to_vec(), 400, "invalid_request_error", "invalid_request_error", "invalid_json"),
-            ("no model", auth(&app.user_key), br#"{"messages":[]}"#.to_vec(), 400, "invalid_request_error", "invalid_request_error", "invalid_request"),
-            ("unknown model", auth(&app.user_key), br#"{"model":"nope-1","max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#.to_vec(), 404, "invalid_request_error", "not_found_error", "model_not_found"),
-            ("too large", auth(&app.user_key), big.clone().into_bytes(), 413, "invalid_request_error", "request_too_large", "request_too_large"),
+            (
+                "missing key",
+                None,
+                good.clone(),
+                401,
+                "authentication_error",
+                "authentication_error",
+                "missing_api_key",
+            ),
+            (
+                "bad key",
+                auth("tg-nope"),
+                good.clone(),
+                401,
+                "authentication_error",
+                "authentication_error",
+                "invalid_api_key",
+            ),
+            (
+                "revoked key",
+                auth(&revoked),
+                good.clone(),
+                401,
+                "authentication_error",
+                "authentication_error",
+                "api_key_inactive",
+            ),
+            (
+                "bad json",
+                auth(&app.user_key),
+                b"{not json".to_vec(),
+                400,
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            (
+                "no model",
+                auth(&app.user_key),
+                br#"{"messages":[]}"#.to_vec(),
+                400,
+                "invalid_request_error",
+                "invalid_request_error",
+                "invalid_request",
+            ),
+            (
+                "unknown model",
+                auth(&app.user_key),
+                br#"{"model":"nope-1","max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#
+                    .to_vec(),
+                404,
+                "invalid_request_error",
+                "not_found_error",
+                "model_not_found",
+            ),
+            (
+                "too large",
+                auth(&app.user_key),
+                big.clone().into_bytes(),
+                413,
+                "invalid_request_error",
+                "request_too_large",
+                "request_too_large",
+            ),
         ];
         for (name, a, body, status, oa_type, an_type, code) in cases {
             let (got, v) = raw(&app, path, a, body).await;
@@ -200,8 +294,14 @@ async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing()
             }
         }
     }
-    assert!(app.records().await.is_empty(), "a rejected request left a record");
-    assert!(app.mock.ledger().is_empty(), "a rejected request reached the upstream");
+    assert!(
+        app.records().await.is_empty(),
+        "a rejected request left a record"
+    );
+    assert!(
+        app.mock.ledger().is_empty(),
+        "a rejected request reached the upstream"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +309,10 @@ async fn upstream_failures_are_recorded_and_reported_in_the_callers_shape() {
     let app = spawn_app().await;
     // Unreachable provider: 502.
     let resp = app
-        .post_bearer("/v1/chat/completions", &json!({"model": "dead-model", "messages": [{"role": "user", "content": "x"}]}))
+        .post_bearer(
+            "/v1/chat/completions",
+            &json!({"model": "dead-model", "messages": [{"role": "user", "content": "x"}]}),
+        )
         .await;
     assert_eq!(resp.status(), 502);
     let id = request_id(&resp);
@@ -240,19 +343,35 @@ async fn upstream_failures_are_recorded_and_reported_in_the_callers_shape() {
     assert_eq!(v["error"]["type"], "rate_limit_error");
     assert_eq!(v["error"]["message"], "mock upstream error");
     let rec = app.record(&id).await.unwrap();
-    assert_eq!((rec["status"].clone(), rec["http_status"].clone(), rec["cost_nanos"].clone()), (json!("error"), json!(429), json!(0)));
+    assert_eq!(
+        (
+            rec["status"].clone(),
+            rec["http_status"].clone(),
+            rec["cost_nanos"].clone()
+        ),
+        (json!("error"), json!(429), json!(0))
+    );
 }
 
 #[tokio::test]
 async fn admin_api_needs_an_admin_key_and_keys_are_shown_once() {
     let app = spawn_app().await;
-    let r = app.http.get(format!("{}/admin/accounts", app.base)).bearer_auth(&app.user_key).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}/admin/accounts", app.base))
+        .bearer_auth(&app.user_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["type"], "permission_error");
     let keys: Value = app
         .http
-        .get(format!("{}/admin/accounts/{}/keys", app.base, app.account_id))
+        .get(format!(
+            "{}/admin/accounts/{}/keys",
+            app.base, app.account_id
+        ))
         .bearer_auth(&app.admin_key)
         .send()
         .await
@@ -279,11 +398,25 @@ async fn models_and_embeddings() {
         .json()
         .await
         .unwrap();
-    let ids: Vec<&str> = r["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert!(ids.contains(&"gpt-4o") && ids.contains(&"claude-sonnet-4-20250514"), "{ids:?}");
-    assert!(!ids.contains(&"gemini-2.5-pro"), "unrouted models are not listed");
+    let ids: Vec<&str> = r["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&"gpt-4o") && ids.contains(&"claude-sonnet-4-20250514"),
+        "{ids:?}"
+    );
+    assert!(
+        !ids.contains(&"gemini-2.5-pro"),
+        "unrouted models are not listed"
+    );
     let resp = app
-        .post_bearer("/v1/embeddings", &json!({"model": "text-embedding-3-small", "input": ["a b c", "d e"]}))
+        .post_bearer(
+            "/v1/embeddings",
+            &json!({"model": "text-embedding-3-small", "input": ["a b c", "d e"]}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let id = request_id(&resp);
