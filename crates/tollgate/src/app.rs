@@ -14,20 +14,24 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::auth::{IssuedKey, KeyService};
+use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode, ErrorStyle};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::writer::Ledger;
-use crate::ledger::{new_id, now_ms, Store};
+use crate::ledger::{new_id, Store};
 use crate::metering::prices::PriceTable;
 use crate::metering::tokenizer;
 use crate::proxy::routing::ModelRouter;
-use crate::{admin, proxy};
+use crate::usage::store::UsageQueries;
+use crate::{admin, proxy, usage};
 
 pub struct AppState {
     pub config: Config,
+    pub clock: SharedClock,
     pub keys: KeyService,
     pub ledger: Ledger,
+    pub usage: Arc<dyn UsageQueries>,
     pub prices: PriceTable,
     pub router: ModelRouter,
     pub http: reqwest::Client,
@@ -66,13 +70,24 @@ pub fn load_price_table(config: &Config) -> anyhow::Result<PriceTable> {
 }
 
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(config).await?.0)
+}
+
+/// The store's write side and its usage-query side (one backend, two traits).
+pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn UsageQueries>)> {
     std::fs::create_dir_all(&config.server.data_dir)?;
-    Ok(Arc::new(SqliteStore::open(&config.sqlite_path())?))
+    let sqlite = Arc::new(SqliteStore::open(&config.sqlite_path())?);
+    Ok((sqlite.clone(), sqlite))
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = open_store(&config).await?;
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As `build`, with the clock injected (tests place requests in time with a ManualClock).
+    pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
+        let (store, usage) = open_stores(&config).await?;
         let ledger = Ledger::start(
             store.clone(),
             &config.journal_dir(),
@@ -103,8 +118,10 @@ impl Application {
         let listener = TcpListener::bind(config.server.listen).await?;
         let state = Arc::new(AppState {
             config,
+            clock,
             keys,
             ledger,
+            usage,
             prices,
             router,
             http,
@@ -175,6 +192,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/messages", post(proxy::messages))
         .route("/v1/models", get(proxy::list_models))
         .nest("/admin", admin::routes())
+        .merge(usage::routes())
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -183,18 +201,22 @@ pub fn routes(state: Arc<AppState>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(axum::middleware::from_fn(request_context))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), request_context))
         .with_state(state)
 }
 
 /// Gives every request an id and an error style, and renders any `ApiError` in that style: the
 /// one place errors become HTTP responses.
-async fn request_context(mut req: Request, next: Next) -> Response {
+async fn request_context(
+    axum::extract::State(s): axum::extract::State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let ctx = RequestCtx {
         request_id: new_id("req", 12),
         style: ErrorStyle::detect(req.headers(), req.uri().path()),
         started: Instant::now(),
-        started_ms: now_ms(),
+        started_ms: s.clock.now_ms(),
     };
     req.extensions_mut().insert(ctx.clone());
     let mut resp = next.run(req).await;

@@ -8,11 +8,14 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod credits;
 pub mod error;
 pub mod ledger;
 pub mod metering;
 pub mod proxy;
+pub mod usage;
 
 pub use app::Application;
 pub use config::Config;

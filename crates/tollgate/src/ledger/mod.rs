@@ -4,6 +4,7 @@
 
 pub mod journal;
 pub mod sqlite;
+pub mod sqlite_usage;
 pub mod writer;
 
 use async_trait::async_trait;

@@ -133,7 +133,7 @@ impl SqliteStore {
         })
     }
 
-    async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -144,7 +144,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Db(e.to_string()))?
     }
 
-    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(crate) async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

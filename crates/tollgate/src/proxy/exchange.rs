@@ -24,7 +24,7 @@ use crate::app::{AppState, RequestCtx};
 use crate::auth::Caller;
 use crate::config::ProviderKind;
 use crate::error::{ApiError, ErrorCode};
-use crate::ledger::{now_ms, Status, UsageRecord};
+use crate::ledger::{Status, UsageRecord};
 use crate::metering::prices::{cost_nanos, PriceEntry};
 use crate::metering::usage::{self, Api, EventAction, StreamMeter};
 use crate::metering::{tokenizer, Provenance, Usage};
@@ -345,7 +345,7 @@ impl Exchange {
         let record = UsageRecord {
             request_id: self.ctx.request_id.clone(),
             created_at_ms: self.ctx.started_ms,
-            finished_at_ms: now_ms(),
+            finished_at_ms: self.ctx.started_ms + self.ctx.started.elapsed().as_millis() as i64,
             account_id: self.caller.account_id.clone(),
             key_id: self.caller.key_id.clone(),
             endpoint: self.api.endpoint().to_string(),
