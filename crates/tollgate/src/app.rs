@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 use crate::auth::{IssuedKey, KeyService};
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
+use crate::credits::byok::ProviderKeys;
+use crate::credits::limits::Limiter;
+use crate::credits::Credits;
 use crate::error::{ApiError, ErrorCode, ErrorStyle};
 use crate::ledger::sqlite::SqliteStore;
 use crate::ledger::writer::Ledger;
@@ -31,6 +34,9 @@ pub struct AppState {
     pub clock: SharedClock,
     pub keys: KeyService,
     pub ledger: Ledger,
+    pub credits: Credits,
+    pub limiter: Limiter,
+    pub provider_keys: ProviderKeys,
     pub usage: Arc<dyn UsageQueries>,
     pub prices: PriceTable,
     pub router: ModelRouter,
@@ -74,7 +80,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// The store's write side and its usage-query side (one backend, two traits).
-pub async fn open_stores(config: &Config) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn UsageQueries>)> {
+pub async fn open_stores(
+    config: &Config,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn UsageQueries>)> {
     std::fs::create_dir_all(&config.server.data_dir)?;
     let sqlite = Arc::new(SqliteStore::open(&config.sqlite_path())?);
     Ok((sqlite.clone(), sqlite))
@@ -106,6 +114,14 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!(e.message))?;
         let prices = load_price_table(&config)?;
+        let credits = Credits::new(store.clone(), config.credits.clone());
+        let limiter = Limiter::new(
+            store.clone(),
+            clock.clone(),
+            config.limits.auth_failures_per_minute,
+        );
+        let provider_keys =
+            ProviderKeys::new(store.clone(), config.security.encryption_key.as_deref());
         let router = ModelRouter::from_config(&config, |var| std::env::var(var).ok());
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -121,6 +137,9 @@ impl Application {
             clock,
             keys,
             ledger,
+            credits,
+            limiter,
+            provider_keys,
             usage,
             prices,
             router,
@@ -148,9 +167,13 @@ impl Application {
     ) -> std::io::Result<()> {
         let ledger = self.state.ledger.clone();
         let listener = NoDelayListener(self.listener);
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(
+            listener,
+            self.router
+                .into_make_service_with_connect_info::<ClientAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await?;
         // Everything answered is in the journal already; this just saves the next start a replay.
         ledger.flush().await;
         Ok(())
@@ -185,6 +208,18 @@ impl axum::serve::Listener for NoDelayListener {
     }
 }
 
+/// The client's address, for the authentication-failure brake.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelayListener>>
+    for ClientAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, NoDelayListener>) -> Self {
+        ClientAddr(*stream.remote_addr())
+    }
+}
+
 pub fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(proxy::chat_completions))
@@ -193,6 +228,7 @@ pub fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/models", get(proxy::list_models))
         .nest("/admin", admin::routes())
         .merge(usage::routes())
+        .merge(crate::credits::api::routes())
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -201,7 +237,10 @@ pub fn routes(state: Arc<AppState>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -218,9 +257,29 @@ async fn request_context(
         started: Instant::now(),
         started_ms: s.clock.now_ms(),
     };
-    req.extensions_mut().insert(ctx.clone());
-    let mut resp = next.run(req).await;
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<ClientAddr>>()
+        .map(|c| c.0 .0.ip());
+    // An address that keeps presenting bad keys is refused before any key lookup.
+    let blocked = ip.is_some_and(|ip| s.limiter.auth_blocked(ip));
+    let mut resp = if blocked {
+        let mut err = ApiError::new(
+            ErrorCode::RateLimited,
+            "too many failed authentication attempts from this address; retry in a minute",
+        );
+        err.headers.push(("retry-after", "60".into()));
+        err.into_response()
+    } else {
+        req.extensions_mut().insert(ctx.clone());
+        next.run(req).await
+    };
     if let Some(err) = resp.extensions_mut().remove::<ApiError>() {
+        if err.code == ErrorCode::InvalidApiKey {
+            if let Some(ip) = ip {
+                s.limiter.auth_failed(ip);
+            }
+        }
         resp = err.render(ctx.style);
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {

@@ -12,7 +12,7 @@ use rand::Rng;
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, ErrorCode};
-use crate::ledger::{new_id, now_ms, Account, ApiKeyRecord, Role, Store};
+use crate::ledger::{new_id, now_ms, Account, ApiKeyRecord, KeyLimits, Role, Store};
 
 /// Who is calling, once the key checks out.
 #[derive(Debug, Clone)]
@@ -20,11 +20,13 @@ pub struct Caller {
     pub account_id: String,
     pub key_id: String,
     pub role: Role,
+    pub limits: Arc<KeyLimits>,
 }
 
 #[derive(Clone)]
 struct Cached {
     key: ApiKeyRecord,
+    limits: Arc<KeyLimits>,
     account_disabled: bool,
     loaded: Instant,
 }
@@ -104,6 +106,7 @@ impl KeyService {
                 let account = self.store.get_account(&key.account_id).await?;
                 let c = Cached {
                     account_disabled: account.is_none_or(|a| a.disabled),
+                    limits: Arc::new(key.limits.clone()),
                     key,
                     loaded: Instant::now(),
                 };
@@ -127,6 +130,7 @@ impl KeyService {
             account_id: entry.key.account_id,
             key_id: entry.key.id,
             role: entry.key.role,
+            limits: entry.limits,
         })
     }
 
@@ -154,7 +158,9 @@ impl KeyService {
         account_id: &str,
         name: &str,
         role: Role,
+        limits: KeyLimits,
     ) -> Result<IssuedKey, ApiError> {
+        validate_limits(&limits)?;
         if self.store.get_account(account_id).await?.is_none() {
             return Err(
                 ApiError::new(ErrorCode::NotFound, format!("no account {account_id}"))
@@ -172,6 +178,7 @@ impl KeyService {
             role,
             created_at_ms: now_ms(),
             revoked_at_ms: None,
+            limits,
         };
         self.store.create_key(record.clone()).await?;
         Ok(IssuedKey {
@@ -211,8 +218,75 @@ impl KeyService {
             None => self.create_account("admin").await?,
         };
         Ok(Some(
-            self.issue(&account.id, "bootstrap admin key", Role::Admin)
-                .await?,
+            self.issue(
+                &account.id,
+                "bootstrap admin key",
+                Role::Admin,
+                KeyLimits::default(),
+            )
+            .await?,
         ))
     }
+
+    pub async fn set_limits(
+        &self,
+        key_id: &str,
+        limits: KeyLimits,
+    ) -> Result<ApiKeyRecord, ApiError> {
+        validate_limits(&limits)?;
+        if !self.store.update_key_limits(key_id, limits).await? {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no key {key_id}"),
+            ));
+        }
+        self.cache.write().retain(|_, c| c.key.id != key_id);
+        self.store
+            .get_key(key_id)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no key {key_id}")))
+    }
+
+    pub async fn set_account_disabled(
+        &self,
+        account_id: &str,
+        disabled: bool,
+    ) -> Result<(), ApiError> {
+        if !self
+            .store
+            .set_account_disabled(account_id, disabled)
+            .await?
+        {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!("no account {account_id}"),
+            ));
+        }
+        self.cache
+            .write()
+            .retain(|_, c| c.key.account_id != account_id);
+        Ok(())
+    }
+}
+
+fn validate_limits(l: &KeyLimits) -> Result<(), ApiError> {
+    if l.spend_limit_nanos.is_some_and(|v| v < 0) {
+        return Err(ApiError::invalid(
+            "spend_limit_nanos",
+            "must not be negative",
+        ));
+    }
+    if l.spend_period.is_some() && l.spend_limit_nanos.is_none() {
+        return Err(ApiError::invalid(
+            "spend_period",
+            "spend_period needs spend_limit_nanos",
+        ));
+    }
+    if l.allowed_models.as_ref().is_some_and(|m| m.is_empty()) {
+        return Err(ApiError::invalid(
+            "allowed_models",
+            "an empty allow-list would block every model; omit it instead",
+        ));
+    }
+    Ok(())
 }

@@ -216,7 +216,7 @@ async fn keys(config: Config, cmd: KeysCmd) -> anyhow::Result<()> {
         } => {
             let role = if admin { Role::Admin } else { Role::User };
             let k = svc
-                .issue(&account, &name, role)
+                .issue(&account, &name, role, Default::default())
                 .await
                 .map_err(|e| anyhow::anyhow!(e.message))?;
             println!("{}", serde_json::to_string_pretty(&k)?);

@@ -9,12 +9,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::metering::money::NANOS_PER_USD;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub store: StoreConfig,
     pub journal: JournalConfig,
+    pub credits: CreditsConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
     /// Upstream providers by name. Each says which models it serves.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Extra or overriding price entries, by model name.
@@ -64,6 +69,56 @@ pub struct JournalConfig {
     /// before a response is sent, which already survives a killed process; fsync adds power-loss
     /// safety.
     pub fsync_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// Refuse (402) requests whose maximum cost the account's balance cannot cover. With
+    /// `false`, usage is still charged and balances may go negative.
+    pub enforce: bool,
+    /// Credits per USD: the unit of `x-credits-remaining` and of credit fields in the usage
+    /// APIs. Default 1,000,000 (one credit = one micro-USD).
+    pub per_usd: i64,
+    /// Currency of `*_micro` fields.
+    pub currency: String,
+    /// Fee charged on bring-your-own-key requests, in basis points of their cost (0 = free).
+    pub byok_fee_bps: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Failed authentications from one client address per minute before it gets 429 without a
+    /// key lookup.
+    pub auth_failures_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Base64 of 32 random bytes; encrypts accounts' own provider keys at rest. Without it,
+    /// bring-your-own-key is off. Generate one with `openssl rand -base64 32`.
+    pub encryption_key: Option<String>,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            per_usd: 1_000_000,
+            currency: "USD".into(),
+            byok_fee_bps: 0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            auth_failures_per_minute: 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -182,6 +237,9 @@ impl Default for Config {
             server: ServerConfig::default(),
             store: StoreConfig::default(),
             journal: JournalConfig::default(),
+            credits: CreditsConfig::default(),
+            limits: LimitsConfig::default(),
+            security: SecurityConfig::default(),
             providers,
             prices: BTreeMap::new(),
         }
@@ -263,6 +321,27 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be at least 1024".into(),
             ));
+        }
+        if self.credits.per_usd <= 0 || NANOS_PER_USD % self.credits.per_usd != 0 {
+            return Err(ConfigError::Invalid(
+                "credits.per_usd must be a positive divisor of 1000000000 (e.g. 100, 100000, 1000000)".into(),
+            ));
+        }
+        if !(0..=10_000).contains(&self.credits.byok_fee_bps) {
+            return Err(ConfigError::Invalid(
+                "credits.byok_fee_bps must be 0 to 10000".into(),
+            ));
+        }
+        if let Some(k) = &self.security.encryption_key {
+            use base64::Engine;
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .is_ok_and(|b| b.len() == 32);
+            if !ok {
+                return Err(ConfigError::Invalid(
+                    "security.encryption_key must be base64 of exactly 32 bytes (openssl rand -base64 32)".into(),
+                ));
+            }
         }
         if self.store.batch_max == 0 {
             return Err(ConfigError::Invalid(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -13,14 +13,23 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorCode};
-use crate::ledger::{RecordQuery, Role};
+use crate::ledger::{CreditKind, KeyLimits, RecordQuery, Role};
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/accounts", get(list_accounts).post(create_account))
-        .route("/accounts/{id}", get(get_account))
+        .route("/accounts/{id}", get(get_account).patch(update_account))
         .route("/accounts/{id}/keys", get(list_keys).post(create_key))
-        .route("/keys/{id}", delete(revoke_key))
+        .route(
+            "/accounts/{id}/credits",
+            get(credit_audit).post(add_credits),
+        )
+        .route("/accounts/{id}/provider-keys", get(list_provider_keys))
+        .route(
+            "/accounts/{id}/provider-keys/{provider}",
+            put(put_provider_key).delete(delete_provider_key),
+        )
+        .route("/keys/{id}", delete(revoke_key).patch(update_key))
         .route("/requests", get(list_requests))
         .route("/requests/{id}", get(get_request))
 }
@@ -103,6 +112,7 @@ async fn get_account(
 struct NewKey {
     name: Option<String>,
     role: Option<Role>,
+    limits: Option<KeyLimits>,
 }
 
 async fn create_key(
@@ -119,6 +129,7 @@ async fn create_key(
             &id,
             req.name.as_deref().unwrap_or("default"),
             req.role.unwrap_or(Role::User),
+            req.limits.unwrap_or_default(),
         )
         .await?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
@@ -198,4 +209,191 @@ async fn get_request(
             format!("no request {id}"),
         )),
     }
+}
+
+async fn existing_account(s: &AppState, id: &str) -> Result<(), ApiError> {
+    match s.ledger.store.get_account(id).await? {
+        Some(_) => Ok(()),
+        None => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no account {id}"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountPatch {
+    disabled: bool,
+}
+
+async fn update_account(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let req: AccountPatch = parse_body(&body)?;
+    s.keys.set_account_disabled(&id, req.disabled).await?;
+    get_account(State(s), headers, Path(id)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    limits: KeyLimits,
+}
+
+async fn update_key(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    let req: KeyPatch = parse_body(&body)?;
+    Ok(Json(s.keys.set_limits(&id, req.limits).await?).into_response())
+}
+
+/// A grant or refund. The amount is given once: in USD as decimal text, or in credits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditRequest {
+    #[serde(default)]
+    kind: Option<CreditKind>,
+    amount_usd: Option<String>,
+    amount_credits: Option<i64>,
+    idempotency_key: Option<String>,
+    note: Option<String>,
+}
+
+async fn add_credits(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    existing_account(&s, &id).await?;
+    let req: CreditRequest = parse_body(&body)?;
+    let amount = match (&req.amount_usd, req.amount_credits) {
+        (Some(usd), None) => crate::metering::money::parse_decimal_scaled(usd, 9)
+            .map_err(|e| ApiError::invalid("amount_usd", format!("amount_usd: {e}")))?,
+        (None, Some(c)) => s
+            .credits
+            .credits_to_nanos(c)
+            .ok_or_else(|| ApiError::invalid("amount_credits", "amount_credits is too large"))?,
+        _ => {
+            return Err(ApiError::invalid(
+                "amount_usd",
+                "give exactly one of amount_usd or amount_credits",
+            ))
+        }
+    };
+    // The Idempotency-Key header is the conventional place; a body field works too.
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let key = req.idempotency_key.or(header_key);
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::invalid(
+            "idempotency_key",
+            "idempotency_key must be 1 to 255 characters",
+        ));
+    }
+    let (entry, created) = s
+        .credits
+        .add(
+            &id,
+            req.kind.unwrap_or(CreditKind::Grant),
+            amount,
+            key,
+            req.note,
+            s.clock.now_ms(),
+        )
+        .await?;
+    let view = s.credits.view(&id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "entry": entry,
+            "replayed": !created,
+            "balance_nanos": view.balance_nanos,
+            "balance_credits": s.credits.nanos_to_credits(view.balance_nanos),
+        })),
+    )
+        .into_response())
+}
+
+async fn credit_audit(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    existing_account(&s, &id).await?;
+    s.ledger.flush().await;
+    Ok(Json(s.credits.audit(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderKeyBody {
+    api_key: String,
+}
+
+async fn put_provider_key(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, provider)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    existing_account(&s, &id).await?;
+    if !s.router.providers.iter().any(|p| p.name == provider) {
+        return Err(
+            ApiError::new(ErrorCode::NotFound, format!("no provider {provider}"))
+                .with_param("provider"),
+        );
+    }
+    let req: ProviderKeyBody = parse_body(&body)?;
+    Ok(Json(
+        s.provider_keys
+            .put(&id, &provider, &req.api_key, s.clock.now_ms())
+            .await?,
+    )
+    .into_response())
+}
+
+async fn delete_provider_key(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path((id, provider)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    existing_account(&s, &id).await?;
+    if !s.provider_keys.delete(&id, &provider).await? {
+        return Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no {provider} key stored for {id}"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_provider_keys(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    admin(&s, &headers).await?;
+    existing_account(&s, &id).await?;
+    Ok(Json(json!({"object": "list", "data": s.provider_keys.list(&id).await?})).into_response())
 }

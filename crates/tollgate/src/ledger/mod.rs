@@ -78,6 +78,10 @@ pub struct UsageRecord {
     pub cache_write_tokens: i64,
     pub reasoning_tokens: i64,
     pub cost_nanos: i64,
+    /// Debited from the account's credits: the cost for `platform` requests, the configured fee
+    /// (if any) for `user` (bring-your-own-key) requests.
+    #[serde(default)]
+    pub charged_nanos: i64,
     /// Unit prices charged, nano-USD per million tokens.
     pub price_input: i64,
     pub price_output: i64,
@@ -130,6 +134,111 @@ pub struct ApiKeyRecord {
     pub role: Role,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    #[serde(default)]
+    pub limits: KeyLimits,
+}
+
+/// Budget periods, on UTC calendar boundaries (ISO weeks start Monday 00:00 UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Period {
+    Daily,
+    Weekly,
+    Monthly,
+    /// Never resets.
+    Total,
+}
+
+impl Period {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Daily => "daily",
+            Period::Weekly => "weekly",
+            Period::Monthly => "monthly",
+            Period::Total => "total",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "daily" => Some(Period::Daily),
+            "weekly" => Some(Period::Weekly),
+            "monthly" => Some(Period::Monthly),
+            "total" => Some(Period::Total),
+            _ => None,
+        }
+    }
+}
+
+/// Per-key limits; `None` = unlimited.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeyLimits {
+    /// Spend limit in nano-USD per `spend_period` (model cost, whoever pays it).
+    pub spend_limit_nanos: Option<i64>,
+    pub spend_period: Option<Period>,
+    /// Requests per minute (UTC minute windows).
+    pub rpm_limit: Option<u64>,
+    /// Tokens (input + output) per minute.
+    pub tpm_limit: Option<u64>,
+    pub expires_at_ms: Option<i64>,
+    /// Models this key may use; `None` = all.
+    pub allowed_models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CreditKind {
+    Grant,
+    Refund,
+}
+
+impl CreditKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreditKind::Grant => "grant",
+            CreditKind::Refund => "refund",
+        }
+    }
+}
+
+/// An entry of the append-only credit ledger (charges are the usage records themselves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditEntry {
+    pub id: String,
+    pub account_id: String,
+    pub kind: CreditKind,
+    pub amount_nanos: i64,
+    pub idempotency_key: Option<String>,
+    pub note: Option<String>,
+    pub created_at_ms: i64,
+}
+
+/// Sums behind an account's balance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CreditTotals {
+    pub grants_nanos: i64,
+    pub refunds_nanos: i64,
+    /// Σ charged_nanos from the rollups (what the balance uses).
+    pub charges_nanos: i64,
+    /// Σ charged_nanos from the raw records (filled only for audits).
+    pub charges_nanos_records: Option<i64>,
+}
+
+impl CreditTotals {
+    pub fn balance_nanos(&self) -> i64 {
+        self.grants_nanos - self.charges_nanos + self.refunds_nanos
+    }
+}
+
+/// An account's own provider key, encrypted.
+#[derive(Debug, Clone)]
+pub struct StoredProviderKey {
+    pub account_id: String,
+    pub provider: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub last4: String,
+    pub created_at_ms: i64,
 }
 
 /// A filter over raw records, newest first.
@@ -161,6 +270,37 @@ pub trait Store: Send + Sync + 'static {
     /// Marks a key revoked; false if it does not exist.
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
     async fn count_admin_keys(&self) -> Result<i64, StoreError>;
+    async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError>;
+    async fn set_account_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+
+    /// Appends a grant or refund. With an idempotency key already used for this account, returns
+    /// the stored entry and `false` (nothing added); a reuse with different content is a
+    /// `Conflict`.
+    async fn add_credit(&self, entry: CreditEntry) -> Result<(CreditEntry, bool), StoreError>;
+    async fn list_credits(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<CreditEntry>, StoreError>;
+    /// The sums behind a balance; `audit` also sums the raw records.
+    async fn credit_totals(
+        &self,
+        account_id: &str,
+        audit: bool,
+    ) -> Result<CreditTotals, StoreError>;
+    /// A key's model cost (nano-USD) in records created at or after `since_ms` (hour-aligned).
+    async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError>;
+
+    async fn put_provider_key(&self, key: StoredProviderKey) -> Result<(), StoreError>;
+    async fn delete_provider_key(
+        &self,
+        account_id: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError>;
+    async fn list_provider_keys(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<StoredProviderKey>, StoreError>;
 }
 
 pub fn now_ms() -> i64 {

@@ -8,14 +8,18 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{Account, ApiKeyRecord, RecordQuery, Role, Status, Store, StoreError, UsageRecord};
+use super::{
+    Account, ApiKeyRecord, CreditEntry, CreditKind, CreditTotals, KeyLimits, RecordQuery, Role,
+    Status, Store, StoreError, StoredProviderKey, UsageRecord,
+};
 use crate::metering::Provenance;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// Versioned schema steps; each runs once, in order.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE accounts (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -100,7 +104,38 @@ CREATE TABLE usage_rollup_hour (
     cost_nanos INTEGER NOT NULL,
     PRIMARY KEY (account_id, bucket_ms, key_id, model, provider, source, endpoint)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- 2: credits, per-key limits, bring-your-own-key
+ALTER TABLE usage_records ADD COLUMN charged_nanos INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_records SET charged_nanos = cost_nanos WHERE source = 'platform';
+ALTER TABLE usage_rollup_minute ADD COLUMN charged_nanos INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_rollup_minute SET charged_nanos = cost_nanos WHERE source = 'platform';
+ALTER TABLE usage_rollup_hour ADD COLUMN charged_nanos INTEGER NOT NULL DEFAULT 0;
+UPDATE usage_rollup_hour SET charged_nanos = cost_nanos WHERE source = 'platform';
+CREATE TABLE credit_entries (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    kind TEXT NOT NULL CHECK (kind IN ('grant', 'refund')),
+    amount_nanos INTEGER NOT NULL CHECK (amount_nanos > 0),
+    idempotency_key TEXT,
+    note TEXT,
+    created_at_ms INTEGER NOT NULL,
+    UNIQUE (account_id, idempotency_key)
+);
+CREATE INDEX credit_entries_account ON credit_entries(account_id, created_at_ms);
+ALTER TABLE api_keys ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE provider_keys (
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    provider TEXT NOT NULL,
+    nonce BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    last4 TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (account_id, provider)
+);
+"#,
+];
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
@@ -183,7 +218,7 @@ const RECORD_COLUMNS: &str =
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance";
+    streamed, provenance, charged_nanos";
 
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let status: String = r.get(21)?;
@@ -221,6 +256,7 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         } else {
             Provenance::Provider
         },
+        charged_nanos: r.get(28)?,
     })
 }
 
@@ -249,24 +285,27 @@ fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
         },
         created_at_ms: r.get(7)?,
         revoked_at_ms: r.get(8)?,
+        limits: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
     })
 }
 
 const KEY_COLUMNS: &str =
-    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms";
+    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
 
 fn rollup_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
-         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13) \
+         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
+         charged_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
          ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
          requests = requests + 1, success = success + excluded.success, \
          input_tokens = input_tokens + excluded.input_tokens, \
          output_tokens = output_tokens + excluded.output_tokens, \
          cached_tokens = cached_tokens + excluded.cached_tokens, \
          reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
-         cost_nanos = cost_nanos + excluded.cost_nanos"
+         cost_nanos = cost_nanos + excluded.cost_nanos, \
+         charged_nanos = charged_nanos + excluded.charged_nanos"
     )
 }
 
@@ -277,7 +316,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
         let mut ins = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
         ))?;
         let mut minute = tx.prepare_cached(&rollup_sql("usage_rollup_minute"))?;
         let mut hour = tx.prepare_cached(&rollup_sql("usage_rollup_hour"))?;
@@ -311,6 +350,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
                 r.ttft_ms,
                 r.streamed,
                 r.provenance.as_str(),
+                r.charged_nanos,
             ])?;
             // Rollups grow only with records that are new, so a replayed journal entry is not
             // counted twice.
@@ -334,6 +374,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
                     r.cached_tokens,
                     r.reasoning_tokens,
                     r.cost_nanos,
+                    r.charged_nanos,
                 ])?;
             }
         }
@@ -422,7 +463,7 @@ impl Store for SqliteStore {
     async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError> {
         self.with_writer(move |c| {
             c.execute(
-                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
                     k.id,
                     k.account_id,
@@ -432,7 +473,8 @@ impl Store for SqliteStore {
                     k.prefix,
                     k.role.as_str(),
                     k.created_at_ms,
-                    k.revoked_at_ms
+                    k.revoked_at_ms,
+                    serde_json::to_string(&k.limits).map_err(|e| StoreError::Db(e.to_string()))?
                 ],
             )?;
             Ok(())
@@ -500,4 +542,199 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let json = serde_json::to_string(&limits).map_err(|e| StoreError::Db(e.to_string()))?;
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "UPDATE api_keys SET limits = ?2 WHERE id = ?1",
+                params![id, json],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn set_account_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "UPDATE accounts SET disabled = ?2 WHERE id = ?1",
+                params![id, disabled],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn add_credit(&self, e: CreditEntry) -> Result<(CreditEntry, bool), StoreError> {
+        self.with_writer(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (account_id, idempotency_key) DO NOTHING",
+                params![e.id, e.account_id, e.kind.as_str(), e.amount_nanos, e.idempotency_key, e.note, e.created_at_ms],
+            )?;
+            if n == 1 {
+                tx.commit()?;
+                return Ok((e, true));
+            }
+            let existing = tx.query_row(
+                &format!("SELECT {CREDIT_COLUMNS} FROM credit_entries WHERE account_id = ?1 AND idempotency_key = ?2"),
+                params![e.account_id, e.idempotency_key],
+                credit_from_row,
+            )?;
+            if existing.kind != e.kind || existing.amount_nanos != e.amount_nanos {
+                return Err(StoreError::Conflict(format!(
+                    "idempotency key {:?} was already used for a different {} of {} nano-USD",
+                    e.idempotency_key.unwrap_or_default(),
+                    existing.kind.as_str(),
+                    existing.amount_nanos
+                )));
+            }
+            Ok((existing, false))
+        })
+        .await
+    }
+
+    async fn list_credits(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<CreditEntry>, StoreError> {
+        let account_id = account_id.to_string();
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CREDIT_COLUMNS} FROM credit_entries WHERE account_id = ?1 ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![account_id, limit as i64], credit_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn credit_totals(
+        &self,
+        account_id: &str,
+        audit: bool,
+    ) -> Result<CreditTotals, StoreError> {
+        let account_id = account_id.to_string();
+        self.with_reader(move |c| {
+            let (grants, refunds): (i64, i64) = c.query_row(
+                "SELECT COALESCE(SUM(CASE WHEN kind = 'grant' THEN amount_nanos END), 0), \
+                        COALESCE(SUM(CASE WHEN kind = 'refund' THEN amount_nanos END), 0) \
+                 FROM credit_entries WHERE account_id = ?1",
+                [&account_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let charges: i64 = c.query_row(
+                "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_rollup_hour WHERE account_id = ?1",
+                [&account_id],
+                |r| r.get(0),
+            )?;
+            let records = if audit {
+                Some(c.query_row(
+                    "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_records WHERE account_id = ?1",
+                    [&account_id],
+                    |r| r.get(0),
+                )?)
+            } else {
+                None
+            };
+            Ok(CreditTotals {
+                grants_nanos: grants,
+                refunds_nanos: refunds,
+                charges_nanos: charges,
+                charges_nanos_records: records,
+            })
+        })
+        .await
+    }
+
+    async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let key_id = key_id.to_string();
+        // The rollup's primary key leads with account_id; this scan is per key, once per key and
+        // period per process.
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_rollup_hour WHERE key_id = ?1 AND bucket_ms >= ?2",
+                params![key_id, since_ms],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn put_provider_key(&self, k: StoredProviderKey) -> Result<(), StoreError> {
+        self.with_writer(move |c| {
+            c.execute(
+                "INSERT INTO provider_keys (account_id, provider, nonce, ciphertext, last4, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id, provider) DO UPDATE SET \
+                 nonce = excluded.nonce, ciphertext = excluded.ciphertext, last4 = excluded.last4, \
+                 created_at_ms = excluded.created_at_ms",
+                params![k.account_id, k.provider, k.nonce, k.ciphertext, k.last4, k.created_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_provider_key(
+        &self,
+        account_id: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError> {
+        let (a, p) = (account_id.to_string(), provider.to_string());
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "DELETE FROM provider_keys WHERE account_id = ?1 AND provider = ?2",
+                params![a, p],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn list_provider_keys(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<StoredProviderKey>, StoreError> {
+        let a = account_id.to_string();
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT account_id, provider, nonce, ciphertext, last4, created_at_ms FROM provider_keys \
+                 WHERE account_id = ?1 ORDER BY provider",
+            )?;
+            let rows = stmt.query_map([a], |r| {
+                Ok(StoredProviderKey {
+                    account_id: r.get(0)?,
+                    provider: r.get(1)?,
+                    nonce: r.get(2)?,
+                    ciphertext: r.get(3)?,
+                    last4: r.get(4)?,
+                    created_at_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+const CREDIT_COLUMNS: &str =
+    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
+
+fn credit_from_row(r: &Row<'_>) -> rusqlite::Result<CreditEntry> {
+    let kind: String = r.get(2)?;
+    Ok(CreditEntry {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        kind: if kind == "refund" {
+            CreditKind::Refund
+        } else {
+            CreditKind::Grant
+        },
+        amount_nanos: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        note: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
 }

@@ -19,10 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::routing::Provider;
 use super::sse::SseSplitter;
-use super::ProxyRequest;
+use super::{ProxyRequest, Source};
 use crate::app::{AppState, RequestCtx};
 use crate::auth::Caller;
 use crate::config::ProviderKind;
+use crate::credits::limits::Permit;
+use crate::credits::Hold;
 use crate::error::{ApiError, ErrorCode};
 use crate::ledger::{Status, UsageRecord};
 use crate::metering::prices::{cost_nanos, PriceEntry};
@@ -40,6 +42,11 @@ pub struct Exchange {
     pub anthropic_version: Option<String>,
     pub anthropic_beta: Option<String>,
     pub req: ProxyRequest,
+    pub source: Source,
+    /// The credit hold and the key's permit, settled once in `finish`.
+    pub settlement: Option<(Hold, Permit)>,
+    /// Available credit (nano-USD) once this request's hold was taken.
+    pub available_after_hold: i64,
 }
 
 /// How the tokens of a finished request are known.
@@ -82,7 +89,7 @@ impl Exchange {
         format!("{}/{path}", self.provider.base_url)
     }
 
-    async fn drive(self, head_tx: oneshot::Sender<Head>) {
+    async fn drive(mut self, head_tx: oneshot::Sender<Head>) {
         let s = &self.state;
         let mut rb = s
             .http
@@ -152,7 +159,7 @@ impl Exchange {
 
     /// The upstream failed before answering: record it, then tell the client.
     fn fail(
-        &self,
+        &mut self,
         head_tx: oneshot::Sender<Head>,
         err: ApiError,
         http_status: u16,
@@ -174,7 +181,7 @@ impl Exchange {
         let _ = head_tx.send(Err(err));
     }
 
-    async fn whole(self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+    async fn whole(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
         let status = resp.status();
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         let body = match resp.bytes().await {
@@ -202,7 +209,8 @@ impl Exchange {
             .get("model")
             .and_then(Value::as_str)
             .map(str::to_string);
-        self.finish(Outcome {
+        let mut extra = self.account_headers(0);
+        let available = self.finish(Outcome {
             // A closed receiver means the client hung up while the upstream worked.
             status: if head_tx.is_closed() {
                 Status::Cancelled
@@ -215,8 +223,12 @@ impl Exchange {
             model_served,
             ttft_ms: None,
         });
+        // Non-streamed responses are settled before they leave: the header is the balance after
+        // this request's charge.
+        extra[0].1 = self.state.credits.nanos_to_credits(available).to_string();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
+        add_headers(&mut response, &extra);
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
@@ -224,7 +236,7 @@ impl Exchange {
         let _ = head_tx.send(Ok(response));
     }
 
-    async fn stream(self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+    async fn stream(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
         let cfg = &self.state.config.server;
         let idle = Duration::from_secs(cfg.stream_idle_timeout_secs);
         let drain = Duration::from_secs(cfg.drain_timeout_secs);
@@ -237,6 +249,12 @@ impl Exchange {
             HeaderValue::from_static("text/event-stream"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // A stream's headers leave before its cost is known: the value is what the account has
+        // available with this request's maximum cost held.
+        add_headers(
+            &mut response,
+            &self.account_headers(self.available_after_hold),
+        );
         let mut client_alive = head_tx.send(Ok(response)).is_ok();
         let mut drain_deadline = (!client_alive).then(|| Instant::now() + drain);
 
@@ -328,7 +346,8 @@ impl Exchange {
     }
 
     /// The one place a request is metered: tokens, price, cost, and the durable record.
-    fn finish(&self, o: Outcome) {
+    /// Returns the account's available credit after settling.
+    fn finish(&mut self, o: Outcome) -> i64 {
         let (usage, provenance) = match o.tokens {
             Tokens::Reported(u) => (u, Provenance::Provider),
             Tokens::Estimate { output } => (
@@ -342,10 +361,22 @@ impl Exchange {
             Tokens::None => (Usage::default(), Provenance::Provider),
         };
         let p = &self.price.prices;
+        let cost = cost_nanos(&usage, p);
+        let charged = self
+            .source
+            .charge(cost, self.state.config.credits.byok_fee_bps);
+        let now = self.ctx.started_ms + self.ctx.started.elapsed().as_millis() as i64;
+        let available = match self.settlement.take() {
+            Some((hold, permit)) => {
+                permit.settle(usage.total_tokens(), cost, now);
+                hold.settle(charged)
+            }
+            None => self.available_after_hold,
+        };
         let record = UsageRecord {
             request_id: self.ctx.request_id.clone(),
             created_at_ms: self.ctx.started_ms,
-            finished_at_ms: self.ctx.started_ms + self.ctx.started.elapsed().as_millis() as i64,
+            finished_at_ms: now,
             account_id: self.caller.account_id.clone(),
             key_id: self.caller.key_id.clone(),
             endpoint: self.api.endpoint().to_string(),
@@ -353,13 +384,14 @@ impl Exchange {
             model_served: o.model_served.unwrap_or_else(|| self.req.model.clone()),
             provider: self.provider.name.clone(),
             owned_by: self.price.owned_by.clone(),
-            source: "platform".into(),
+            source: self.source.as_str().into(),
             input_tokens: to_i64(usage.input_tokens),
             output_tokens: to_i64(usage.output_tokens),
             cached_tokens: to_i64(usage.cached_tokens),
             cache_write_tokens: to_i64(usage.cache_write_tokens),
             reasoning_tokens: to_i64(usage.reasoning_tokens),
-            cost_nanos: cost_nanos(&usage, p),
+            cost_nanos: cost,
+            charged_nanos: charged,
             price_input: p.input,
             price_output: p.output,
             price_cached_input: p.cached_input,
@@ -373,6 +405,30 @@ impl Exchange {
             provenance,
         };
         self.state.ledger.record(record);
+        available
+    }
+
+    /// Headers every proxied response carries: the credit left and the key's rate limits.
+    fn account_headers(&self, available_nanos: i64) -> Vec<(&'static str, String)> {
+        let mut h = vec![(
+            "x-credits-remaining",
+            self.state
+                .credits
+                .nanos_to_credits(available_nanos)
+                .to_string(),
+        )];
+        if let Some((_, permit)) = &self.settlement {
+            h.extend(permit.headers.iter().cloned());
+        }
+        h
+    }
+}
+
+fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, v);
+        }
     }
 }
 

@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use crate::app::{AppState, RequestCtx};
 use crate::config::ProviderKind;
 use crate::error::{ApiError, ErrorCode, ErrorStyle};
+use crate::metering::prices::cost_nanos;
 use crate::metering::usage::Api;
+use crate::metering::{tokenizer, Usage};
 
 pub async fn chat_completions(
     State(s): State<Arc<AppState>>,
@@ -88,12 +90,57 @@ async fn proxy(
         )
         .with_param("model")
     })?;
-    let Some(api_key) = provider.api_key.clone() else {
-        return Err(ApiError::new(
-            ErrorCode::ModelUnavailable,
-            format!("provider {} has no API key configured", provider.name),
-        ));
+    // Who pays: the account's own key for this provider (source `user`), else the platform's.
+    let (api_key, source) = match s
+        .provider_keys
+        .get(&caller.account_id, &provider.name)
+        .await?
+    {
+        Some(own) => (own, Source::User),
+        None => match provider.api_key.clone() {
+            Some(k) => (k, Source::Platform),
+            None => {
+                return Err(ApiError::new(
+                    ErrorCode::ModelUnavailable,
+                    format!("provider {} has no API key configured", provider.name),
+                ))
+            }
+        },
     };
+    // The most this request can cost: every body byte an input token (a BPE token is at least a
+    // byte), plus the output cap at the output price. Only if that does not fit the balance is
+    // the input counted with the tokenizer (with a margin for other providers' tokenizers).
+    let max_output = match api {
+        Api::Embeddings => 0,
+        _ => req.max_output_tokens().unwrap_or(price.max_output_tokens),
+    };
+    let body_bound = req.forward.len() as u64;
+    let bound = cost_nanos(
+        &Usage {
+            input_tokens: body_bound,
+            output_tokens: max_output,
+            ..Usage::default()
+        },
+        &price.prices,
+    );
+    let charge = |cost: i64| source.charge(cost, s.config.credits.byok_fee_bps);
+    let refine = || {
+        let counted = tokenizer::count_request_input(&req.json);
+        let input = (counted * 2 + 16).min(body_bound);
+        charge(cost_nanos(
+            &Usage {
+                input_tokens: input,
+                output_tokens: max_output,
+                ..Usage::default()
+            },
+            &price.prices,
+        ))
+    };
+    let (hold, available) = s
+        .credits
+        .hold(&caller.account_id, charge(bound), refine)
+        .await?;
+    let permit = s.limiter.admit(&caller, &req.model, bound).await?;
     let exchange = exchange::Exchange {
         state: s.clone(),
         ctx,
@@ -101,10 +148,13 @@ async fn proxy(
         api,
         provider: provider.clone(),
         api_key,
+        source,
         price: price.clone(),
         anthropic_version: header_str(&headers, "anthropic-version"),
         anthropic_beta: header_str(&headers, "anthropic-beta"),
         req,
+        settlement: Some((hold, permit)),
+        available_after_hold: available,
     };
     exchange.run().await
 }
@@ -154,6 +204,35 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     Ok(buf.freeze())
 }
 
+/// Who pays the provider for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The gateway's provider key; the account's credits are charged the cost.
+    Platform,
+    /// The account's own provider key; credits are charged only the configured fee.
+    User,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Platform => "platform",
+            Source::User => "user",
+        }
+    }
+
+    /// What the account's credits are charged for a request of this `cost`.
+    pub fn charge(self, cost: i64, byok_fee_bps: i64) -> i64 {
+        match self {
+            Source::Platform => cost,
+            Source::User => crate::metering::money::div_round_half_up(
+                i128::from(cost) * i128::from(byok_fee_bps),
+                10_000,
+            ) as i64,
+        }
+    }
+}
+
 /// A checked request: what the gateway needs from the body, and the body to forward.
 pub struct ProxyRequest {
     pub model: String,
@@ -166,6 +245,13 @@ pub struct ProxyRequest {
 }
 
 impl ProxyRequest {
+    /// The output cap the client set, if any.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+            .iter()
+            .find_map(|k| self.json.get(*k).and_then(Value::as_u64))
+    }
+
     pub fn parse(api: Api, bytes: Bytes) -> Result<Self, ApiError> {
         let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(

@@ -66,7 +66,8 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
     let (mut child, base, admin) = start_binary(&config).await;
     let admin = admin.expect("first start prints the admin key");
     let http = reqwest::Client::new();
-    let (_, _, key) = create_account_and_key(&http, &base, &admin).await;
+    let (account, _, key) = create_account_and_key(&http, &base, &admin).await;
+    grant(&http, &base, &admin, &account, "1000").await;
 
     // 16 clients loop until the kill; each remembers the ids of responses it fully received.
     let completed: Arc<Mutex<Vec<String>>> = Arc::default();

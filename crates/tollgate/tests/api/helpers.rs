@@ -72,6 +72,7 @@ pub async fn spawn_app() -> TestApp {
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
     let (account_id, key_id, user_key) = create_account_and_key(&http, &base, &admin_key).await;
+    grant(&http, &base, &admin_key, &account_id, "100.00").await;
     TestApp {
         base,
         admin_key,
@@ -206,4 +207,23 @@ pub fn assert_matches_ledger(record: &Value, e: &mock_upstream::LedgerEntry) {
         json!(e.reasoning_tokens),
         "reasoning: {record}"
     );
+}
+
+/// Grants USD credits to an account (no idempotency key).
+pub async fn grant(
+    http: &reqwest::Client,
+    base: &str,
+    admin_key: &str,
+    account_id: &str,
+    usd: &str,
+) -> Value {
+    let r = http
+        .post(format!("{base}/admin/accounts/{account_id}/credits"))
+        .bearer_auth(admin_key)
+        .json(&json!({"amount_usd": usd}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
 }
