@@ -3,6 +3,7 @@
 
 use mock_upstream::{MockConfig, MockServer};
 use serde_json::{json, Value};
+use tollgate::clock::ManualClock;
 use tollgate::{Application, Config};
 
 pub struct TestApp {
@@ -52,27 +53,50 @@ output = "1"
     )
 }
 
-pub fn load_config(dir: &std::path::Path, mock_base: &str) -> Config {
+pub fn load_config(dir: &std::path::Path, mock_base: &str, extra_toml: &str) -> Config {
     let path = dir.join("tollgate.toml");
-    std::fs::write(
-        &path,
-        config_toml(&dir.join("data"), mock_base, "127.0.0.1:0"),
-    )
-    .unwrap();
+    let text = config_toml(&dir.join("data"), mock_base, "127.0.0.1:0") + extra_toml;
+    std::fs::write(&path, text).unwrap();
     Config::load_from(Some(&path), &[]).unwrap()
 }
 
+/// Options for `spawn_app_with`.
+#[derive(Default)]
+pub struct Spawn {
+    /// Appended to the test config (new tables only).
+    pub extra_toml: String,
+    /// Time as the gateway sees it; the system clock when `None`.
+    pub clock: Option<ManualClock>,
+    /// Credits granted to the test account, in USD; none when `None`.
+    pub grant_usd: Option<&'static str>,
+}
+
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Spawn {
+        grant_usd: Some("100.00"),
+        ..Spawn::default()
+    })
+    .await
+}
+
+pub async fn spawn_app_with(opts: Spawn) -> TestApp {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = load_config(dir.path(), &mock.base_url());
-    let app = Application::build(config).await.unwrap();
+    let config = load_config(dir.path(), &mock.base_url(), &opts.extra_toml);
+    let app = match opts.clock {
+        Some(c) => Application::build_with_clock(config, std::sync::Arc::new(c))
+            .await
+            .unwrap(),
+        None => Application::build(config).await.unwrap(),
+    };
     let base = format!("http://{}", app.local_addr().unwrap());
     let admin_key = app.bootstrap_admin_key.clone().unwrap().key;
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
     let (account_id, key_id, user_key) = create_account_and_key(&http, &base, &admin_key).await;
-    grant(&http, &base, &admin_key, &account_id, "100.00").await;
+    if let Some(usd) = opts.grant_usd {
+        grant(&http, &base, &admin_key, &account_id, usd).await;
+    }
     TestApp {
         base,
         admin_key,
