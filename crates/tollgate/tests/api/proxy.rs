@@ -183,6 +183,17 @@ fn shape(style: &str, v: &Value) -> (String, Value) {
     }
 }
 
+/// (name, auth header, body, status, OpenAI type, Anthropic type, code)
+type Case<'a> = (
+    &'a str,
+    Option<(&'a str, String)>,
+    Vec<u8>,
+    u16,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
 #[tokio::test]
 async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing() {
     let app = spawn_app().await;
@@ -216,7 +227,7 @@ async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing()
         } else {
             "/v1/messages"
         };
-        let cases: Vec<(&str, Option<(&str, String)>, Vec<u8>, u16, &str, &str, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "missing key",
                 None,
