@@ -42,6 +42,34 @@ pub enum Command {
     /// Inspect or import model prices.
     #[command(subcommand)]
     Prices(PricesCmd),
+    /// Grant, refund and audit credits.
+    #[command(subcommand)]
+    Credits(CreditsCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CreditsCmd {
+    /// Add credits to an account (a running gateway sees it within 5 seconds).
+    Grant {
+        #[arg(long)]
+        account: String,
+        /// Amount in USD, as decimal text (e.g. 10.50).
+        #[arg(long)]
+        usd: String,
+        /// The same key twice grants once.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Record a refund rather than a grant.
+        #[arg(long)]
+        refund: bool,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// balance = grants − charges + refunds, with the entries behind it.
+    Audit {
+        #[arg(long)]
+        account: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -87,6 +115,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(cmd) => accounts(config, cmd).await,
         Command::Keys(cmd) => keys(config, cmd).await,
         Command::Prices(cmd) => prices(config, cmd),
+        Command::Credits(cmd) => credits(config, cmd).await,
     }
 }
 
@@ -281,6 +310,45 @@ fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
                 entries.len(),
                 file.display()
             );
+        }
+    }
+    Ok(())
+}
+
+async fn credits(config: Config, cmd: CreditsCmd) -> anyhow::Result<()> {
+    let store = open_store(&config).await?;
+    let credits = crate::credits::Credits::new(store.clone(), config.credits.clone());
+    let fail = |e: crate::error::ApiError| anyhow::anyhow!(e.message);
+    match cmd {
+        CreditsCmd::Grant {
+            account,
+            usd,
+            idempotency_key,
+            refund,
+            note,
+        } => {
+            if store.get_account(&account).await?.is_none() {
+                anyhow::bail!("no account {account}");
+            }
+            let amount = crate::metering::money::parse_decimal_scaled(&usd, 9)?;
+            let kind = if refund {
+                crate::ledger::CreditKind::Refund
+            } else {
+                crate::ledger::CreditKind::Grant
+            };
+            let now = chrono::Utc::now().timestamp_millis();
+            let (entry, created) = credits
+                .add(&account, kind, amount, idempotency_key, note, now)
+                .await
+                .map_err(fail)?;
+            println!("{}", serde_json::to_string_pretty(&entry)?);
+            if !created {
+                eprintln!("(already granted under this idempotency key: nothing added)");
+            }
+        }
+        CreditsCmd::Audit { account } => {
+            let audit = credits.audit(&account).await.map_err(fail)?;
+            println!("{}", serde_json::to_string_pretty(&audit)?);
         }
     }
     Ok(())

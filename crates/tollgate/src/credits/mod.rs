@@ -31,11 +31,19 @@ pub struct CreditView {
     pub held_nanos: i64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Book {
     balance: i64,
     held: i64,
+    /// Grants + refunds this book knows of; a refresh adds those made elsewhere (the CLI,
+    /// another replica).
+    credited: i64,
+    synced: std::time::Instant,
+    refreshing: bool,
 }
+
+/// How often a book re-reads grants and refunds made outside this process.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct Credits {
     store: Arc<dyn Store>,
@@ -43,7 +51,7 @@ pub struct Credits {
     books: RwLock<HashMap<String, Arc<Mutex<Book>>>>,
     /// Serializes loading books and applying grants, so a grant is never both read from the
     /// store by a load and added in memory.
-    load_lock: tokio::sync::Mutex<()>,
+    load_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Money held for one request in flight. Dropped without `settle` (the request failed before
@@ -104,7 +112,7 @@ impl Credits {
             store,
             cfg,
             books: RwLock::new(HashMap::new()),
-            load_lock: tokio::sync::Mutex::new(()),
+            load_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 
@@ -124,8 +132,10 @@ impl Credits {
     }
 
     async fn book(&self, account_id: &str) -> Result<Arc<Mutex<Book>>, StoreError> {
-        if let Some(b) = self.books.read().get(account_id) {
-            return Ok(b.clone());
+        let found = self.books.read().get(account_id).cloned();
+        if let Some(b) = found {
+            self.maybe_refresh(account_id, &b);
+            return Ok(b);
         }
         let _guard = self.load_lock.lock().await;
         if let Some(b) = self.books.read().get(account_id) {
@@ -135,6 +145,9 @@ impl Credits {
         let book = Arc::new(Mutex::new(Book {
             balance: totals.balance_nanos(),
             held: 0,
+            credited: totals.grants_nanos + totals.refunds_nanos,
+            synced: std::time::Instant::now(),
+            refreshing: false,
         }));
         self.books
             .write()
@@ -218,10 +231,42 @@ impl Credits {
         })?;
         if created {
             if let Some(b) = self.books.read().get(account_id) {
-                b.lock().balance += amount_nanos;
+                let mut b = b.lock();
+                b.balance += amount_nanos;
+                b.credited += amount_nanos;
             }
         }
         Ok((entry, created))
+    }
+
+    /// In the background (never on the request's path), picks up grants and refunds written by
+    /// another process since the book was last synced.
+    fn maybe_refresh(&self, account_id: &str, book: &Arc<Mutex<Book>>) {
+        {
+            let mut b = book.lock();
+            if b.refreshing || b.synced.elapsed() < REFRESH {
+                return;
+            }
+            b.refreshing = true;
+        }
+        let (store, lock, book, account) = (
+            self.store.clone(),
+            self.load_lock.clone(),
+            book.clone(),
+            account_id.to_string(),
+        );
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let totals = store.credit_totals(&account, false).await;
+            let mut b = book.lock();
+            b.refreshing = false;
+            b.synced = std::time::Instant::now();
+            if let Ok(t) = totals {
+                let delta = t.grants_nanos + t.refunds_nanos - b.credited;
+                b.balance += delta;
+                b.credited += delta;
+            }
+        });
     }
 
     pub async fn view(&self, account_id: &str) -> Result<CreditView, ApiError> {
