@@ -23,7 +23,6 @@ pub struct Caller {
     pub limits: Arc<KeyLimits>,
 }
 
-#[derive(Clone)]
 struct Cached {
     key: ApiKeyRecord,
     limits: Arc<KeyLimits>,
@@ -35,7 +34,7 @@ pub struct KeyService {
     store: Arc<dyn Store>,
     prefix: String,
     ttl: Duration,
-    cache: RwLock<HashMap<String, Cached>>,
+    cache: RwLock<HashMap<String, Arc<Cached>>>,
 }
 
 /// A newly issued key: the only time the secret exists outside the client.
@@ -104,12 +103,12 @@ impl KeyService {
                     return Err(ApiError::new(ErrorCode::InvalidApiKey, "invalid API key"));
                 };
                 let account = self.store.get_account(&key.account_id).await?;
-                let c = Cached {
+                let c = Arc::new(Cached {
                     account_disabled: account.is_none_or(|a| a.disabled),
                     limits: Arc::new(key.limits.clone()),
                     key,
                     loaded: Instant::now(),
-                };
+                });
                 self.cache.write().insert(hash, c.clone());
                 c
             }
@@ -127,10 +126,10 @@ impl KeyService {
             ));
         }
         Ok(Caller {
-            account_id: entry.key.account_id,
-            key_id: entry.key.id,
+            account_id: entry.key.account_id.clone(),
+            key_id: entry.key.id.clone(),
             role: entry.key.role,
-            limits: entry.limits,
+            limits: entry.limits.clone(),
         })
     }
 
