@@ -7,8 +7,9 @@
   ``claude-*`` to the mock, plus ``gpt-dead-*``/``claude-dead-*`` to a closed port. It has an
   admin key, a user account and a user key; ``gateway.record_for(request_id)`` reads the
   usage record through the admin API.
-* ``start_gateway(**server_overrides)``: another gateway with its own data dir, for tests that
-  need a different ``[server]`` section (e.g. a small ``max_body_bytes``).
+* ``start_gateway(extra_config="", **server_overrides)``: another gateway with its own data
+  dir, for tests that need a different ``[server]`` section (e.g. a small ``max_body_bytes``)
+  or more providers and prices (``extra_config`` is appended to the TOML file).
 
 The binaries come from ``$CARGO_TARGET_DIR/debug`` (default ``<repo>/target/debug``);
 ``TOLLGATE_BIN`` / ``MOCK_UPSTREAM_BIN`` override each path.
@@ -78,8 +79,15 @@ output = "0.7654321"
 """
 
 ADMIN_KEY_RE = re.compile(r"tg-[A-Za-z0-9]{43}")
+# Credits granted to the test account: credits are enforced (402 without them).
+GRANT_USD = "1000"
 STARTUP_TIMEOUT = 20.0
 HTTP_TIMEOUT = httpx.Timeout(15.0)
+
+
+def usd_to_nanos(usd: str) -> int:
+    whole, _, frac = usd.partition(".")
+    return int(whole) * 10**9 + int((frac + "0" * 9)[:9])
 
 
 def cost_nanos(input_tokens, output_tokens, cached_tokens, cache_write_tokens, prices):
@@ -116,6 +124,13 @@ def assert_record_matches_ledger(rec, entry, model):
     assert rec["provenance"] == "provider"
     assert_prices(rec, model)
     assert rec["cost_nanos"] == expected_cost_from_ledger(entry, model)
+    assert_charged(rec)
+
+
+def assert_charged(rec):
+    """Platform-key requests are charged exactly their cost."""
+    assert rec["source"] == "platform"
+    assert rec["charged_nanos"] == rec["cost_nanos"]
 
 
 def assert_prices(rec, model):
@@ -137,6 +152,7 @@ def assert_cost_consistent(rec, model):
         rec["cache_write_tokens"],
         PRICES[model],
     )
+    assert_charged(rec)
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,6 +205,14 @@ def _wait_for(path: Path, pattern: re.Pattern, proc: subprocess.Popen, what: str
     )
 
 
+def _spawn(argv: list, workdir: Path, stem: str) -> subprocess.Popen:
+    """Starts a process with stdout/stderr in `<stem>.out` / `<stem>.err` under `workdir`."""
+    with open(workdir / f"{stem}.out", "wb") as out, open(workdir / f"{stem}.err", "wb") as err:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=workdir, env=_clean_env()
+        )
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is not None:
         return
@@ -204,13 +228,8 @@ class Mock:
     def __init__(self, workdir: Path):
         self.workdir = workdir
         out = workdir / "mock.out"
-        self.proc = subprocess.Popen(
-            [str(_binary("mock-upstream", "MOCK_UPSTREAM_BIN")), "--port", "0"],
-            stdout=out.open("wb"),
-            stderr=(workdir / "mock.err").open("wb"),
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=_clean_env(),
+        self.proc = _spawn(
+            [str(_binary("mock-upstream", "MOCK_UPSTREAM_BIN")), "--port", "0"], workdir, "mock"
         )
         m = _wait_for(
             out, re.compile(r"mock-upstream listening on (http://127\.0\.0\.1:(\d+))"), self.proc,
@@ -241,7 +260,7 @@ class Mock:
 
 
 class Gateway:
-    def __init__(self, mock: Mock, workdir: Path, **server_overrides):
+    def __init__(self, mock: Mock, workdir: Path, extra_config: str = "", **server_overrides):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.mock = mock
@@ -268,15 +287,14 @@ class Gateway:
             'models = ["claude-*"]',
         ]
         self.config_path = workdir / "tollgate.toml"
-        self.config_path.write_text("\n".join(lines) + "\n" + GATEWAY_EXTRA_CONFIG)
+        self.config_path.write_text(
+            "\n".join(lines) + "\n" + GATEWAY_EXTRA_CONFIG + "\n" + extra_config
+        )
         out = workdir / "tollgate.out"
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [str(_binary("tollgate", "TOLLGATE_BIN")), "--config", str(self.config_path), "serve"],
-            stdout=out.open("wb"),
-            stderr=(workdir / "tollgate.err").open("wb"),
-            stdin=subprocess.DEVNULL,
-            cwd=workdir,
-            env=_clean_env(),
+            workdir,
+            "tollgate",
         )
         try:
             m = _wait_for(
@@ -291,9 +309,7 @@ class Gateway:
                 headers={"Authorization": f"Bearer {self.admin_key}"},
                 timeout=HTTP_TIMEOUT,
             )
-            acct = self.admin.post("/admin/accounts", json={"name": "e2e"})
-            assert acct.status_code == 201, acct.text
-            self.account_id = acct.json()["id"]
+            self.account_id = self.create_account("e2e", grant_usd=GRANT_USD)
             issued = self.create_key("e2e-user")
             self.key = issued["key"]
             self.key_id = issued["id"]
@@ -305,8 +321,22 @@ class Gateway:
     def v1(self) -> str:
         return f"{self.url}/v1"
 
-    def create_key(self, name: str) -> dict:
-        r = self.admin.post(f"/admin/accounts/{self.account_id}/keys", json={"name": name})
+    def create_account(self, name: str, grant_usd: str | None = None) -> str:
+        """Creates an account, funded with `grant_usd` of credits if given; returns its id."""
+        r = self.admin.post("/admin/accounts", json={"name": name})
+        assert r.status_code == 201, r.text
+        account_id = r.json()["id"]
+        if grant_usd is not None:
+            g = self.admin.post(
+                f"/admin/accounts/{account_id}/credits", json={"amount_usd": grant_usd}
+            )
+            assert g.status_code == 201, g.text
+            assert g.json()["balance_nanos"] == usd_to_nanos(grant_usd)
+        return account_id
+
+    def create_key(self, name: str, account_id: str | None = None) -> dict:
+        account_id = account_id or self.account_id
+        r = self.admin.post(f"/admin/accounts/{account_id}/keys", json={"name": name})
         assert r.status_code == 201, r.text
         body = r.json()
         assert ADMIN_KEY_RE.fullmatch(body["key"]), body
@@ -365,8 +395,8 @@ def mock(tmp_path_factory):
 def start_gateway(mock, tmp_path_factory):
     started = []
 
-    def start(**server_overrides) -> Gateway:
-        g = Gateway(mock, tmp_path_factory.mktemp("gateway"), **server_overrides)
+    def start(extra_config: str = "", **server_overrides) -> Gateway:
+        g = Gateway(mock, tmp_path_factory.mktemp("gateway"), extra_config, **server_overrides)
         started.append(g)
         return g
 

@@ -263,6 +263,10 @@ async fn request_context(
         .map(|c| c.0 .0.ip());
     // An address that keeps presenting bad keys is refused before any key lookup.
     let blocked = ip.is_some_and(|ip| s.limiter.auth_blocked(ip));
+    let may_have_body = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
     let mut resp = if blocked {
         let mut err = ApiError::new(
             ErrorCode::RateLimited,
@@ -281,6 +285,12 @@ async fn request_context(
             }
         }
         resp = err.render(ctx.style);
+        if may_have_body && err.refused_before_body() {
+            resp.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                HeaderValue::from_static("close"),
+            );
+        }
     }
     if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
         if ctx.style == ErrorStyle::Anthropic {

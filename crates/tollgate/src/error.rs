@@ -14,13 +14,19 @@ pub enum ErrorStyle {
 }
 
 impl ErrorStyle {
-    /// A non-empty `x-api-key` means an Anthropic-style caller; otherwise OpenAI-style, except
-    /// that an unauthenticated call to the Anthropic endpoint is answered Anthropic-style.
+    /// A non-empty `x-api-key` or an `anthropic-version` header means an Anthropic-style caller;
+    /// otherwise OpenAI-style, except that an unauthenticated call to the Anthropic endpoint is
+    /// answered Anthropic-style.
     pub fn detect(headers: &axum::http::HeaderMap, path: &str) -> Self {
         let has_x_api_key = headers
             .get("x-api-key")
             .is_some_and(|v| !v.as_bytes().is_empty());
-        if has_x_api_key || (path == "/v1/messages" && !headers.contains_key("authorization")) {
+        // Anthropic's SDKs always send `anthropic-version` (and 2.x authenticates with Bearer).
+        let anthropic_sdk = headers.contains_key("anthropic-version");
+        if has_x_api_key
+            || anthropic_sdk
+            || (path == "/v1/messages" && !headers.contains_key("authorization"))
+        {
             ErrorStyle::Anthropic
         } else {
             ErrorStyle::OpenAi
@@ -181,6 +187,20 @@ impl ApiError {
                 "error": { "type": self.code.anthropic_type(), "message": self.message }
             }),
         }
+    }
+
+    /// Refused before the request body was read: the connection cannot be reused (the unread
+    /// body would be taken for the next request), so the response says `Connection: close`.
+    pub fn refused_before_body(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::MissingApiKey
+                | ErrorCode::InvalidApiKey
+                | ErrorCode::ApiKeyInactive
+                | ErrorCode::UserInactive
+                | ErrorCode::RequestTooLarge
+                | ErrorCode::RateLimited
+        )
     }
 
     /// The one place an error becomes an HTTP response.

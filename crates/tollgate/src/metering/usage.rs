@@ -128,6 +128,9 @@ pub struct StreamMeter {
     api: Api,
     client_wants_usage: bool,
     usage: Option<Usage>,
+    /// The usage seen is the stream's final word (OpenAI's usage chunk, Anthropic's
+    /// `message_delta`), not `message_start`'s placeholder output count.
+    usage_final: bool,
     text: String,
     pub saw_error_event: bool,
     pub first_content_seen: bool,
@@ -142,6 +145,7 @@ impl StreamMeter {
             api,
             client_wants_usage,
             usage: None,
+            usage_final: false,
             text: String::new(),
             saw_error_event: false,
             first_content_seen: false,
@@ -182,6 +186,7 @@ impl StreamMeter {
         match v.get("usage").and_then(from_openai_usage) {
             Some(usage) => {
                 self.usage = Some(usage);
+                self.usage_final = true;
                 if !self.client_wants_usage && !has_choices {
                     EventAction::Drop
                 } else {
@@ -240,6 +245,7 @@ impl StreamMeter {
                         }
                     }
                     self.usage = Some(usage);
+                    self.usage_final = true;
                 }
             }
             "message_stop" => return EventAction::Terminal,
@@ -254,9 +260,15 @@ impl StreamMeter {
         }
     }
 
-    /// The upstream's own usage, if it reported any.
+    /// The upstream's own final usage, if it reported it.
     pub fn reported(&self) -> Option<Usage> {
-        self.usage
+        self.usage.filter(|_| self.usage_final)
+    }
+
+    /// Input tokens the upstream reported before the stream ended early (Anthropic's
+    /// `message_start`), to combine with a local count of the output.
+    pub fn reported_input(&self) -> Option<u64> {
+        self.usage.map(|u| u.input_tokens)
     }
 
     /// Output tokens counted locally from the text seen so far.

@@ -52,9 +52,11 @@ pub struct Exchange {
 /// How the tokens of a finished request are known.
 enum Tokens {
     Reported(Usage),
-    /// Count locally: the request's input, and this many output tokens.
+    /// Count locally: this many output tokens, and the request's input unless the upstream
+    /// reported it before failing.
     Estimate {
         output: u64,
+        input: Option<u64>,
     },
     /// Nothing was generated (the upstream refused or failed before answering).
     None,
@@ -184,9 +186,24 @@ impl Exchange {
     async fn whole(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
         let status = resp.status();
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
-        let body = match resp.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
+        // The upstream timeout covers the whole exchange, body included, so a body that stalls
+        // after its headers still ends (and releases its hold).
+        let limit = Duration::from_secs(self.state.config.server.upstream_timeout_secs);
+        let left = limit.saturating_sub(self.ctx.started.elapsed());
+        let body = match tokio::time::timeout(left, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            Err(_) => {
+                let err = ApiError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!(
+                        "provider {} did not finish its response within {}s",
+                        self.provider.name,
+                        limit.as_secs()
+                    ),
+                );
+                return self.fail(head_tx, err, 504, None);
+            }
+            Ok(Err(e)) => {
                 let err = ApiError::new(
                     ErrorCode::ProviderError,
                     format!(
@@ -203,6 +220,7 @@ impl Exchange {
             Some(u) => Tokens::Reported(u),
             None => Tokens::Estimate {
                 output: tokenizer::count_text(&usage::response_text(self.api, &json)),
+                input: None,
             },
         };
         let model_served = json
@@ -210,15 +228,16 @@ impl Exchange {
             .and_then(Value::as_str)
             .map(str::to_string);
         let mut extra = self.account_headers(0);
+        // A closed receiver means the client hung up while the upstream worked.
+        let gone = head_tx.is_closed();
         let available = self.finish(Outcome {
-            // A closed receiver means the client hung up while the upstream worked.
-            status: if head_tx.is_closed() {
+            status: if gone {
                 Status::Cancelled
             } else {
                 Status::Success
             },
             http_status: status.as_u16(),
-            error_code: None,
+            error_code: gone.then(|| "client_disconnected".to_string()),
             tokens,
             model_served,
             ttft_ms: None,
@@ -303,6 +322,7 @@ impl Exchange {
             Some(u) => Tokens::Reported(u),
             None => Tokens::Estimate {
                 output: meter.estimate_output(),
+                input: meter.reported_input(),
             },
         };
         let (status, error_code) = match (&ended, client_alive) {
@@ -350,9 +370,10 @@ impl Exchange {
     fn finish(&mut self, o: Outcome) -> i64 {
         let (usage, provenance) = match o.tokens {
             Tokens::Reported(u) => (u, Provenance::Provider),
-            Tokens::Estimate { output } => (
+            Tokens::Estimate { output, input } => (
                 Usage {
-                    input_tokens: tokenizer::count_request_input(&self.req.json),
+                    input_tokens: input
+                        .unwrap_or_else(|| tokenizer::count_request_input(&self.req.json)),
                     output_tokens: output,
                     ..Usage::default()
                 },
