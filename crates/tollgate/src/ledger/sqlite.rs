@@ -16,6 +16,7 @@ use crate::metering::Provenance;
 
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
 
 /// Versioned schema steps; each runs once, in order.
 const MIGRATIONS: &[&str] = &[
@@ -135,6 +136,35 @@ CREATE TABLE provider_keys (
     PRIMARY KEY (account_id, provider)
 );
 "#,
+    r#"
+-- 3: usage APIs: a UTC-day rollup (backfilled from the hour rollup) so day/week/month queries
+-- read one row per day and group; an index for a model's recent requests.
+CREATE TABLE usage_rollup_day (
+    bucket_ms INTEGER NOT NULL,
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    source TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    success INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_nanos INTEGER NOT NULL,
+    charged_nanos INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (account_id, bucket_ms, key_id, model, provider, source, endpoint)
+) WITHOUT ROWID;
+INSERT INTO usage_rollup_day
+SELECT (bucket_ms / 86400000) * 86400000, account_id, key_id, model, provider, source, endpoint,
+       SUM(requests), SUM(success), SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens),
+       SUM(reasoning_tokens), SUM(cost_nanos), SUM(charged_nanos)
+FROM usage_rollup_hour
+GROUP BY 1, account_id, key_id, model, provider, source, endpoint;
+CREATE INDEX usage_records_account_model_time ON usage_records(account_id, model_requested, created_at_ms);
+"#,
 ];
 
 pub struct SqliteStore {
@@ -213,14 +243,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-const RECORD_COLUMNS: &str =
+pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
     streamed, provenance, charged_nanos";
 
-fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let status: String = r.get(21)?;
     let provenance: String = r.get(27)?;
     Ok(UsageRecord {
@@ -320,6 +350,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
         ))?;
         let mut minute = tx.prepare_cached(&rollup_sql("usage_rollup_minute"))?;
         let mut hour = tx.prepare_cached(&rollup_sql("usage_rollup_hour"))?;
+        let mut day = tx.prepare_cached(&rollup_sql("usage_rollup_day"))?;
         for r in batch {
             let n = ins.execute(params![
                 r.request_id,
@@ -359,7 +390,11 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
             }
             inserted += 1;
             let success = i64::from(r.status == Status::Success);
-            for (stmt, width) in [(&mut minute, MINUTE_MS), (&mut hour, HOUR_MS)] {
+            for (stmt, width) in [
+                (&mut minute, MINUTE_MS),
+                (&mut hour, HOUR_MS),
+                (&mut day, DAY_MS),
+            ] {
                 stmt.execute(params![
                     r.created_at_ms.div_euclid(width) * width,
                     r.account_id,

@@ -110,6 +110,8 @@ pub struct GroupKey {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollupRow {
+    /// Index of the segment (in the request) this row was read from.
+    pub segment: usize,
     /// Start of the rollup bucket (or of the segment, when it was not split).
     pub bucket_ms: i64,
     pub group: GroupKey,

@@ -6,3 +6,4 @@ mod credits;
 mod durability;
 mod helpers;
 mod proxy;
+mod usage;

@@ -1,0 +1,499 @@
+#!/usr/bin/env bash
+# Gateway benchmark: the mock upstream served directly, through a bare nginx reverse proxy, and
+# through tollgate, driven by wrk on 127.0.0.1 only, in bounded runs.
+#
+#   bench/run.sh
+#
+# Environment (all optional):
+#   BENCH_DURATION       seconds (or a wrk duration like 30s) per measured run      [10]
+#   BENCH_WARMUP         seconds of unmeasured warm-up per target and mode           [2]
+#   BENCH_OUTPUT_TOKENS  mock --output-tokens (SSE events per stream)               [16]
+#   BENCH_PIN            1 = wrk on CPU 0, mock + nginx/tollgate on CPU 1 (taskset)  [0]
+#   BENCH_SKIP_BUILD     1 = use the binaries already in target/release              [0]
+#   BENCH_KEEP           1 = keep the temp dir (configs, logs, raw wrk output)       [0]
+#   BENCH_OUT            also write the Markdown report to this file                 [unset]
+#   BENCH_IDLE_WAIT      seconds to wait for other work on the machine to calm down  [120]
+#   BENCH_IDLE_MAX       ... until it is at most this % busy                         [15]
+#
+# It installs wrk, nginx and sqlite3 with apt-get when they are missing, builds the workspace in
+# release mode, starts everything in a fresh temp dir, and stops everything it started on exit.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_DIR="$ROOT/bench"
+LUA="$BENCH_DIR/post.lua"
+
+DURATION=${BENCH_DURATION:-10}
+[[ $DURATION =~ ^[0-9]+$ ]] && DURATION="${DURATION}s"
+WARMUP=${BENCH_WARMUP:-2}
+[[ $WARMUP =~ ^[0-9]+$ ]] && WARMUP="${WARMUP}s"
+OUTPUT_TOKENS=${BENCH_OUTPUT_TOKENS:-16}
+PIN=${BENCH_PIN:-0}
+KEEP=${BENCH_KEEP:-0}
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+# ---------------------------------------------------------------- tools
+install_missing() {
+	local missing=()
+	command -v wrk >/dev/null || missing+=(wrk)
+	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+	command -v sqlite3 >/dev/null || missing+=(sqlite3)
+	command -v curl >/dev/null || missing+=(curl)
+	if [[ $PIN == 1 ]] && ! command -v taskset >/dev/null; then missing+=(util-linux); fi
+	((${#missing[@]} == 0)) && return 0
+	log "installing: ${missing[*]}"
+	local sudo=()
+	if [[ $EUID -ne 0 ]]; then
+		command -v sudo >/dev/null || die "need root or sudo to apt-get install ${missing[*]}"
+		sudo=(sudo)
+	fi
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		"${missing[@]}" >/dev/null
+}
+install_missing
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# ---------------------------------------------------------------- build
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
+	log "cargo build --release --workspace (waits if another build holds the lock)"
+	(cd "$ROOT" && cargo build --release --workspace --quiet)
+fi
+TOLLGATE="$TARGET_DIR/release/tollgate"
+MOCK="$TARGET_DIR/release/mock-upstream"
+[[ -x $TOLLGATE && -x $MOCK ]] || die "binaries missing in $TARGET_DIR/release"
+
+# ---------------------------------------------------------------- processes and cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
+mkdir -p "$WORK/wrk" "$WORK/nginx/tmp" "$WORK/tollgate-data"
+PIDS=()
+
+stop_pid() { # pid [seconds]: SIGTERM, wait, then SIGKILL
+	local pid=$1 secs=${2:-10} i
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for ((i = 0; i < secs * 10; i++)); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	log "pid $pid did not stop in ${secs}s; SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+	local rc=$? pid
+	trap - EXIT INT TERM
+	for pid in "${PIDS[@]}"; do stop_pid "$pid" 5; done
+	if [[ $KEEP == 1 || $rc -ne 0 ]]; then
+		log "temp dir kept: $WORK"
+	else
+		rm -rf "$WORK"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+if [[ $PIN == 1 ]]; then
+	SRV=(taskset -c 1)
+	LOAD=(taskset -c 0)
+else
+	SRV=()
+	LOAD=()
+fi
+
+wait_for() { # file regex pid what -> prints the first match
+	local file=$1 re=$2 pid=$3 what=$4 i m
+	for ((i = 0; i < 300; i++)); do
+		if m=$(grep -m1 -Eo "$re" "$file" 2>/dev/null); then
+			printf '%s\n' "$m"
+			return 0
+		fi
+		kill -0 "$pid" 2>/dev/null || {
+			cat "$file" >&2
+			die "$what exited during startup"
+		}
+		sleep 0.1
+	done
+	cat "$file" >&2
+	die "$what did not start within 30s"
+}
+
+free_port() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 40000))
+		ss -Htln "sport = :$p" 2>/dev/null | grep -q . || {
+			echo "$p"
+			return
+		}
+	done
+}
+
+# The mock upstream.
+"${SRV[@]}" "$MOCK" --port 0 --no-ledger --output-tokens "$OUTPUT_TOKENS" >"$WORK/mock.log" 2>&1 &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+MOCK_PORT=$(wait_for "$WORK/mock.log" 'http://127\.0\.0\.1:[0-9]+' "$MOCK_PID" mock-upstream)
+MOCK_PORT=${MOCK_PORT##*:}
+log "mock-upstream on 127.0.0.1:$MOCK_PORT (pid $MOCK_PID)"
+
+# Bare nginx in front of the same mock. Non-streaming goes through `/` (default buffering);
+# streaming through `/sse/`, unbuffered, with the prefix stripped.
+NGINX_PORT=$(free_port)
+USER_LINE=""
+[[ $EUID -eq 0 ]] && USER_LINE="user $(id -un) $(id -gn);"
+cat >"$WORK/nginx/nginx.conf" <<EOF
+# generated by bench/run.sh
+$USER_LINE
+worker_processes auto;
+daemon off;
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $WORK/nginx/tmp/client_body;
+    proxy_temp_path $WORK/nginx/tmp/proxy;
+    fastcgi_temp_path $WORK/nginx/tmp/fastcgi;
+    uwsgi_temp_path $WORK/nginx/tmp/uwsgi;
+    scgi_temp_path $WORK/nginx/tmp/scgi;
+    # Keep wrk's connections open for the whole run, as tollgate and the mock do.
+    keepalive_requests 10000000;
+    upstream mock {
+        server 127.0.0.1:$MOCK_PORT;
+        keepalive 256;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location /sse/ {
+            proxy_pass http://mock/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+"${SRV[@]}" "$NGINX" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log" \
+	>"$WORK/nginx/stdout.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+for ((i = 0; i < 100; i++)); do
+	curl -s -o /dev/null "http://127.0.0.1:$NGINX_PORT/" && break
+	kill -0 "$NGINX_PID" 2>/dev/null || {
+		cat "$WORK/nginx/error.log" >&2
+		die "nginx exited during startup"
+	}
+	sleep 0.1
+done
+NGINX_WORKERS=$(pgrep -c -P "$NGINX_PID" || true)
+log "nginx on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $NGINX_WORKERS workers)"
+
+# tollgate, on a fresh data dir.
+DATA="$WORK/tollgate-data"
+cat >"$WORK/tollgate.toml" <<EOF
+[server]
+listen = "127.0.0.1:0"
+data_dir = "$DATA"
+
+[providers.mock]
+kind = "openai"
+base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+api_key = "sk-upstream"
+models = ["gpt-*"]
+EOF
+TOLLGATE_LOG=warn "${SRV[@]}" "$TOLLGATE" serve --config "$WORK/tollgate.toml" \
+	>"$WORK/tollgate.log" 2>&1 &
+TG_PID=$!
+PIDS+=("$TG_PID")
+TG_ADDR=$(wait_for "$WORK/tollgate.log" 'tollgate listening on http://[0-9.]+:[0-9]+' "$TG_PID" tollgate)
+TG_PORT=${TG_ADDR##*:}
+ADMIN_KEY=$(wait_for "$WORK/tollgate.log" 'tg-[A-Za-z0-9]{43}' "$TG_PID" tollgate)
+TG="http://127.0.0.1:$TG_PORT"
+log "tollgate on 127.0.0.1:$TG_PORT (pid $TG_PID)"
+
+json_field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
+ACCOUNT_ID=$(curl -sf "$TG/admin/accounts" -H "Authorization: Bearer $ADMIN_KEY" \
+	-H 'Content-Type: application/json' -d '{"name":"bench"}' | json_field id)
+[[ -n $ACCOUNT_ID ]] || die "could not create an account"
+USER_KEY=$(curl -sf "$TG/admin/accounts/$ACCOUNT_ID/keys" -H "Authorization: Bearer $ADMIN_KEY" \
+	-H 'Content-Type: application/json' -d '{}' | json_field key)
+[[ -n $USER_KEY ]] || die "could not create a key"
+# Credits are enforced by default (402 without a balance): grant far more than the runs can use,
+# so the benchmark measures the default configuration, balance check included.
+CREDIT_CODE=$(curl -s -o "$WORK/credits.json" -w '%{http_code}' "$TG/admin/accounts/$ACCOUNT_ID/credits" \
+	-H "Authorization: Bearer $ADMIN_KEY" -H 'Content-Type: application/json' \
+	-d '{"amount_usd":"1000000","note":"bench"}')
+case $CREDIT_CODE in
+2*) log "granted the bench account USD 1,000,000 of credits" ;;
+404) log "no credits endpoint in this build; skipping the grant" ;;
+*)
+	cat "$WORK/credits.json" >&2
+	die "credit grant answered $CREDIT_CODE"
+	;;
+esac
+
+# ---------------------------------------------------------------- targets
+declare -A URL_JSON URL_SSE KEY
+URL_JSON[mock]="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
+URL_SSE[mock]="${URL_JSON[mock]}"
+KEY[mock]="sk-upstream"
+URL_JSON[nginx]="http://127.0.0.1:$NGINX_PORT/v1/chat/completions"
+URL_SSE[nginx]="http://127.0.0.1:$NGINX_PORT/sse/v1/chat/completions"
+KEY[nginx]="sk-upstream"
+URL_JSON[tollgate]="$TG/v1/chat/completions"
+URL_SSE[tollgate]="$TG/v1/chat/completions"
+KEY[tollgate]="$USER_KEY"
+TARGETS=(mock nginx tollgate)
+
+# Requests tollgate was sent, for the ledger check at the end.
+TG_COMPLETED=0
+TG_SENT=0
+TG_NON2XX=0
+
+# Smoke test: each target answers both modes with 200, and SSE ends with [DONE].
+for t in "${TARGETS[@]}"; do
+	for mode in json sse; do
+		if [[ $mode == json ]]; then
+			url=${URL_JSON[$t]} body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"}]}'
+		else
+			url=${URL_SSE[$t]} body='{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"}],"stream":true}'
+		fi
+		code=$(curl -s -o "$WORK/smoke-$t-$mode.out" -w '%{http_code}' "$url" \
+			-H "Authorization: Bearer ${KEY[$t]}" -H 'Content-Type: application/json' -d "$body")
+		[[ $t == tollgate ]] && TG_SENT=$((TG_SENT + 1)) TG_COMPLETED=$((TG_COMPLETED + 1))
+		[[ $code == 200 ]] || {
+			cat "$WORK/smoke-$t-$mode.out" >&2
+			die "smoke test: $t $mode answered $code"
+		}
+		if [[ $mode == sse ]]; then
+			grep -q '\[DONE\]' "$WORK/smoke-$t-$mode.out" || die "smoke test: $t stream has no [DONE]"
+		fi
+	done
+done
+SSE_EVENTS=$(grep -c '^data:' "$WORK/smoke-tollgate-sse.out" || true)
+log "smoke tests passed"
+
+# ---------------------------------------------------------------- wrk
+declare -A R # R[scenario|target|field]
+CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+
+proc_ticks() { # pids... -> utime+stime summed, in clock ticks
+	local t=0 p v
+	for p in "$@"; do
+		v=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || v=0
+		t=$((t + ${v:-0}))
+	done
+	echo "$t"
+}
+machine_ticks() { # -> "busy total" from /proc/stat (all CPUs)
+	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; total = busy + $5 + $6; print busy, total }' /proc/stat
+}
+# The processes whose CPU time is charged to each target (nginx: master and workers).
+declare -A TARGET_PIDS
+TARGET_PIDS[mock]="$MOCK_PID"
+TARGET_PIDS[nginx]="$NGINX_PID $(pgrep -P "$NGINX_PID" | paste -sd' ' -)"
+TARGET_PIDS[tollgate]="$TG_PID"
+
+# How busy the machine is before any load: other work on it skews every figure. Wait a while
+# (BENCH_IDLE_WAIT seconds) for it to fall under BENCH_IDLE_MAX percent, then go on regardless.
+IDLE_WAIT=${BENCH_IDLE_WAIT:-120}
+IDLE_MAX=${BENCH_IDLE_MAX:-15}
+waited=0
+while :; do
+	read -r b0 t0 < <(machine_ticks)
+	sleep 2
+	read -r b1 t1 < <(machine_ticks)
+	IDLE_BUSY=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
+	((IDLE_BUSY <= IDLE_MAX || waited >= IDLE_WAIT)) && break
+	((waited == 0)) && log "machine ${IDLE_BUSY}% busy with other work; waiting up to ${IDLE_WAIT}s for it to calm down"
+	waited=$((waited + 2))
+done
+log "machine busy before the runs: ${IDLE_BUSY}% of $NCPU CPUs"
+
+run_wrk() { # label target mode conns threads duration
+	local label=$1 t=$2 mode=$3 conns=$4 threads=$5 dur=$6
+	local url stream=0 out="$WORK/wrk/$label-$t.txt" line kv
+	if [[ $mode == sse ]]; then url=${URL_SSE[$t]} stream=1; else url=${URL_JSON[$t]}; fi
+	local p0 m0 b0 t0 p1 m1 b1 t1
+	# shellcheck disable=SC2086
+	p0=$(proc_ticks ${TARGET_PIDS[$t]})
+	m0=$(proc_ticks "$MOCK_PID")
+	read -r b0 t0 < <(machine_ticks)
+	BENCH_KEY=${KEY[$t]} BENCH_STREAM=$stream "${LOAD[@]}" \
+		wrk -t"$threads" -c"$conns" -d"$dur" --latency -s "$LUA" "$url" >"$out" 2>&1 ||
+		{
+			cat "$out" >&2
+			die "wrk failed: $label $t"
+		}
+	# shellcheck disable=SC2086
+	p1=$(proc_ticks ${TARGET_PIDS[$t]})
+	m1=$(proc_ticks "$MOCK_PID")
+	read -r b1 t1 < <(machine_ticks)
+	line=$(grep -m1 '^BENCH ' "$out") || {
+		cat "$out" >&2
+		die "no BENCH line in wrk output ($label $t)"
+	}
+	for kv in ${line#BENCH }; do R["$label|$t|${kv%%=*}"]=${kv#*=}; done
+	# CPU time per completed request: of the target's own processes, and of the mock behind it.
+	R["$label|$t|cpu_us"]=$(awk -v d=$((p1 - p0)) -v n="${R["$label|$t|requests"]}" -v hz="$CLK_TCK" \
+		'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
+	R["$label|$t|mock_cpu_us"]=$(awk -v d=$((m1 - m0)) -v n="${R["$label|$t|requests"]}" -v hz="$CLK_TCK" \
+		'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
+	R["$label|$t|busy"]=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
+	if [[ $t == tollgate ]]; then
+		TG_COMPLETED=$((TG_COMPLETED + R["$label|$t|requests"]))
+		TG_SENT=$((TG_SENT + R["$label|$t|sent"]))
+		TG_NON2XX=$((TG_NON2XX + R["$label|$t|non2xx"]))
+	fi
+	local errs=$((R["$label|$t|err_connect"] + R["$label|$t|err_read"] + R["$label|$t|err_write"] + R["$label|$t|err_timeout"]))
+	log "$(printf '%-8s %-9s %10s req/s  p50 %6s us  p99 %6s us  CPU/req %6s us  busy %3s%%  non2xx %s  socket errors %s' \
+		"$label" "$t" "${R["$label|$t|rps"]}" "${R["$label|$t|p50_us"]}" "${R["$label|$t|p99_us"]}" \
+		"${R["$label|$t|cpu_us"]}" "${R["$label|$t|busy"]}" "${R["$label|$t|non2xx"]}" "$errs")"
+}
+
+log "warm-up: ${WARMUP} per target and mode at 64 connections"
+for t in "${TARGETS[@]}"; do
+	run_wrk warm-json "$t" json 64 2 "$WARMUP"
+	run_wrk warm-sse "$t" sse 64 2 "$WARMUP"
+done
+
+SCENARIOS=("json c1" "json c64" "sse c1" "sse c64")
+log "measuring: ${#SCENARIOS[@]} scenarios x ${#TARGETS[@]} targets x $DURATION"
+for sc in "${SCENARIOS[@]}"; do
+	mode=${sc% *}
+	conns=${sc#* c}
+	threads=1
+	((conns > 1)) && threads=2
+	for t in "${TARGETS[@]}"; do
+		run_wrk "${mode}-c$conns" "$t" "$mode" "$conns" "$threads" "$DURATION"
+	done
+done
+
+# ---------------------------------------------------------------- ledger check
+log "stopping tollgate (SIGTERM: graceful, flushes the batch writer)"
+stop_pid "$TG_PID" 60
+TG_RC=0
+wait "$TG_PID" 2>/dev/null || TG_RC=$?
+DB="$DATA/tollgate.db"
+ROWS=$(sqlite3 "$DB" 'SELECT COUNT(*) FROM usage_records;')
+ROWS_BY_STATUS=$(sqlite3 "$DB" "SELECT status || '=' || COUNT(*) FROM usage_records GROUP BY status ORDER BY status;" | paste -sd' ' -)
+JOURNAL_LEFT=$(cat "$DATA"/journal/*.log 2>/dev/null | wc -l)
+
+# ---------------------------------------------------------------- report
+fmt_us() { # microseconds -> "123 µs" or "1.23 ms"
+	awk -v v="$1" 'BEGIN { if (v < 1000) printf "%d µs", v; else printf "%.2f ms", v / 1000 }'
+}
+fmt_signed_us() {
+	awk -v v="$1" 'BEGIN { s = v < 0 ? "−" : "+"; a = v < 0 ? -v : v;
+		if (a < 1000) printf "%s%d µs", s, a; else printf "%s%.2f ms", s, a / 1000 }'
+}
+fmt_rps() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }' | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+get() { echo "${R["$1|$2|$3"]}"; }
+
+REPORT="$WORK/report.md"
+{
+	CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+	echo "Machine: $(nproc) cores ($CPU), kernel $(uname -r), $(rustc --version 2>/dev/null | cut -d' ' -f1-2), $(date -u '+%Y-%m-%d %H:%M UTC')"
+	if REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null); then
+		DIRTY=$(git -C "$ROOT" status --porcelain -- crates Cargo.toml Cargo.lock 2>/dev/null | wc -l)
+		echo "Source: commit $REV$( ((DIRTY > 0)) && echo " plus $DIRTY uncommitted change(s) under crates/ or Cargo.*")."
+	fi
+	if [[ $PIN == 1 ]]; then
+		echo "Pinning: wrk on CPU 0; mock, nginx and tollgate share CPU 1 (BENCH_PIN=1)."
+	else
+		echo "No pinning: wrk, the mock, nginx and tollgate all share the same $(nproc) cores, so every"
+		echo "figure includes the load generator's and the mock's CPU use; compare the targets with each"
+		echo "other, not with figures from a dedicated load-generator machine."
+	fi
+	echo "Runs: $DURATION each after a ${WARMUP} warm-up; mock --output-tokens $OUTPUT_TOKENS (a stream is"
+	echo "$SSE_EVENTS \`data:\` events, counted by wrk as one request); nginx $($NGINX -v 2>&1 | cut -d/ -f2) with $NGINX_WORKERS workers;"
+	echo "tollgate with default settings (tokio workers = cores, SQLite store, journal)."
+	echo "The machine was ${IDLE_BUSY}% busy before the runs (other work on it adds noise)."
+	echo "CPU per request: user+system CPU time of the target's own processes (not the mock's, not wrk's)"
+	echo "divided by the requests wrk completed; machine busy: all CPUs during the run."
+	echo
+	echo "| scenario | target | req/s | p50 | p99 | p50 added vs mock | req/s vs nginx | CPU per request | machine busy |"
+	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+	for sc in "${SCENARIOS[@]}"; do
+		mode=${sc% *}
+		conns=${sc#* c}
+		label="${mode}-c$conns"
+		name="$([[ $mode == json ]] && echo non-streaming || echo streaming), $conns conn"
+		((conns > 1)) && name+="s"
+		mock_p50=$(get "$label" mock p50_us)
+		for t in "${TARGETS[@]}"; do
+			rps=$(get "$label" "$t" rps)
+			p50=$(get "$label" "$t" p50_us)
+			p99=$(get "$label" "$t" p99_us)
+			added="—"
+			[[ $t != mock ]] && added=$(fmt_signed_us $((p50 - mock_p50)))
+			vs="—"
+			[[ $t == tollgate ]] && vs="$(ratio "$rps" "$(get "$label" nginx rps)")×"
+			[[ $t == nginx ]] && vs="1.00×"
+			echo "| $name | $t | $(fmt_rps "$rps") | $(fmt_us "$p50") | $(fmt_us "$p99") | $added | $vs |" \
+				"$(get "$label" "$t" cpu_us) µs | $(get "$label" "$t" busy)% |"
+		done
+	done
+	echo
+	echo "Targets (tollgate against nginx):"
+	echo
+	pass() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
+	for mode in json sse; do
+		tr=$(ratio "$(get "$mode-c64" tollgate rps)" "$(get "$mode-c64" nginx rps)")
+		echo "- $mode, 64 connections: throughput $tr× nginx's (target ≥ 0.50×): $(pass "$tr >= 0.5")"
+	done
+	for mode in json sse; do
+		m=$(get "$mode-c1" mock p50_us)
+		na=$(($(get "$mode-c1" nginx p50_us) - m))
+		ta=$(($(get "$mode-c1" tollgate p50_us) - m))
+		echo "- $mode, 1 connection: tollgate adds $(fmt_signed_us "$ta") at p50, nginx $(fmt_signed_us "$na");" \
+			"difference $(fmt_signed_us $((ta - na))) (target < 100 µs): $(pass "$ta - $na < 100")"
+	done
+	for c in 1 64; do
+		d=$(($(get "sse-c$c" tollgate p99_us) - $(get "sse-c$c" nginx p99_us)))
+		echo "- streaming p99, $c connection$( ((c > 1)) && echo s): tollgate − nginx = $(fmt_signed_us "$d") (target ≤ 5 ms): $(pass "$d <= 5000")"
+	done
+	worst=0
+	for mode in json sse; do
+		v=$(get "$mode-c1" tollgate p50_us)
+		((v > worst)) && worst=$v
+	done
+	echo "- Nagle-style stall (a ~40 ms p50 at 1 connection): worst tollgate p50 at 1 connection is $(fmt_us "$worst"): $(pass "$worst < 20000")"
+	echo
+	echo "Ledger check (every request tollgate was sent, including warm-up and the 2 smoke requests):"
+	echo
+	echo "- wrk + curl: $TG_COMPLETED responses received ($TG_NON2XX non-2xx), $TG_SENT requests sent" \
+		"(the $((TG_SENT - TG_COMPLETED)) in flight when a run's time ran out are sent but never counted by wrk)"
+	echo "- tollgate.db usage_records: $ROWS rows ($ROWS_BY_STATUS); tollgate exit code after SIGTERM: $TG_RC; journal lines left: $JOURNAL_LEFT"
+	if ((ROWS == TG_COMPLETED)); then
+		verdict="MATCH: one row per response received"
+	elif ((ROWS >= TG_COMPLETED && ROWS <= TG_SENT)); then
+		verdict="MATCH: every response received has a row; the $((ROWS - TG_COMPLETED)) extra rows are requests cut off in flight at the end of a run (sent, recorded, never counted by wrk)"
+	else
+		verdict="MISMATCH: $ROWS rows for $TG_COMPLETED responses received / $TG_SENT sent"
+	fi
+	echo "- $verdict"
+} >"$REPORT"
+
+echo
+cat "$REPORT"
+if [[ -n ${BENCH_OUT:-} ]]; then
+	cp "$REPORT" "$BENCH_OUT"
+	log "report written to $BENCH_OUT"
+fi
