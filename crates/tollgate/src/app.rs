@@ -175,7 +175,7 @@ impl Application {
         .with_graceful_shutdown(shutdown)
         .await?;
         // Everything answered is in the journal already; this just saves the next start a replay.
-        ledger.flush().await;
+        ledger.close().await;
         Ok(())
     }
 }

@@ -31,6 +31,8 @@ struct Inner {
     seq: u64,
     /// Finished segments and the last sequence number in each.
     sealed: VecDeque<(u64, u64)>,
+    /// Highest sequence number known to be in the store.
+    committed: u64,
     tx: UnboundedSender<WriterMsg>,
 }
 
@@ -100,6 +102,7 @@ impl Journal {
                 bytes: 0,
                 seq: 0,
                 sealed: VecDeque::new(),
+                committed: 0,
                 tx,
             }),
         })
@@ -142,6 +145,7 @@ impl Journal {
     /// Everything up to `seq` is in the store: drop the sealed segments it covers.
     pub fn committed(&self, seq: u64) {
         let mut inner = self.inner.lock();
+        inner.committed = inner.committed.max(seq);
         while let Some(&(no, last)) = inner.sealed.front() {
             if last > seq {
                 break;
@@ -151,6 +155,17 @@ impl Journal {
                 tracing::warn!(segment = no, error = %e, "could not remove journal segment");
             }
         }
+    }
+
+    /// At a clean shutdown: if every record is in the store, empty the current segment so the
+    /// next start has nothing to replay.
+    pub fn truncate_if_committed(&self) -> std::io::Result<bool> {
+        let inner = self.inner.lock();
+        if inner.committed < inner.seq {
+            return Ok(false);
+        }
+        inner.file.set_len(0)?;
+        Ok(true)
     }
 
     /// Flushes the current segment to stable storage (power-loss safety).

@@ -178,6 +178,7 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -65536;
          PRAGMA foreign_keys = ON;",
     )?;
     Ok(conn)
@@ -327,9 +328,9 @@ fn rollup_sql(table: &str) -> String {
         "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
          requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
          charged_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 1, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-         requests = requests + 1, success = success + excluded.success, \
+         requests = requests + excluded.requests, success = success + excluded.success, \
          input_tokens = input_tokens + excluded.input_tokens, \
          output_tokens = output_tokens + excluded.output_tokens, \
          cached_tokens = cached_tokens + excluded.cached_tokens, \
@@ -338,6 +339,28 @@ fn rollup_sql(table: &str) -> String {
          charged_nanos = charged_nanos + excluded.charged_nanos"
     )
 }
+
+/// One rollup row's increments.
+#[derive(Default)]
+struct RollupSums {
+    requests: i64,
+    success: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cached_tokens: i64,
+    reasoning_tokens: i64,
+    cost_nanos: i64,
+    charged_nanos: i64,
+}
+
+/// (bucket_ms, account, key, model, provider, source, endpoint)
+type RollupKey<'a> = (i64, &'a str, &'a str, &'a str, &'a str, &'a str, &'a str);
+
+const ROLLUPS: [(&str, i64); 3] = [
+    ("usage_rollup_minute", MINUTE_MS),
+    ("usage_rollup_hour", HOUR_MS),
+    ("usage_rollup_day", DAY_MS),
+];
 
 fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, StoreError> {
     let tx = conn.transaction()?;
@@ -348,9 +371,10 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
               ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
         ))?;
-        let mut minute = tx.prepare_cached(&rollup_sql("usage_rollup_minute"))?;
-        let mut hour = tx.prepare_cached(&rollup_sql("usage_rollup_hour"))?;
-        let mut day = tx.prepare_cached(&rollup_sql("usage_rollup_day"))?;
+        // Rollup increments are summed in memory first: a batch of many requests from a few
+        // keys and models becomes a few upserts per table rather than three per record.
+        let mut sums: [std::collections::HashMap<RollupKey<'_>, RollupSums>; 3] =
+            Default::default();
         for r in batch {
             let n = ins.execute(params![
                 r.request_id,
@@ -389,27 +413,46 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, S
                 continue;
             }
             inserted += 1;
-            let success = i64::from(r.status == Status::Success);
-            for (stmt, width) in [
-                (&mut minute, MINUTE_MS),
-                (&mut hour, HOUR_MS),
-                (&mut day, DAY_MS),
-            ] {
-                stmt.execute(params![
+            for (table, (_, width)) in sums.iter_mut().zip(ROLLUPS) {
+                let key = (
                     r.created_at_ms.div_euclid(width) * width,
-                    r.account_id,
-                    r.key_id,
-                    r.model_requested,
-                    r.provider,
-                    r.source,
-                    r.endpoint,
-                    success,
-                    r.input_tokens,
-                    r.output_tokens,
-                    r.cached_tokens,
-                    r.reasoning_tokens,
-                    r.cost_nanos,
-                    r.charged_nanos,
+                    r.account_id.as_str(),
+                    r.key_id.as_str(),
+                    r.model_requested.as_str(),
+                    r.provider.as_str(),
+                    r.source.as_str(),
+                    r.endpoint.as_str(),
+                );
+                let s = table.entry(key).or_default();
+                s.requests += 1;
+                s.success += i64::from(r.status == Status::Success);
+                s.input_tokens += r.input_tokens;
+                s.output_tokens += r.output_tokens;
+                s.cached_tokens += r.cached_tokens;
+                s.reasoning_tokens += r.reasoning_tokens;
+                s.cost_nanos += r.cost_nanos;
+                s.charged_nanos += r.charged_nanos;
+            }
+        }
+        for (table, (name, _)) in sums.iter().zip(ROLLUPS) {
+            let mut up = tx.prepare_cached(&rollup_sql(name))?;
+            for (k, s) in table {
+                up.execute(params![
+                    k.0,
+                    k.1,
+                    k.2,
+                    k.3,
+                    k.4,
+                    k.5,
+                    k.6,
+                    s.requests,
+                    s.success,
+                    s.input_tokens,
+                    s.output_tokens,
+                    s.cached_tokens,
+                    s.reasoning_tokens,
+                    s.cost_nanos,
+                    s.charged_nanos,
                 ])?;
             }
         }

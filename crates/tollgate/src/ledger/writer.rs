@@ -79,6 +79,14 @@ impl Ledger {
         }
     }
 
+    /// At shutdown: commit everything, then leave no journal to replay.
+    pub async fn close(&self) {
+        self.flush().await;
+        if let Err(e) = self.journal.truncate_if_committed() {
+            tracing::warn!(error = %e, "could not empty the journal at shutdown");
+        }
+    }
+
     /// Waits until everything recorded so far is in the store (read-your-writes for usage
     /// queries and tests).
     pub async fn flush(&self) {

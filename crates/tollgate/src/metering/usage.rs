@@ -76,6 +76,27 @@ pub fn from_response(api: Api, body: &Value) -> Option<Usage> {
     }
 }
 
+#[derive(serde::Deserialize)]
+struct ResponseHead {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// Usage and served model from a complete response body, reading only those two fields (the
+/// rest is skipped without being built into a JSON tree).
+pub fn from_response_bytes(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
+    let Ok(head) = serde_json::from_slice::<ResponseHead>(body) else {
+        return (None, None);
+    };
+    let usage = head.usage.as_ref().and_then(|u| match api {
+        Api::ChatCompletions | Api::Embeddings => from_openai_usage(u),
+        Api::Messages => from_anthropic_usage(u),
+    });
+    (usage, head.model)
+}
+
 /// The assistant text of a complete response, for local counting when usage is missing.
 pub fn response_text(api: Api, body: &Value) -> String {
     let mut text = String::new();
@@ -123,6 +144,10 @@ pub enum EventAction {
 
 /// Follows one SSE stream, event by event, collecting the usage the upstream reports and, in
 /// case it reports none, the generated text to count locally.
+///
+/// Most events of a stream are content deltas; they are not parsed here (their data is kept
+/// and parsed only if the stream ends without usage). Only events that can carry usage, the
+/// model or an error are parsed, into small typed structs rather than JSON trees.
 #[derive(Debug)]
 pub struct StreamMeter {
     api: Api,
@@ -131,13 +156,59 @@ pub struct StreamMeter {
     /// The usage seen is the stream's final word (OpenAI's usage chunk, Anthropic's
     /// `message_delta`), not `message_start`'s placeholder output count.
     usage_final: bool,
-    text: String,
+    /// Data of content events, newline-separated, for a local count if usage never comes.
+    content: String,
+    model: Option<String>,
     pub saw_error_event: bool,
-    pub first_content_seen: bool,
 }
 
-/// Generated text beyond this is not kept for local counting; the estimate then scales.
-const MAX_TEXT: usize = 4 * 1024 * 1024;
+/// Content kept for local counting is capped; beyond it the estimate undercounts.
+const MAX_CONTENT: usize = 8 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct OpenAiChunk {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicStart {
+    message: AnthropicMessage,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicMessage {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicDelta {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// True if `data` has the JSON key `key` (quoted) with a value starting with `{`. A quote
+/// inside a JSON string is escaped, so an unescaped `"usage"` followed by `:` is always a key.
+fn has_object_key(data: &str, key: &str) -> bool {
+    let mut rest = data;
+    while let Some(i) = rest.find(key) {
+        let after = rest[i + key.len()..].trim_start();
+        if let Some(v) = after.strip_prefix(':') {
+            if v.trim_start().starts_with('{') {
+                return true;
+            }
+        }
+        rest = &rest[i + key.len()..];
+    }
+    false
+}
 
 impl StreamMeter {
     pub fn new(api: Api, client_wants_usage: bool) -> Self {
@@ -146,9 +217,9 @@ impl StreamMeter {
             client_wants_usage,
             usage: None,
             usage_final: false,
-            text: String::new(),
+            content: String::new(),
+            model: None,
             saw_error_event: false,
-            first_content_seen: false,
         }
     }
 
@@ -161,29 +232,30 @@ impl StreamMeter {
     }
 
     fn on_openai(&mut self, data: &str) -> EventAction {
-        let data = data.trim();
-        if data == "[DONE]" {
+        let trimmed = data.trim();
+        if trimmed == "[DONE]" {
             return EventAction::Terminal;
         }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return EventAction::Forward;
-        };
-        if v.get("error").is_some() {
+        let has_usage = has_object_key(trimmed, "\"usage\"");
+        let has_error = has_object_key(trimmed, "\"error\"");
+        if has_error {
             self.saw_error_event = true;
         }
-        let mut has_choices = false;
-        if let Some(choices) = v.get("choices").and_then(Value::as_array) {
-            has_choices = !choices.is_empty();
-            for c in choices {
-                if let Some(s) = c.pointer("/delta/content").and_then(Value::as_str) {
-                    if !s.is_empty() {
-                        self.first_content_seen = true;
-                    }
-                    self.push_text(s);
-                }
-            }
+        if self.model.is_some() && !has_usage {
+            self.keep_content(trimmed);
+            return EventAction::Forward;
         }
-        match v.get("usage").and_then(from_openai_usage) {
+        let Ok(chunk) = serde_json::from_str::<OpenAiChunk>(trimmed) else {
+            return EventAction::Forward;
+        };
+        if self.model.is_none() {
+            self.model = chunk.model;
+        }
+        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
+        if has_choices {
+            self.keep_content(trimmed);
+        }
+        match chunk.usage.as_ref().and_then(from_openai_usage) {
             Some(usage) => {
                 self.usage = Some(usage);
                 self.usage_final = true;
@@ -199,46 +271,34 @@ impl StreamMeter {
 
     fn on_anthropic(&mut self, event: &str, data: &str) -> EventAction {
         match event {
-            "message_stop" => return EventAction::Terminal,
-            "ping" => return EventAction::Forward,
+            "message_stop" => EventAction::Terminal,
             "error" => {
                 self.saw_error_event = true;
-                return EventAction::Forward;
-            }
-            _ => {}
-        }
-        let Ok(v) = serde_json::from_str::<Value>(data) else {
-            return EventAction::Forward;
-        };
-        match v.get("type").and_then(Value::as_str).unwrap_or(event) {
-            "message_start" => {
-                if let Some(usage) = v.pointer("/message/usage").and_then(from_anthropic_usage) {
-                    self.usage = Some(usage);
-                }
+                EventAction::Forward
             }
             "content_block_delta" => {
-                let delta = v.get("delta");
-                let text = delta
-                    .and_then(|d| {
-                        d.get("text")
-                            .or_else(|| d.get("thinking"))
-                            .or_else(|| d.get("partial_json"))
-                    })
-                    .and_then(Value::as_str);
-                if let Some(s) = text {
-                    self.first_content_seen = true;
-                    self.push_text(s);
+                self.keep_content(data);
+                EventAction::Forward
+            }
+            "message_start" => {
+                if let Ok(start) = serde_json::from_str::<AnthropicStart>(data) {
+                    self.model = start.message.model;
+                    if let Some(u) = start.message.usage.as_ref().and_then(from_anthropic_usage) {
+                        self.usage = Some(u);
+                    }
                 }
+                EventAction::Forward
             }
             "message_delta" => {
                 // Output tokens here are cumulative; input fields, when present, are final.
-                if let Some(d) = v.get("usage").filter(|d| d.is_object()) {
+                let delta = serde_json::from_str::<AnthropicDelta>(data).ok();
+                if let Some(d) = delta.and_then(|d| d.usage).filter(Value::is_object) {
                     let mut usage = self.usage.unwrap_or_default();
                     if let Some(o) = d.get("output_tokens").and_then(Value::as_u64) {
                         usage.output_tokens = o;
                     }
                     if d.get("input_tokens").and_then(Value::as_u64).is_some() {
-                        if let Some(full) = from_anthropic_usage(d) {
+                        if let Some(full) = from_anthropic_usage(&d) {
                             usage.input_tokens = full.input_tokens;
                             usage.cached_tokens = full.cached_tokens;
                             usage.cache_write_tokens = full.cache_write_tokens;
@@ -247,16 +307,16 @@ impl StreamMeter {
                     self.usage = Some(usage);
                     self.usage_final = true;
                 }
+                EventAction::Forward
             }
-            "message_stop" => return EventAction::Terminal,
-            _ => {}
+            _ => EventAction::Forward,
         }
-        EventAction::Forward
     }
 
-    fn push_text(&mut self, s: &str) {
-        if self.text.len() + s.len() <= MAX_TEXT {
-            self.text.push_str(s);
+    fn keep_content(&mut self, data: &str) {
+        if self.content.len() + data.len() < MAX_CONTENT {
+            self.content.push_str(data);
+            self.content.push('\n');
         }
     }
 
@@ -271,9 +331,47 @@ impl StreamMeter {
         self.usage.map(|u| u.input_tokens)
     }
 
-    /// Output tokens counted locally from the text seen so far.
+    /// The model the upstream says served the request.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Output tokens counted locally from the content events kept.
     pub fn estimate_output(&self) -> u64 {
-        tokenizer::count_text(&self.text)
+        let mut text = String::new();
+        for line in self.content.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            match self.api {
+                Api::Messages => {
+                    let d = v.get("delta");
+                    let t = d
+                        .and_then(|d| {
+                            d.get("text")
+                                .or_else(|| d.get("thinking"))
+                                .or_else(|| d.get("partial_json"))
+                        })
+                        .and_then(Value::as_str);
+                    if let Some(t) = t {
+                        text.push_str(t);
+                    }
+                }
+                _ => {
+                    for c in v
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                }
+            }
+        }
+        tokenizer::count_text(&text)
     }
 }
 

@@ -82,20 +82,18 @@ impl Exchange {
             .unwrap_or_else(|_| Err(ApiError::internal("the exchange ended without a response")))
     }
 
-    fn upstream_url(&self) -> String {
-        let path = match self.api {
-            Api::ChatCompletions => "chat/completions",
-            Api::Embeddings => "embeddings",
-            Api::Messages => "messages",
-        };
-        format!("{}/{path}", self.provider.base_url)
-    }
-
     async fn drive(mut self, head_tx: oneshot::Sender<Head>) {
         let s = &self.state;
+        let Some(url) = self.provider.url(self.api).cloned() else {
+            let err = ApiError::new(
+                ErrorCode::ProviderError,
+                format!("provider {} has an invalid base_url", self.provider.name),
+            );
+            return self.fail(head_tx, err, 502, None);
+        };
         let mut rb = s
             .http
-            .post(self.upstream_url())
+            .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-tollgate-request-id", &self.ctx.request_id);
         // Only the provider's own credential goes upstream; the client's key never does.
@@ -215,18 +213,18 @@ impl Exchange {
                 return self.fail(head_tx, err, 502, None);
             }
         };
-        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        let tokens = match usage::from_response(self.api, &json) {
+        let (reported, model_served) = usage::from_response_bytes(self.api, &body);
+        let tokens = match reported {
             Some(u) => Tokens::Reported(u),
-            None => Tokens::Estimate {
-                output: tokenizer::count_text(&usage::response_text(self.api, &json)),
-                input: None,
-            },
+            None => {
+                // Rare: only now is the whole body parsed, to count its text.
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Tokens::Estimate {
+                    output: tokenizer::count_text(&usage::response_text(self.api, &json)),
+                    input: None,
+                }
+            }
         };
-        let model_served = json
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_string);
         let mut extra = self.account_headers(0);
         // A closed receiver means the client hung up while the upstream worked.
         let gone = head_tx.is_closed();
@@ -280,7 +278,6 @@ impl Exchange {
         let mut upstream = resp.bytes_stream();
         let mut splitter = SseSplitter::default();
         let mut meter = StreamMeter::new(self.api, self.req.client_wants_usage);
-        let mut model_served: Option<String> = None;
         let mut ttft_ms = None;
         let mut terminal: Option<Bytes> = None;
         // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke.
@@ -298,26 +295,34 @@ impl Exchange {
             if ttft_ms.is_none() {
                 ttft_ms = Some(self.ctx.started.elapsed().as_millis() as i64);
             }
-            let mut out = BytesMut::new();
+            let mut out: Vec<Bytes> = Vec::new();
             for ev in splitter.push(&next) {
-                if model_served.is_none() {
-                    model_served = served_model(&ev.data);
-                }
-                match meter.on_event(&ev.event, &ev.data) {
-                    EventAction::Forward => out.extend_from_slice(&ev.raw),
+                let (event, data) = ev.fields();
+                let action = meter.on_event(&event, &data);
+                match action {
+                    EventAction::Forward => out.push(ev.raw),
                     EventAction::Drop => {}
                     EventAction::Terminal => terminal = Some(ev.raw),
                 }
             }
-            if client_alive && !out.is_empty() && body_tx.send(Ok(out.freeze())).await.is_err() {
-                client_alive = false;
-                drain_deadline = Some(Instant::now() + drain);
+            // One event per chunk (the usual case) goes out without a copy.
+            let out = match out.len() {
+                0 => None,
+                1 => out.pop(),
+                _ => Some(Bytes::from(out.concat())),
+            };
+            if let (true, Some(out)) = (client_alive, out) {
+                if body_tx.send(Ok(out)).await.is_err() {
+                    client_alive = false;
+                    drain_deadline = Some(Instant::now() + drain);
+                }
             }
             if terminal.is_some() {
                 break Ok(true);
             }
         };
         let rest = splitter.take_rest();
+        let model_served = meter.model().map(str::to_string);
         let tokens = match meter.reported() {
             Some(u) => Tokens::Reported(u),
             None => Tokens::Estimate {
@@ -455,18 +460,6 @@ fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// The `model` of an OpenAI chunk or of Anthropic's `message_start`.
-fn served_model(data: &str) -> Option<String> {
-    if !data.contains("\"model\"") {
-        return None;
-    }
-    let v: Value = serde_json::from_str(data).ok()?;
-    v.get("model")
-        .or_else(|| v.pointer("/message/model"))
-        .and_then(Value::as_str)
-        .map(str::to_string)
 }
 
 /// The message of an OpenAI- or Anthropic-shaped error body.

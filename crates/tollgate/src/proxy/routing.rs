@@ -13,6 +13,20 @@ pub struct Provider {
     /// Without a trailing slash, e.g. `https://api.openai.com/v1`.
     pub base_url: String,
     pub api_key: Option<String>,
+    /// Endpoint URLs, parsed once: chat/completions, embeddings, messages.
+    pub urls: [Option<reqwest::Url>; 3],
+}
+
+impl Provider {
+    pub fn url(&self, api: crate::metering::usage::Api) -> Option<&reqwest::Url> {
+        use crate::metering::usage::Api;
+        let i = match api {
+            Api::ChatCompletions => 0,
+            Api::Embeddings => 1,
+            Api::Messages => 2,
+        };
+        self.urls[i].as_ref()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -27,10 +41,13 @@ impl ModelRouter {
     pub fn from_config(config: &Config, env: impl Fn(&str) -> Option<String>) -> Self {
         let mut router = ModelRouter::default();
         for (name, p) in &config.providers {
+            let base_url = p.base_url.trim_end_matches('/').to_string();
+            let url = |path: &str| reqwest::Url::parse(&format!("{base_url}/{path}")).ok();
             let provider = Arc::new(Provider {
                 name: name.clone(),
                 kind: p.kind,
-                base_url: p.base_url.trim_end_matches('/').to_string(),
+                urls: [url("chat/completions"), url("embeddings"), url("messages")],
+                base_url,
                 api_key: p.resolve_key(&env),
             });
             for m in &p.models {

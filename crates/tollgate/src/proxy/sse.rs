@@ -1,12 +1,47 @@
 //! Splits a byte stream into Server-Sent Events without copying more than the unfinished tail.
+//! Events are read in place: field values borrow from the event's bytes.
+
+use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
 
-/// One complete event: its raw bytes (forwarded untouched) and its parsed fields.
+/// One complete event, exactly as received (it is forwarded untouched).
 pub struct SseEvent {
     pub raw: Bytes,
-    pub event: String,
-    pub data: String,
+}
+
+impl SseEvent {
+    /// The `event:` field (empty if none) and the `data:` lines joined by newlines.
+    pub fn fields(&self) -> (Cow<'_, str>, Cow<'_, str>) {
+        let text = String::from_utf8_lossy(&self.raw);
+        match text {
+            Cow::Borrowed(t) => {
+                let (e, d) = parse_fields(t);
+                (Cow::Borrowed(e), d)
+            }
+            Cow::Owned(t) => {
+                let (e, d) = parse_fields(&t);
+                (Cow::Owned(e.to_string()), Cow::Owned(d.into_owned()))
+            }
+        }
+    }
+}
+
+fn parse_fields(text: &str) -> (&str, Cow<'_, str>) {
+    let mut event = "";
+    let mut data: Option<Cow<'_, str>> = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("event:") {
+            event = v.trim();
+        } else if let Some(v) = line.strip_prefix("data:") {
+            let v = v.strip_prefix(' ').unwrap_or(v);
+            data = Some(match data {
+                None => Cow::Borrowed(v),
+                Some(prev) => Cow::Owned(format!("{prev}\n{v}")),
+            });
+        }
+    }
+    (event, data.unwrap_or(Cow::Borrowed("")))
 }
 
 #[derive(Default)]
@@ -20,8 +55,9 @@ impl SseSplitter {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         while let Some(end) = find_boundary(&self.buf) {
-            let raw = self.buf.split_to(end).freeze();
-            out.push(parse(raw));
+            out.push(SseEvent {
+                raw: self.buf.split_to(end).freeze(),
+            });
         }
         out
     }
@@ -34,36 +70,17 @@ impl SseSplitter {
 
 /// Index just past the blank line ending the first event, for `\n\n` and `\r\n\r\n`.
 fn find_boundary(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|b| *b == b'\n') {
+        let i = from + i;
+        match buf.get(i + 1) {
+            Some(b'\n') => return Some(i + 2),
+            Some(b'\r') if buf.get(i + 2) == Some(&b'\n') => return Some(i + 3),
+            Some(_) => from = i + 1,
+            None => return None,
         }
-        i += 1;
     }
     None
-}
-
-fn parse(raw: Bytes) -> SseEvent {
-    let text = String::from_utf8_lossy(&raw);
-    let mut event = String::new();
-    let mut data = String::new();
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("event:") {
-            event = v.trim().to_string();
-        } else if let Some(v) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(v.strip_prefix(' ').unwrap_or(v));
-        }
-    }
-    SseEvent { raw, event, data }
 }
 
 #[cfg(test)]
@@ -76,10 +93,16 @@ mod tests {
         assert!(s.push(b"event: ping\ndata: {\"a\"").is_empty());
         let ev = s.push(b":1}\n\ndata: [DONE]\r\n\r\ndata: x");
         assert_eq!(ev.len(), 2);
-        assert_eq!(ev[0].event, "ping");
-        assert_eq!(ev[0].data, "{\"a\":1}");
+        let (e, d) = ev[0].fields();
+        assert_eq!((e.as_ref(), d.as_ref()), ("ping", "{\"a\":1}"));
+        assert!(
+            matches!(d, Cow::Borrowed(_)),
+            "one data line is read in place"
+        );
         assert_eq!(&ev[0].raw[..], b"event: ping\ndata: {\"a\":1}\n\n");
-        assert_eq!(ev[1].data, "[DONE]");
+        assert_eq!(ev[1].fields().1, "[DONE]");
         assert_eq!(&s.take_rest()[..], b"data: x");
+        let multi = s.push(b"data: x\ndata: y\n\n");
+        assert_eq!(multi[0].fields().1, "x\ny");
     }
 }
