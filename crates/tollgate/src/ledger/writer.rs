@@ -97,6 +97,9 @@ impl Ledger {
     }
 }
 
+/// Longest a record waits for company before its batch is written.
+const LINGER: Duration = Duration::from_millis(5);
+
 async fn run(
     mut rx: UnboundedReceiver<WriterMsg>,
     store: Arc<dyn Store>,
@@ -107,20 +110,34 @@ async fn run(
     let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
     let mut last_seq = 0;
     while let Some(first) = rx.recv().await {
+        // Gather for at most LINGER after the first record, so that light traffic makes one
+        // transaction per few milliseconds rather than one per request. A flush (a usage query
+        // wanting read-your-writes) or a full batch cuts the wait short.
+        let deadline = tokio::time::Instant::now() + LINGER;
         let mut msg = Some(first);
-        // Take what has already arrived, up to a batch; never wait for more.
-        while let Some(m) = msg.take() {
-            match m {
-                WriterMsg::Record(seq, r) => {
+        loop {
+            match msg.take() {
+                Some(WriterMsg::Record(seq, r)) => {
                     last_seq = seq;
                     batch.push(r);
                 }
-                WriterMsg::Flush(w) => waiters.push(w),
+                Some(WriterMsg::Flush(w)) => waiters.push(w),
+                None => {}
             }
             if batch.len() >= batch_max {
                 break;
             }
-            msg = rx.try_recv().ok();
+            if let Ok(m) = rx.try_recv() {
+                msg = Some(m);
+                continue;
+            }
+            if !waiters.is_empty() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(m)) => msg = Some(m),
+                Ok(None) | Err(_) => break,
+            }
         }
         if !batch.is_empty() {
             let mut backoff = Duration::from_millis(50);
