@@ -161,7 +161,7 @@ impl Exchange {
     fn fail(
         &mut self,
         head_tx: oneshot::Sender<Head>,
-        err: ApiError,
+        mut err: ApiError,
         http_status: u16,
         code: Option<&str>,
     ) {
@@ -170,7 +170,8 @@ impl Exchange {
         } else {
             Status::Error
         };
-        self.finish(Outcome {
+        let mut extra = self.account_headers(0);
+        let available = self.finish(Outcome {
             status,
             http_status,
             error_code: Some(code.unwrap_or(err.code.code()).to_string()),
@@ -178,6 +179,9 @@ impl Exchange {
             model_served: None,
             ttft_ms: None,
         });
+        // Failed exchanges are proxied responses too: they carry the (unchanged) balance.
+        extra[0].1 = self.state.credits.nanos_to_credits(available).to_string();
+        err.headers.extend(extra);
         let _ = head_tx.send(Err(err));
     }
 

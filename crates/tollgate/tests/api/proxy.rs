@@ -326,6 +326,8 @@ async fn upstream_failures_are_recorded_and_reported_in_the_callers_shape() {
         )
         .await;
     assert_eq!(resp.status(), 502);
+    // A failed exchange costs nothing and still reports the balance ($100 = 10^8 credits).
+    assert_eq!(resp.headers()["x-credits-remaining"], "100000000");
     let id = request_id(&resp);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "provider_error");
