@@ -199,3 +199,39 @@ async fn replaying_the_journal_twice_counts_each_record_once() {
     assert_eq!(store.insert_usage(typed).await.unwrap(), 0);
     assert_eq!(store.count_usage().await.unwrap(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_served_and_kept_while_the_database_is_locked() {
+    let app = spawn_app().await;
+    // Another process takes the database's write lock: the batch writer cannot commit.
+    let db = rusqlite::Connection::open(app._dir.path().join("data/tollgate.db")).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let r = app
+            .post_bearer("/v1/chat/completions", &app.chat_body("gpt-4o-mini", false))
+            .await;
+        assert_eq!(r.status(), 200);
+        ids.push(request_id(&r));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the hot path waited for the database: {:?}",
+        started.elapsed()
+    );
+    db.execute_batch("COMMIT").unwrap();
+    let stored: std::collections::HashSet<String> = app
+        .records()
+        .await
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    for id in &ids {
+        assert!(
+            stored.contains(id),
+            "{id} lost while the database was locked"
+        );
+    }
+    assert_eq!(stored.len(), 20);
+}
