@@ -298,9 +298,10 @@ impl Config {
             tree.insert("providers".into(), defaults);
         }
         apply_env(&mut tree, env)?;
-        let config: Config = toml::Value::Table(tree)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(explain(&e)))?;
+        // Deserialized through serde_path_to_error so a bad value names its key
+        // (`server.max_body_bytes: invalid type ...`), wherever it came from.
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(tree))
+            .map_err(|e| ConfigError::Invalid(explain(&e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -449,12 +450,18 @@ fn parse_env_value(raw: &str) -> toml::Value {
     toml::Value::String(raw.to_string())
 }
 
-fn explain(e: &toml::de::Error) -> String {
-    let msg = e.message().to_string();
-    if msg.contains("unknown field") {
-        format!("{msg} (remove the key or fix its spelling; `tollgate check-config` lists the valid sections)")
+fn explain(e: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let msg = e.inner().message().to_string();
+    let path = e.path().to_string();
+    let at = if path.is_empty() || path == "." {
+        String::new()
     } else {
-        msg
+        format!("{path}: ")
+    };
+    if msg.contains("unknown field") {
+        format!("{at}{msg} (remove the key or fix its spelling)")
+    } else {
+        format!("{at}{msg}")
     }
 }
 
