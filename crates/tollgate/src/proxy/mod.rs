@@ -2,6 +2,7 @@
 //! read and check the request, and pick the route; `exchange` runs the rest of the request's
 //! lifecycle (forward, stream back, meter once at the end).
 
+pub mod admission;
 pub mod exchange;
 pub mod routing;
 pub mod sse;
@@ -20,9 +21,7 @@ use serde_json::{json, Value};
 use crate::app::{AppState, RequestCtx};
 use crate::config::ProviderKind;
 use crate::error::{ApiError, ErrorCode, ErrorStyle};
-use crate::metering::prices::cost_nanos;
 use crate::metering::usage::Api;
-use crate::metering::{tokenizer, Usage};
 
 pub async fn chat_completions(
     State(s): State<Arc<AppState>>,
@@ -90,71 +89,21 @@ async fn proxy(
         )
         .with_param("model")
     })?;
-    // Who pays: the account's own key for this provider (source `user`), else the platform's.
-    let (api_key, source) = match s
-        .provider_keys
-        .get(&caller.account_id, &provider.name)
-        .await?
-    {
-        Some(own) => (own, Source::User),
-        None => match provider.api_key.clone() {
-            Some(k) => (k, Source::Platform),
-            None => {
-                return Err(ApiError::new(
-                    ErrorCode::ModelUnavailable,
-                    format!("provider {} has no API key configured", provider.name),
-                ))
-            }
-        },
-    };
-    // The most this request can cost: every body byte an input token (a BPE token is at least a
-    // byte), plus the output cap at the output price. Only if that does not fit the balance is
-    // the input counted with the tokenizer (with a margin for other providers' tokenizers).
-    let max_output = match api {
-        Api::Embeddings => 0,
-        _ => req.max_output_tokens().unwrap_or(price.max_output_tokens),
-    };
-    let body_bound = req.forward.len() as u64;
-    let bound = cost_nanos(
-        &Usage {
-            input_tokens: body_bound,
-            output_tokens: max_output,
-            ..Usage::default()
-        },
-        &price.prices,
-    );
-    let charge = |cost: i64| source.charge(cost, s.config.credits.byok_fee_bps);
-    let refine = || {
-        let counted = tokenizer::count_request_input(&req.json);
-        let input = (counted * 2 + 16).min(body_bound);
-        charge(cost_nanos(
-            &Usage {
-                input_tokens: input,
-                output_tokens: max_output,
-                ..Usage::default()
-            },
-            &price.prices,
-        ))
-    };
-    let (hold, available) = s
-        .credits
-        .hold(&caller.account_id, charge(bound), refine)
-        .await?;
-    let permit = s.limiter.admit(&caller, &req.model, bound).await?;
+    let admitted = admission::admit(&s, &caller, api, provider, price, &req).await?;
     let exchange = exchange::Exchange {
         state: s.clone(),
         ctx,
         caller,
         api,
         provider: provider.clone(),
-        api_key,
-        source,
+        api_key: admitted.api_key,
+        source: admitted.source,
         price: price.clone(),
         anthropic_version: header_str(&headers, "anthropic-version"),
         anthropic_beta: header_str(&headers, "anthropic-beta"),
         req,
-        settlement: Some((hold, permit)),
-        available_after_hold: available,
+        settlement: Some((admitted.hold, admitted.permit)),
+        available_after_hold: admitted.available,
     };
     exchange.run().await
 }
