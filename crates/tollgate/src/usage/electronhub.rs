@@ -12,7 +12,7 @@ use chrono::Duration;
 use serde::Serialize;
 
 use super::params::Params;
-use super::store::{Dims, RecordFilter, Sums};
+use super::store::{Dims, RecordCursor, RecordFilter, Sums};
 use super::time::{self, day_start, local_date, Grid, Unit, MAX_MS, MIN_MS};
 use super::{bucketed, read_your_writes, scope, spendable_nanos, totals, usd};
 use crate::app::AppState;
@@ -195,5 +195,117 @@ pub async fn me(
             })
             .collect(),
         endpoints,
+    }))
+}
+
+/// One row of ElectronHub's request log.
+#[derive(Debug, Serialize)]
+pub struct LogRow {
+    pub id: String,
+    /// The key, masked: prefix, an ellipsis and its last four characters.
+    pub key: String,
+    pub key_id: String,
+    pub model: String,
+    /// The endpoint, e.g. `chat.completions`.
+    pub route: String,
+    /// What the account was debited, in USD (like the other ElectronHub money fields).
+    pub credits: f64,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub status: String,
+    /// Client addresses are not recorded.
+    pub ip: Option<String>,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Logs {
+    pub object: &'static str,
+    pub data: Vec<LogRow>,
+    pub has_more: bool,
+    pub next_cursor: Option<String>,
+}
+
+/// `GET /v1/user/logs`: the account's requests, newest first, `limit` (1–1000, default 50) per
+/// page, continued with `cursor`; optional `start`/`end`, `model`, `key_id`.
+pub async fn logs(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Result<Json<Logs>, ApiError> {
+    let caller = s.keys.authenticate(&headers).await?;
+    let p = Params::parse(q.as_deref());
+    let tz = p.timezone()?;
+    let limit = p.int("limit", 1, 1000)?.unwrap_or(50) as usize;
+    let cursor = match p.get("cursor")? {
+        None => None,
+        Some(v) => Some(RecordCursor::decode(v).ok_or_else(|| {
+            ApiError::invalid(
+                "cursor",
+                "`cursor` must be a `next_cursor` from a previous page",
+            )
+        })?),
+    };
+    let start = p.instant("start", tz, false)?.unwrap_or(MIN_MS);
+    let end = p.instant("end", tz, true)?.unwrap_or(MAX_MS);
+    if end <= start {
+        return Err(ApiError::invalid("end", "`end` must be after `start`"));
+    }
+    let scope = scope(&s, &caller, &p).await?;
+    read_your_writes(&s).await;
+    let filter = RecordFilter {
+        account_id: scope.account_id.clone(),
+        key_id: scope.key_id.clone(),
+        model: p.get("model")?.map(str::to_string),
+        provider: None,
+        start_ms: start,
+        end_ms: end,
+    };
+    let mut records = s
+        .usage
+        .records_page(filter, cursor, true, limit + 1)
+        .await?;
+    let has_more = records.len() > limit;
+    records.truncate(limit);
+    let keys: BTreeMap<String, String> = s
+        .ledger
+        .store
+        .list_keys(Some(scope.account_id.clone()))
+        .await?
+        .into_iter()
+        .map(|k| (k.id, format!("{}…{}", k.prefix, k.last4)))
+        .collect();
+    let next_cursor = if has_more {
+        records.last().map(|r| {
+            RecordCursor {
+                created_at_ms: r.created_at_ms,
+                request_id: r.request_id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok(Json(Logs {
+        object: "list",
+        data: records
+            .into_iter()
+            .map(|r| LogRow {
+                key: keys.get(&r.key_id).cloned().unwrap_or_default(),
+                credits: usd(r.charged_nanos),
+                timestamp: r.created_at_ms.div_euclid(1000),
+                status: r.status.as_str().to_string(),
+                ip: None,
+                input_tokens: r.input_tokens,
+                output_tokens: r.output_tokens,
+                model: r.model_requested,
+                route: r.endpoint,
+                key_id: r.key_id,
+                id: r.request_id,
+            })
+            .collect(),
+        has_more,
+        next_cursor,
     }))
 }

@@ -43,6 +43,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/usage/export", get(export::export))
         .route("/v1/user/models", get(electronhub::models))
         .route("/v1/user/me", get(electronhub::me))
+        .route("/v1/user/logs", get(electronhub::logs))
         .route("/v1/model-usage", get(runtype::stats))
         .route("/v1/model-usage/{model_config_id}", get(runtype::details))
         .route(

@@ -284,19 +284,6 @@ pub struct Details {
     pub recent_usage: Vec<RecentUsage>,
 }
 
-fn encode_cursor(c: &RecordCursor) -> String {
-    format!("{}.{}", c.created_at_ms, c.request_id)
-}
-
-fn decode_cursor(v: &str) -> Option<RecordCursor> {
-    let (ms, id) = v.split_once('.')?;
-    Some(RecordCursor {
-        created_at_ms: ms.parse().ok()?,
-        request_id: id.to_string(),
-    })
-    .filter(|c| !c.request_id.is_empty())
-}
-
 pub async fn details(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -309,7 +296,7 @@ pub async fn details(
     let limit = p.int("limit", 1, 1000)?.unwrap_or(50) as usize;
     let cursor = match p.get("cursor")? {
         None => None,
-        Some(v) => Some(decode_cursor(v).ok_or_else(|| {
+        Some(v) => Some(RecordCursor::decode(v).ok_or_else(|| {
             ApiError::invalid(
                 "cursor",
                 "`cursor` must be a `nextCursor` from a previous page",
@@ -343,10 +330,11 @@ pub async fn details(
     records.truncate(limit);
     let next_cursor = if has_more {
         records.last().map(|r| {
-            encode_cursor(&RecordCursor {
+            RecordCursor {
                 created_at_ms: r.created_at_ms,
                 request_id: r.request_id.clone(),
-            })
+            }
+            .encode()
         })
     } else {
         None
@@ -424,8 +412,8 @@ mod tests {
             created_at_ms: 1_835_395_200_000,
             request_id: "req_ab.cd".into(),
         };
-        assert_eq!(decode_cursor(&encode_cursor(&c)), Some(c));
-        assert_eq!(decode_cursor("nope"), None);
-        assert_eq!(decode_cursor("12."), None);
+        assert_eq!(RecordCursor::decode(&c.encode()), Some(c));
+        assert_eq!(RecordCursor::decode("nope"), None);
+        assert_eq!(RecordCursor::decode("12."), None);
     }
 }

@@ -138,6 +138,22 @@ pub struct RecordCursor {
     pub request_id: String,
 }
 
+impl RecordCursor {
+    /// The opaque `cursor` / `nextCursor` text: `<ms>.<request id>`.
+    pub fn encode(&self) -> String {
+        format!("{}.{}", self.created_at_ms, self.request_id)
+    }
+
+    pub fn decode(v: &str) -> Option<RecordCursor> {
+        let (ms, id) = v.split_once('.')?;
+        Some(RecordCursor {
+            created_at_ms: ms.parse().ok()?,
+            request_id: id.to_string(),
+        })
+        .filter(|c| !c.request_id.is_empty())
+    }
+}
+
 #[async_trait]
 pub trait UsageQueries: Send + Sync + 'static {
     /// Sums of rollup rows in the given segments, grouped by `dims` and, for split segments, by

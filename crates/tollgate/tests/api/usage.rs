@@ -1285,3 +1285,75 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
         .sum();
     assert_eq!(got, total_in);
 }
+
+#[tokio::test]
+async fn electronhub_logs_page_newest_first_and_stay_in_the_account() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for (i, mock) in [
+        json!({}),
+        json!({"error_status": 500}),
+        json!({"output_tokens": 3}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut body = app.chat_body("gpt-4o-mini", i == 2);
+        body["mock"] = mock;
+        let r = app.post_bearer("/v1/chat/completions", &body).await;
+        ids.push(request_id(&r));
+        let _ = r.bytes().await;
+        // Distinct milliseconds keep the expected order unambiguous.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    let get = |q: String, key: String| {
+        let (http, base) = (app.http.clone(), app.base.clone());
+        async move {
+            let r = http
+                .get(format!("{base}/v1/user/logs{q}"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let page1 = get("?limit=2".into(), app.user_key.clone()).await;
+    let rows = page1["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["id"].as_str(), rows[1]["id"].as_str()),
+        (Some(ids[2].as_str()), Some(ids[1].as_str()))
+    );
+    assert_eq!(page1["has_more"], json!(true));
+    assert_eq!(rows[1]["status"], "error");
+    assert_eq!(rows[0]["route"], "chat.completions");
+    assert_eq!(rows[0]["output_tokens"], json!(3));
+    let last4 = &app.user_key[app.user_key.len() - 4..];
+    assert!(rows[0]["key"].as_str().unwrap().ends_with(last4));
+    assert!(
+        !rows[0].to_string().contains(&app.user_key),
+        "the key itself is never shown"
+    );
+    let rec = app.record(&ids[2]).await.unwrap();
+    assert_eq!(
+        rows[0]["credits"].as_f64().unwrap(),
+        rec["charged_nanos"].as_i64().unwrap() as f64 / 1e9
+    );
+    assert_eq!(
+        rows[0]["timestamp"],
+        json!(rec["created_at_ms"].as_i64().unwrap() / 1000)
+    );
+    let cursor = page1["next_cursor"].as_str().unwrap().to_string();
+    let page2 = get(format!("?limit=2&cursor={cursor}"), app.user_key.clone()).await;
+    assert_eq!(page2["data"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["data"][0]["id"], json!(ids[0]));
+    assert_eq!(page2["has_more"], json!(false));
+    // Another account sees none of it.
+    let (_, _, other) = create_account_and_key(&app.http, &app.base, &app.admin_key).await;
+    assert!(get(String::new(), other).await["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
