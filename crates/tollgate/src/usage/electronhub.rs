@@ -12,9 +12,11 @@ use chrono::Duration;
 use serde::Serialize;
 
 use super::params::Params;
-use super::store::{Dims, RecordCursor, RecordFilter, Sums};
+use super::store::{Dims, RecordFilter, Sums};
 use super::time::{self, day_start, local_date, Grid, Unit, MAX_MS, MIN_MS};
-use super::{bucketed, read_your_writes, scope, spendable_nanos, totals, usd};
+use super::{
+    bucketed, newest_page, page_params, read_your_writes, scope, spendable_nanos, totals, usd,
+};
 use crate::app::AppState;
 use crate::error::ApiError;
 
@@ -237,16 +239,7 @@ pub async fn logs(
     let caller = s.keys.authenticate(&headers).await?;
     let p = Params::parse(q.as_deref());
     let tz = p.timezone()?;
-    let limit = p.int("limit", 1, 1000)?.unwrap_or(50) as usize;
-    let cursor = match p.get("cursor")? {
-        None => None,
-        Some(v) => Some(RecordCursor::decode(v).ok_or_else(|| {
-            ApiError::invalid(
-                "cursor",
-                "`cursor` must be a `next_cursor` from a previous page",
-            )
-        })?),
-    };
+    let (limit, cursor) = page_params(&p, "next_cursor")?;
     let start = p.instant("start", tz, false)?.unwrap_or(MIN_MS);
     let end = p.instant("end", tz, true)?.unwrap_or(MAX_MS);
     if end <= start {
@@ -262,12 +255,8 @@ pub async fn logs(
         start_ms: start,
         end_ms: end,
     };
-    let mut records = s
-        .usage
-        .records_page(filter, cursor, true, limit + 1)
-        .await?;
-    let has_more = records.len() > limit;
-    records.truncate(limit);
+    let (records, next_cursor) = newest_page(&s, filter, cursor, limit).await?;
+    let has_more = next_cursor.is_some();
     let keys: BTreeMap<String, String> = s
         .ledger
         .store
@@ -276,17 +265,6 @@ pub async fn logs(
         .into_iter()
         .map(|k| (k.id, format!("{}…{}", k.prefix, k.last4)))
         .collect();
-    let next_cursor = if has_more {
-        records.last().map(|r| {
-            RecordCursor {
-                created_at_ms: r.created_at_ms,
-                request_id: r.request_id.clone(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
     Ok(Json(Logs {
         object: "list",
         data: records

@@ -156,6 +156,51 @@ pub(crate) async fn totals(
 }
 
 /// The caller's request is visible once its response completed: wait for the batch writer.
+/// `limit` (1–1000, default 50) and `cursor` of a newest-first page of raw records; `cursor_field`
+/// names the response field the cursor came from, for the error message.
+pub(crate) fn page_params(
+    p: &Params,
+    cursor_field: &str,
+) -> Result<(usize, Option<store::RecordCursor>), ApiError> {
+    let limit = p.int("limit", 1, 1000)?.unwrap_or(50) as usize;
+    let cursor = match p.get("cursor")? {
+        None => None,
+        Some(v) => Some(store::RecordCursor::decode(v).ok_or_else(|| {
+            ApiError::invalid(
+                "cursor",
+                format!("`cursor` must be a `{cursor_field}` from a previous page"),
+            )
+        })?),
+    };
+    Ok((limit, cursor))
+}
+
+/// One newest-first page of raw records, and the cursor of the next page if there is one.
+pub(crate) async fn newest_page(
+    s: &AppState,
+    filter: store::RecordFilter,
+    cursor: Option<store::RecordCursor>,
+    limit: usize,
+) -> Result<(Vec<crate::ledger::UsageRecord>, Option<String>), ApiError> {
+    let mut records = s
+        .usage
+        .records_page(filter, cursor, true, limit + 1)
+        .await?;
+    let next = if records.len() > limit {
+        records.truncate(limit);
+        records.last().map(|r| {
+            store::RecordCursor {
+                created_at_ms: r.created_at_ms,
+                request_id: r.request_id.clone(),
+            }
+            .encode()
+        })
+    } else {
+        None
+    };
+    Ok((records, next))
+}
+
 pub(crate) async fn read_your_writes(s: &AppState) {
     s.ledger.flush().await;
 }

@@ -15,9 +15,9 @@ use serde::Serialize;
 
 use super::model_configs::{self, config_id, ModelConfig};
 use super::params::Params;
-use super::store::{Dims, RecordCursor, RecordFilter, Sums};
+use super::store::{Dims, RecordFilter, Sums};
 use super::time::{self, day_start, format_date, local_date, Grid, Unit, MAX_MS, MIN_MS};
-use super::{bucketed, read_your_writes, scope, usd};
+use super::{bucketed, newest_page, page_params, read_your_writes, scope, usd};
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::metering::money::div_round_half_up;
@@ -293,16 +293,7 @@ pub async fn details(
     let caller = s.keys.authenticate(&headers).await?;
     let p = Params::parse(q.as_deref());
     let tz = p.timezone()?;
-    let limit = p.int("limit", 1, 1000)?.unwrap_or(50) as usize;
-    let cursor = match p.get("cursor")? {
-        None => None,
-        Some(v) => Some(RecordCursor::decode(v).ok_or_else(|| {
-            ApiError::invalid(
-                "cursor",
-                "`cursor` must be a `nextCursor` from a previous page",
-            )
-        })?),
-    };
+    let (limit, cursor) = page_params(&p, "nextCursor")?;
     let start = match p.date("startDate")? {
         Some(d) => day_start(tz, d),
         None => MIN_MS,
@@ -322,23 +313,8 @@ pub async fn details(
         start_ms: start,
         end_ms: end,
     };
-    let mut records = s
-        .usage
-        .records_page(filter, cursor, true, limit + 1)
-        .await?;
-    let has_more = records.len() > limit;
-    records.truncate(limit);
-    let next_cursor = if has_more {
-        records.last().map(|r| {
-            RecordCursor {
-                created_at_ms: r.created_at_ms,
-                request_id: r.request_id.clone(),
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let (records, next_cursor) = newest_page(&s, filter, cursor, limit).await?;
+    let has_more = next_cursor.is_some();
     Ok(Json(Details {
         meta: DetailsMeta {
             data_source: "tollgate-records",
@@ -366,6 +342,7 @@ pub async fn details(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::usage::store::RecordCursor;
 
     fn d(s: &str) -> NaiveDate {
         time::parse_date(s).unwrap()
