@@ -98,13 +98,7 @@ async fn get_account(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&s, &headers).await?;
-    match s.ledger.store.get_account(&id).await? {
-        Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("no account {id}"),
-        )),
-    }
+    Ok(Json(existing_account(&s, &id).await?).into_response())
 }
 
 #[derive(Deserialize, Default)]
@@ -141,12 +135,7 @@ async fn list_keys(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     admin(&s, &headers).await?;
-    if s.ledger.store.get_account(&id).await?.is_none() {
-        return Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("no account {id}"),
-        ));
-    }
+    existing_account(&s, &id).await?;
     let keys = s.ledger.store.list_keys(Some(id)).await?;
     Ok(Json(json!({ "object": "list", "data": keys })).into_response())
 }
@@ -211,14 +200,13 @@ async fn get_request(
     }
 }
 
-async fn existing_account(s: &AppState, id: &str) -> Result<(), ApiError> {
-    match s.ledger.store.get_account(id).await? {
-        Some(_) => Ok(()),
-        None => Err(ApiError::new(
-            ErrorCode::NotFound,
-            format!("no account {id}"),
-        )),
-    }
+/// The account, or 404 in the caller's shape.
+async fn existing_account(s: &AppState, id: &str) -> Result<crate::ledger::Account, ApiError> {
+    s.ledger
+        .store
+        .get_account(id)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no account {id}")))
 }
 
 #[derive(Deserialize)]

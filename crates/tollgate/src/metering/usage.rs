@@ -67,15 +67,6 @@ pub fn from_anthropic_usage(usage: &Value) -> Option<Usage> {
     })
 }
 
-/// Usage from a complete (non-streamed) JSON response body.
-pub fn from_response(api: Api, body: &Value) -> Option<Usage> {
-    let usage = body.get("usage")?;
-    match api {
-        Api::ChatCompletions | Api::Embeddings => from_openai_usage(usage),
-        Api::Messages => from_anthropic_usage(usage),
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct ResponseHead {
     #[serde(default)]

@@ -24,6 +24,8 @@ pub struct Admitted {
     pub permit: Permit,
     /// Credit available (nano-USD) with this request's hold taken.
     pub available: i64,
+    /// The key's `x-ratelimit-*` headers.
+    pub rate_headers: Vec<(&'static str, String)>,
 }
 
 pub async fn admit(
@@ -77,8 +79,10 @@ pub async fn admit(
         .credits
         .hold(&caller.account_id, charge(bound), refine)
         .await?;
-    let permit = s.limiter.admit(caller, &req.model, bound).await?;
+    let mut permit = s.limiter.admit(caller, &req.model, bound).await?;
+    let rate_headers = std::mem::take(&mut permit.headers);
     Ok(Admitted {
+        rate_headers,
         api_key,
         source,
         hold,

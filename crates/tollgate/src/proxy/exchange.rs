@@ -47,6 +47,8 @@ pub struct Exchange {
     pub settlement: Option<(Hold, Permit)>,
     /// Available credit (nano-USD) once this request's hold was taken.
     pub available_after_hold: i64,
+    /// The key's `x-ratelimit-*` headers, sent with every response.
+    pub rate_headers: Vec<(&'static str, String)>,
 }
 
 /// How the tokens of a finished request are known.
@@ -170,7 +172,6 @@ impl Exchange {
         } else {
             Status::Error
         };
-        let mut extra = self.account_headers(0);
         let available = self.finish(Outcome {
             status,
             http_status,
@@ -180,8 +181,7 @@ impl Exchange {
             ttft_ms: None,
         });
         // Failed exchanges are proxied responses too: they carry the (unchanged) balance.
-        extra[0].1 = self.state.credits.nanos_to_credits(available).to_string();
-        err.headers.extend(extra);
+        err.headers.extend(self.account_headers(available));
         let _ = head_tx.send(Err(err));
     }
 
@@ -229,7 +229,6 @@ impl Exchange {
                 }
             }
         };
-        let mut extra = self.account_headers(0);
         // A closed receiver means the client hung up while the upstream worked.
         let gone = head_tx.is_closed();
         let available = self.finish(Outcome {
@@ -246,10 +245,9 @@ impl Exchange {
         });
         // Non-streamed responses are settled before they leave: the header is the balance after
         // this request's charge.
-        extra[0].1 = self.state.credits.nanos_to_credits(available).to_string();
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
-        add_headers(&mut response, &extra);
+        add_headers(&mut response, &self.account_headers(available));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
@@ -447,9 +445,7 @@ impl Exchange {
                 .nanos_to_credits(available_nanos)
                 .to_string(),
         )];
-        if let Some((_, permit)) = &self.settlement {
-            h.extend(permit.headers.iter().cloned());
-        }
+        h.extend(self.rate_headers.iter().cloned());
         h
     }
 }

@@ -104,6 +104,7 @@ async fn proxy(
         req,
         settlement: Some((admitted.hold, admitted.permit)),
         available_after_hold: admitted.available,
+        rate_headers: admitted.rate_headers,
     };
     exchange.run().await
 }
