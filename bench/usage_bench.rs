@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tollgate::clock::ManualClock;
-use tollgate::ledger::{KeyLimits, Role, Status, UsageRecord};
-use tollgate::metering::Provenance;
-use tollgate::usage::cover;
-use tollgate::usage::store::{Dims, RollupFilter, DAY_MS};
 use tollgate::{Application, Config};
+use tollgate_core::account::{KeyLimits, Role};
+use tollgate_core::calendar::DAY_MS;
+use tollgate_core::metering::Provenance;
+use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use tollgate_core::rollup::{cover, Dims, RollupFilter};
 
 const NOW_MS: i64 = 1_782_820_800_000; // 2026-06-30T12:00:00Z
 const SPAN_DAYS: i64 = 90;
@@ -121,11 +122,11 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
     };
     let (model, provider, owned_by, p_in, p_out) = MODELS[rng.gen_range(0..MODELS.len())];
     let endpoint = if model.starts_with("text-embedding") {
-        "embeddings"
+        Endpoint::Embeddings
     } else if provider == "anthropic" && rng.gen_bool(0.7) {
-        "messages"
+        Endpoint::Messages
     } else {
-        "chat.completions"
+        Endpoint::ChatCompletions
     };
     let status = match rng.gen_range(0..100) {
         0..=96 => Status::Success,
@@ -133,12 +134,12 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         _ => Status::Cancelled,
     };
     let source = if rng.gen_bool(0.1) {
-        "user"
+        Source::User
     } else {
-        "platform"
+        Source::Platform
     };
     let input = rng.gen_range(20..4_000i64);
-    let output = if endpoint == "embeddings" || status == Status::Error {
+    let output = if endpoint == Endpoint::Embeddings || status == Status::Error {
         0
     } else {
         rng.gen_range(1..1_500i64)
@@ -151,19 +152,19 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         finished_at_ms: t + 900,
         account_id: accounts[a].clone(),
         key_id,
-        endpoint: endpoint.into(),
+        endpoint,
         model_requested: model.into(),
         model_served: model.into(),
         provider: provider.into(),
         owned_by: owned_by.into(),
-        source: source.into(),
+        source,
         input_tokens: input,
         output_tokens: output,
         cached_tokens: cached,
         cache_write_tokens: 0,
         reasoning_tokens: 0,
         cost_nanos: cost,
-        charged_nanos: if source == "platform" { cost } else { 0 },
+        charged_nanos: if source == Source::Platform { cost } else { 0 },
         price_input: p_in * 1_000_000,
         price_output: p_out * 1_000_000,
         price_cached_input: p_in * 1_000_000,
@@ -229,6 +230,7 @@ async fn main() {
             for i in 0..ACCOUNTS {
                 accounts.push(
                     state
+                        .engine
                         .keys
                         .create_account(&format!("bench-{i}"))
                         .await
@@ -237,6 +239,7 @@ async fn main() {
                 );
             }
             let key = state
+                .engine
                 .keys
                 .issue(&accounts[0], "bench", Role::User, KeyLimits::default())
                 .await
@@ -249,7 +252,7 @@ async fn main() {
                 let batch: Vec<UsageRecord> = (i..i + n)
                     .map(|j| record(&mut rng, j, a.records, &accounts, &key.record.id))
                     .collect();
-                state.ledger.store.insert_usage(batch).await.unwrap();
+                state.engine.store.insert_usage(batch).await.unwrap();
                 i += n;
                 if i % 1_000_000 < BATCH as u64 || i == a.records {
                     let secs = started.elapsed().as_secs_f64();
@@ -277,7 +280,7 @@ async fn main() {
         .map(|m| m.len())
         .unwrap_or(0);
 
-    let cfg = tollgate::usage::model_configs::config_id("openai", "gpt-4o");
+    let cfg = tollgate_http::compat::model_configs::config_id("openai", "gpt-4o");
     let (s30, e30) = ((NOW_MS - 30 * DAY_MS) / 1000, NOW_MS / 1000);
     let acct = &saved.account_id;
     let cases: Vec<(&str, String, bool)> = vec![
@@ -327,7 +330,8 @@ async fn main() {
             let t = Instant::now();
             let plan = cover::plan(&bounds);
             let r = state
-                .usage
+                .engine
+                .store
                 .rollup_rows(filter.clone(), dims, plan.segments.clone())
                 .await
                 .unwrap();

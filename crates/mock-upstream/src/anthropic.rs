@@ -1,13 +1,8 @@
 //! Anthropic wire format: `POST /v1/messages`, JSON and SSE.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use axum::{
-    body::{Body, Bytes},
-    extract::State,
-    http::HeaderMap,
-    response::Response,
-};
+use axum::{body::Bytes, extract::State, http::HeaderMap, response::Response};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -97,6 +92,14 @@ pub(crate) async fn messages(
     entry.cached_tokens = plan.cached;
     // Anthropic has no separate reasoning count: the knob is ignored here.
     entry.reasoning_tokens = 0;
+    // What the usage claims (verbatim under report_*_tokens; on the wire,
+    // input_tokens excludes cache reads).
+    let reported_in = cfg.report_input_tokens.unwrap_or(plan.input - plan.cached);
+    let reported_out = cfg.report_output_tokens.unwrap_or(plan.words);
+    if !cfg.omit_usage {
+        entry.reported_input_tokens = Some(reported_in);
+        entry.reported_output_tokens = Some(reported_out);
+    }
 
     if !streamed {
         let text = tokens::generated_text(plan.words);
@@ -112,18 +115,18 @@ pub(crate) async fn messages(
             stop_reason,
             stop_sequence: None,
             usage: (!cfg.omit_usage).then_some(Usage {
-                input_tokens: plan.input - plan.cached,
-                output_tokens: plan.words,
+                input_tokens: reported_in,
+                output_tokens: reported_out,
                 cache_creation_input_tokens: 0,
                 cache_read_input_tokens: plan.cached,
             }),
         };
         let body = serde_json::to_vec(&resp).unwrap_or_default();
-        let resp = common::json_response(body, &entry.id);
         entry.usage_reported = !cfg.omit_usage;
-        entry.completed = true;
-        common::record(&st, &cfg, entry);
-        return resp;
+        return common::finish_json(&st, &cfg, api, entry, body);
+    }
+    if cfg.sse_no_boundary_bytes > 0 {
+        return common::junk_response(&st, &cfg, entry);
     }
 
     let events = plan.words as usize + 6;
@@ -138,7 +141,7 @@ pub(crate) async fn messages(
     buf.extend_from_slice(b",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null");
     if !cfg.omit_usage {
         buf.extend_from_slice(b",\"usage\":{\"input_tokens\":");
-        common::push_num(buf, plan.input - plan.cached);
+        common::push_num(buf, reported_in);
         buf.extend_from_slice(
             b",\"output_tokens\":1,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":",
         );
@@ -178,7 +181,7 @@ pub(crate) async fn messages(
     buf.extend_from_slice(b"\",\"stop_sequence\":null}");
     if !cfg.omit_usage {
         buf.extend_from_slice(b",\"usage\":{\"output_tokens\":");
-        common::push_num(buf, plan.words);
+        common::push_num(buf, reported_out);
         buf.push(b'}');
     }
     buf.extend_from_slice(b"}\n\n");
@@ -189,10 +192,5 @@ pub(crate) async fn messages(
 
     let id = entry.id.clone();
     let slot = common::record(&st, &cfg, entry);
-    let stream = sse.into_stream(
-        Duration::from_millis(cfg.chunk_delay_ms),
-        cfg.cut_at_chunk,
-        slot.map(|s| (st.clone(), s)),
-    );
-    common::sse_response(Body::from_stream(stream), &id)
+    common::sse_response(common::sse_body(&st, &cfg, sse, slot), &id)
 }

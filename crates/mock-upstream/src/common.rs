@@ -8,7 +8,11 @@ use axum::{
     response::Response,
 };
 
-use crate::{next_id, LedgerEntry, LedgerSlot, MockConfig, MockState};
+use crate::{
+    next_id,
+    sse::{JunkStream, Pacing, SseBuilder},
+    LedgerEntry, LedgerSlot, MockConfig, MockState,
+};
 
 /// Which provider API a request targets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +125,8 @@ pub(crate) fn base_entry(
         completed: false,
         status: 0,
         auth,
+        reported_input_tokens: None,
+        reported_output_tokens: None,
     }
 }
 
@@ -144,6 +150,7 @@ pub(crate) struct Plan {
 
 impl Plan {
     pub fn new(cfg: &MockConfig, input: u64, max_tokens: Option<u64>) -> Plan {
+        let max_tokens = max_tokens.filter(|_| !cfg.ignore_max_tokens);
         let words = max_tokens.map_or(cfg.output_tokens, |m| m.min(cfg.output_tokens));
         Plan {
             input,
@@ -215,25 +222,145 @@ fn with_id_header(resp: &mut Response, id: &str) {
     }
 }
 
-pub(crate) fn json_response(body: Vec<u8>, id: &str) -> Response {
-    let mut resp = Response::new(Body::from(body));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+/// Adds the `pad_bytes` padding to a serialised JSON object: `{...}`
+/// becomes `{...,"padding":"xxx…"}`, built in one exact allocation. `None`
+/// if the body is not an object or the memory cannot be had.
+pub(crate) fn pad_json(body: Vec<u8>, pad: u64) -> Option<Vec<u8>> {
+    const FIELD: &[u8] = b"\"padding\":\"";
+    if pad == 0 {
+        return Some(body);
+    }
+    let pad = usize::try_from(pad).ok()?;
+    let (&b'}', head) = body.split_last()? else {
+        return None;
+    };
+    let comma = usize::from(head != b"{");
+    // head + [","] + "padding":" + x… + "}
+    let len = head
+        .len()
+        .checked_add(comma + FIELD.len() + 2)?
+        .checked_add(pad)?;
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).ok()?;
+    out.extend_from_slice(head);
+    if comma == 1 {
+        out.push(b',');
+    }
+    out.extend_from_slice(FIELD);
+    out.resize(out.len() + pad, b'x');
+    out.extend_from_slice(b"\"}");
+    Some(out)
+}
+
+/// Sends the JSON body of a successful non-streamed response and records
+/// `entry` (whose `usage_reported` says whether `body` carries the usage).
+///
+/// Applies `pad_bytes`, and `trickle_ms`: a trickled body goes out one byte
+/// at a time, and its entry is only marked `completed` (and
+/// `usage_reported`) once the last byte is produced.
+pub(crate) fn finish_json(
+    st: &Arc<MockState>,
+    cfg: &MockConfig,
+    api: Api,
+    mut entry: LedgerEntry,
+    body: Vec<u8>,
+) -> Response {
+    let Some(body) = pad_json(body, cfg.pad_bytes) else {
+        entry.status = 500;
+        entry.completed = true;
+        entry.usage_reported = false;
+        entry.reported_input_tokens = None;
+        entry.reported_output_tokens = None;
+        let resp = error_response(api, 500, "mock-upstream: cannot build padding", &entry.id);
+        record(st, cfg, entry);
+        return resp;
+    };
+    if cfg.trickle_ms == 0 {
+        let resp = json_response(body, &entry.id);
+        entry.completed = true;
+        record(st, cfg, entry);
+        return resp;
+    }
+    let with_usage = entry.usage_reported;
+    entry.usage_reported = false;
+    entry.completed = false;
+    let id = entry.id.clone();
+    let slot = record(st, cfg, entry);
+    // The whole body is a single "event" (carrying the usage, if any).
+    let mut events = SseBuilder::from_buf(body);
+    if with_usage {
+        events.next_is_usage();
+    }
+    events.end_event();
+    let stream = events.into_stream(
+        Pacing {
+            trickle: Duration::from_millis(cfg.trickle_ms),
+            ..Pacing::default()
+        },
+        slot.map(|s| (st.clone(), s)),
     );
+    typed_response(Body::from_stream(stream), "application/json", &id)
+}
+
+/// The body of a normal stream: its events, paced by `chunk_delay_ms`,
+/// `cut_at_chunk` and `trickle_ms`.
+pub(crate) fn sse_body(
+    st: &Arc<MockState>,
+    cfg: &MockConfig,
+    events: SseBuilder,
+    slot: Option<LedgerSlot>,
+) -> Body {
+    Body::from_stream(events.into_stream(
+        Pacing {
+            delay: Duration::from_millis(cfg.chunk_delay_ms),
+            cut_at: cfg.cut_at_chunk,
+            trickle: Duration::from_millis(cfg.trickle_ms),
+        },
+        slot.map(|s| (st.clone(), s)),
+    ))
+}
+
+/// The response of a stream under `sse_no_boundary_bytes`: `data: ` and
+/// that many `x` bytes in 64 KiB chunks (`chunk_delay_ms` apart), no event
+/// boundary. `entry` is recorded as generating and reporting nothing (its
+/// input still counted), `completed` once the last chunk is produced.
+pub(crate) fn junk_response(
+    st: &Arc<MockState>,
+    cfg: &MockConfig,
+    mut entry: LedgerEntry,
+) -> Response {
+    entry.output_tokens = 0;
+    entry.reasoning_tokens = 0;
+    entry.usage_reported = false;
+    entry.completed = false;
+    entry.reported_input_tokens = None;
+    entry.reported_output_tokens = None;
+    let id = entry.id.clone();
+    let slot = record(st, cfg, entry);
+    let stream = JunkStream::new(
+        cfg.sse_no_boundary_bytes,
+        Duration::from_millis(cfg.chunk_delay_ms),
+        slot.map(|s| (st.clone(), s)),
+    );
+    sse_response(Body::from_stream(stream), &id)
+}
+
+fn typed_response(body: Body, content_type: &'static str, id: &str) -> Response {
+    let mut resp = Response::new(body);
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     with_id_header(&mut resp, id);
     resp
 }
 
+pub(crate) fn json_response(body: Vec<u8>, id: &str) -> Response {
+    typed_response(Body::from(body), "application/json", id)
+}
+
 pub(crate) fn sse_response(body: Body, id: &str) -> Response {
-    let mut resp = Response::new(body);
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    with_id_header(&mut resp, id);
+    let mut resp = typed_response(body, "text/event-stream", id);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     resp
 }
 
@@ -244,4 +371,21 @@ pub(crate) async fn not_found() -> Response {
     );
     *resp.status_mut() = StatusCode::NOT_FOUND;
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::pad_json;
+
+    #[test]
+    fn padding_is_appended_to_objects() {
+        let out = pad_json(br#"{"a":1}"#.to_vec(), 3).unwrap();
+        assert_eq!(out, br#"{"a":1,"padding":"xxx"}"#);
+        assert_eq!(out.capacity(), out.len(), "one exact allocation");
+        assert_eq!(pad_json(b"{}".to_vec(), 1).unwrap(), br#"{"padding":"x"}"#);
+        assert_eq!(pad_json(b"[1]".to_vec(), 1), None);
+        assert_eq!(pad_json(b"[1]".to_vec(), 0).unwrap(), b"[1]");
+    }
 }

@@ -17,7 +17,8 @@
 //!   words of the Anthropic `system` prompt (no +1 for it); embeddings: the
 //!   words of every input (token-id arrays count one per id), no +1;
 //! * output = `output_tokens` words, capped by the request's `max_tokens` /
-//!   `max_completion_tokens`; OpenAI chat adds `reasoning_tokens` to
+//!   `max_completion_tokens` (unless `ignore_max_tokens`); OpenAI chat adds
+//!   `reasoning_tokens` to
 //!   `completion_tokens`;
 //! * `cached_tokens` (clamped to the input) is part of OpenAI's
 //!   `prompt_tokens` but excluded from Anthropic's `input_tokens`; the ledger
@@ -26,7 +27,41 @@
 //! Knobs are global ([`MockServer::set_config`], `POST /_mock/config`, CLI
 //! flags) or per request: a top-level `"mock": {...}` object in the request
 //! body (same field names, partial) overrides the global config for that
-//! request.
+//! request. The knobs ([`MockConfig`] fields, also their JSON names):
+//! * shape of the output: `output_tokens` (16), `cached_tokens`,
+//!   `reasoning_tokens`;
+//! * misbehaviour: `latency_ms` (before the headers), `chunk_delay_ms`
+//!   (between SSE events), `omit_usage`, `cut_at_chunk` (abort a stream
+//!   after N events), `error_status`, `hang`;
+//! * ledger: `record_ledger` (on by default);
+//! * adversarial upstream (all off by default):
+//!   - `report_input_tokens` / `report_output_tokens` (`null` or a number):
+//!     the usage carries these numbers verbatim (e.g. `u64::MAX`), whatever
+//!     was really consumed and generated (OpenAI `prompt_tokens` /
+//!     `completion_tokens`, `total_tokens` being their saturating sum;
+//!     Anthropic `input_tokens` / `output_tokens`, in `message_start` and
+//!     the final `message_delta` of a stream; embeddings `prompt_tokens`
+//!     and `total_tokens`, the output knob being ignored). The ledger keeps
+//!     the real counts in `input_tokens` / `output_tokens` and what the
+//!     usage claimed in `reported_input_tokens` / `reported_output_tokens`;
+//!   - `ignore_max_tokens`: generate all `output_tokens` words even past
+//!     the request's `max_tokens` / `max_completion_tokens` (reported
+//!     honestly, finish reason `stop` / `end_turn`);
+//!   - `pad_bytes`: a successful non-streamed JSON response (chat, messages,
+//!     embeddings) gets a last top-level field `"padding"`, a string of that
+//!     many `x` (built in one allocation; 256 MiB is fine). No effect on
+//!     streams;
+//!   - `sse_no_boundary_bytes`: a stream (chat or messages) is replaced by
+//!     `data: ` followed by that many `x` bytes, sent in 64 KiB chunks
+//!     (`chunk_delay_ms` apart), with no `\n\n` event boundary, then the
+//!     body ends cleanly. Ledger: no output, no usage, `completed` once the
+//!     last chunk is produced;
+//!   - `trickle_ms`: the normal body of any successful response (JSON or
+//!     SSE) is sent one byte per frame, this many milliseconds apart
+//!     (replacing `chunk_delay_ms` pacing; `cut_at_chunk` still applies).
+//!     The ledger entry is `completed` (and `usage_reported`) only once the
+//!     last byte (the usage's event) is produced, so a client giving up
+//!     midway leaves it incomplete.
 //!
 //! Built for throughput (it backs a ~50k req/s benchmark): no per-request
 //! logging, no lock held across an await, request bodies are scanned rather
@@ -67,7 +102,8 @@ pub struct MockConfig {
     pub latency_ms: u64,
     /// Delay between SSE events, in milliseconds.
     pub chunk_delay_ms: u64,
-    /// Generated words (= output tokens), before the request's max_tokens cap.
+    /// Generated words (= output tokens), before the request's max_tokens cap
+    /// (see `ignore_max_tokens`).
     pub output_tokens: u64,
     /// Cached input tokens reported (clamped to the input size).
     pub cached_tokens: u64,
@@ -84,6 +120,26 @@ pub struct MockConfig {
     /// Record requests in the ledger (turn off for long benchmarks to keep
     /// memory flat).
     pub record_ledger: bool,
+    /// Adversarial: the input-token number put in the usage, verbatim,
+    /// whatever the real input (OpenAI `prompt_tokens`, Anthropic
+    /// `input_tokens`, embeddings `prompt_tokens`).
+    pub report_input_tokens: Option<u64>,
+    /// Adversarial: the output-token number put in the usage, verbatim,
+    /// whatever was generated (OpenAI `completion_tokens`, Anthropic
+    /// `output_tokens`; embeddings have none).
+    pub report_output_tokens: Option<u64>,
+    /// Adversarial: generate `output_tokens` words even when the request's
+    /// max_tokens / max_completion_tokens is smaller.
+    pub ignore_max_tokens: bool,
+    /// Adversarial: a non-streamed JSON response carries an extra top-level
+    /// `"padding"` string of this many `x` bytes.
+    pub pad_bytes: u64,
+    /// Adversarial: a stream is `data: ` followed by this many `x` bytes
+    /// (sent in 64 KiB chunks) and no event boundary at all.
+    pub sse_no_boundary_bytes: u64,
+    /// Adversarial: the response body (JSON or SSE) is sent one byte at a
+    /// time, with this delay in milliseconds between bytes.
+    pub trickle_ms: u64,
 }
 
 impl Default for MockConfig {
@@ -99,6 +155,12 @@ impl Default for MockConfig {
             error_status: None,
             hang: false,
             record_ledger: true,
+            report_input_tokens: None,
+            report_output_tokens: None,
+            ignore_max_tokens: false,
+            pad_bytes: 0,
+            sse_no_boundary_bytes: 0,
+            trickle_ms: 0,
         }
     }
 }
@@ -152,6 +214,22 @@ pub struct LedgerEntry {
     /// The credential received: the `authorization` header value (e.g.
     /// `"Bearer sk-upstream"`) or the `x-api-key` value.
     pub auth: Option<String>,
+    /// The input-token number the response's usage carries, verbatim as on
+    /// the wire: OpenAI `prompt_tokens` (cached included), Anthropic
+    /// `input_tokens` (cache reads excluded), embeddings `prompt_tokens`.
+    /// Differs from `input_tokens` only under `report_input_tokens`. `None`
+    /// when the response carries no usage (`omit_usage`, a chat stream
+    /// without `include_usage`, `sse_no_boundary_bytes`, errors, hangs);
+    /// whether it actually reached the wire is `usage_reported`.
+    #[serde(default)]
+    pub reported_input_tokens: Option<u64>,
+    /// The output-token number the response's usage carries, verbatim:
+    /// OpenAI `completion_tokens`, Anthropic `output_tokens` (of the final
+    /// `message_delta` in a stream). Differs from `output_tokens` only under
+    /// `report_output_tokens`. `None` as for `reported_input_tokens`, and
+    /// always for embeddings.
+    #[serde(default)]
+    pub reported_output_tokens: Option<u64>,
 }
 
 /// Sums over the ledger (handy for benchmarks, where the ledger is large).

@@ -45,6 +45,24 @@ struct Args {
     /// Do not keep a ledger (long benchmarks).
     #[arg(long)]
     no_ledger: bool,
+    /// Report this many input tokens in the usage, whatever the input.
+    #[arg(long)]
+    report_input_tokens: Option<u64>,
+    /// Report this many output tokens in the usage, whatever was generated.
+    #[arg(long)]
+    report_output_tokens: Option<u64>,
+    /// Generate the full output even past the request's max_tokens.
+    #[arg(long)]
+    ignore_max_tokens: bool,
+    /// Add a "padding" field of N bytes to non-streamed JSON responses.
+    #[arg(long, default_value_t = 0)]
+    pad_bytes: u64,
+    /// Stream `data: ` + N bytes without any event boundary instead of events.
+    #[arg(long, default_value_t = 0)]
+    sse_no_boundary_bytes: u64,
+    /// Send response bodies one byte at a time, N ms apart.
+    #[arg(long, default_value_t = 0)]
+    trickle_ms: u64,
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -63,6 +81,12 @@ fn main() -> anyhow::Result<()> {
         error_status: args.error_status,
         hang: args.hang,
         record_ledger: !args.no_ledger,
+        report_input_tokens: args.report_input_tokens,
+        report_output_tokens: args.report_output_tokens,
+        ignore_max_tokens: args.ignore_max_tokens,
+        pad_bytes: args.pad_bytes,
+        sse_no_boundary_bytes: args.sse_no_boundary_bytes,
+        trickle_ms: args.trickle_ms,
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

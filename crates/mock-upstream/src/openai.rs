@@ -1,13 +1,8 @@
 //! OpenAI wire format: chat completions (JSON + SSE), embeddings, models.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use axum::{
-    body::{Body, Bytes},
-    extract::State,
-    http::HeaderMap,
-    response::Response,
-};
+use axum::{body::Bytes, extract::State, http::HeaderMap, response::Response};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -116,10 +111,13 @@ pub(crate) async fn chat_completions(
     let plan = Plan::new(&cfg, tokens::messages_tokens(&req.messages), max);
     let reasoning = cfg.reasoning_tokens;
     let completion = plan.words + reasoning;
+    // What the usage claims (verbatim under report_*_tokens).
+    let reported_in = cfg.report_input_tokens.unwrap_or(plan.input);
+    let reported_out = cfg.report_output_tokens.unwrap_or(completion);
     let usage = Usage {
-        prompt_tokens: plan.input,
-        completion_tokens: completion,
-        total_tokens: plan.input + completion,
+        prompt_tokens: reported_in,
+        completion_tokens: reported_out,
+        total_tokens: reported_in.saturating_add(reported_out),
         prompt_tokens_details: PromptTokensDetails {
             cached_tokens: plan.cached,
         },
@@ -155,11 +153,15 @@ pub(crate) async fn chat_completions(
             usage: (!cfg.omit_usage).then_some(usage),
         };
         let body = serde_json::to_vec(&resp).unwrap_or_default();
-        let resp = common::json_response(body, &entry.id);
         entry.usage_reported = !cfg.omit_usage;
-        entry.completed = true;
-        common::record(&st, &cfg, entry);
-        return resp;
+        if entry.usage_reported {
+            entry.reported_input_tokens = Some(reported_in);
+            entry.reported_output_tokens = Some(reported_out);
+        }
+        return common::finish_json(&st, &cfg, api, entry, body);
+    }
+    if cfg.sse_no_boundary_bytes > 0 {
+        return common::junk_response(&st, &cfg, entry);
     }
 
     let include_usage = req
@@ -167,6 +169,10 @@ pub(crate) async fn chat_completions(
         .and_then(|o| o.include_usage)
         .unwrap_or(false)
         && !cfg.omit_usage;
+    if include_usage {
+        entry.reported_input_tokens = Some(reported_in);
+        entry.reported_output_tokens = Some(reported_out);
+    }
     // Common beginning of every chunk.
     let mut prefix = Vec::with_capacity(128 + req.model.len());
     prefix.extend_from_slice(b"data: {\"id\":\"");
@@ -222,12 +228,7 @@ pub(crate) async fn chat_completions(
 
     let id = entry.id.clone();
     let slot = common::record(&st, &cfg, entry);
-    let stream = sse.into_stream(
-        Duration::from_millis(cfg.chunk_delay_ms),
-        cfg.cut_at_chunk,
-        slot.map(|s| (st.clone(), s)),
-    );
-    common::sse_response(Body::from_stream(stream), &id)
+    common::sse_response(common::sse_body(&st, &cfg, sse, slot), &id)
 }
 
 #[derive(Deserialize)]
@@ -321,23 +322,25 @@ pub(crate) async fn embeddings(
         })
         .collect();
     let tokens = req.input.tokens;
+    // Embeddings have no output tokens: report_output_tokens is ignored.
+    let reported = cfg.report_input_tokens.unwrap_or(tokens);
     let resp = EmbeddingList {
         object: "list",
         data,
         model: &req.model,
         usage: (!cfg.omit_usage).then_some(EmbeddingUsage {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
+            prompt_tokens: reported,
+            total_tokens: reported,
         }),
     };
     let body = serde_json::to_vec(&resp).unwrap_or_default();
-    let resp = common::json_response(body, &entry.id);
     entry.status = 200;
     entry.input_tokens = tokens;
     entry.usage_reported = !cfg.omit_usage;
-    entry.completed = true;
-    common::record(&st, &cfg, entry);
-    resp
+    if entry.usage_reported {
+        entry.reported_input_tokens = Some(reported);
+    }
+    common::finish_json(&st, &cfg, api, entry, body)
 }
 
 const MODELS: &str = r#"{"object":"list","data":[

@@ -511,3 +511,560 @@ async fn binary_prints_listening_line() {
     assert_eq!(v["usage"]["completion_tokens"], 2);
     child.kill().await.unwrap();
 }
+
+// ---- Adversarial knobs ----
+
+fn anthropic_body(extra: Value) -> Value {
+    let mut body = json!({
+        "model": "claude-sonnet-4-20250514",
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "hello there"}]
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    body
+}
+// input = 2 + 1 = 3
+
+/// Reads a body to its end (or first error): (bytes, frames, ended with an error).
+async fn read_frames(resp: reqwest::Response) -> (Vec<u8>, Vec<usize>, bool) {
+    let mut stream = resp.bytes_stream();
+    let (mut got, mut frames) = (Vec::new(), Vec::new());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(b) => {
+                frames.push(b.len());
+                got.extend_from_slice(&b);
+            }
+            Err(_) => return (got, frames, true),
+        }
+    }
+    (got, frames, false)
+}
+
+#[tokio::test]
+async fn report_tokens_verbatim() {
+    let srv = server().await;
+    let c = client();
+    let max = u64::MAX;
+    let knobs = json!({"report_input_tokens": max, "report_output_tokens": 7, "cached_tokens": 2});
+
+    // Chat, JSON.
+    let v: Value = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"mock": knobs})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let u = &v["usage"];
+    assert_eq!(u["prompt_tokens"].as_u64(), Some(max));
+    assert_eq!(u["completion_tokens"], 7);
+    assert_eq!(u["total_tokens"].as_u64(), Some(max), "saturating sum");
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 2);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text.split_whitespace().count(), 16);
+
+    // Chat, SSE with include_usage.
+    let text = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "mock": knobs
+        })))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let usage: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(usage["usage"]["prompt_tokens"].as_u64(), Some(max));
+    assert_eq!(usage["usage"]["completion_tokens"], 7);
+
+    // Chat, SSE without include_usage: nothing reported.
+    c.post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"stream": true, "mock": knobs})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    // Anthropic, JSON: input_tokens verbatim (no cache subtraction).
+    let v: Value = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({"mock": knobs})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["input_tokens"].as_u64(), Some(max));
+    assert_eq!(v["usage"]["output_tokens"], 7);
+    assert_eq!(v["usage"]["cache_read_input_tokens"], 2);
+
+    // Anthropic, SSE.
+    let text = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({"stream": true, "mock": knobs})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&text);
+    assert_eq!(
+        events[0].1["message"]["usage"]["input_tokens"].as_u64(),
+        Some(max)
+    );
+    let (name, delta) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(delta["usage"]["output_tokens"], 7);
+
+    // Embeddings: input only.
+    let v: Value = c
+        .post(format!("{}/v1/embeddings", srv.base_url()))
+        .json(&json!({"model": "text-embedding-3-small", "input": "a b c", "mock": knobs}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(max));
+    assert_eq!(v["usage"]["total_tokens"].as_u64(), Some(max));
+
+    // Without the knobs, the reported numbers are the real ones.
+    c.post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({"mock": {"cached_tokens": 2}})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let ledger = srv.ledger();
+    assert_eq!(ledger.len(), 7);
+    let real = |e: &mock_upstream::LedgerEntry| (e.input_tokens, e.output_tokens);
+    let reported =
+        |e: &mock_upstream::LedgerEntry| (e.reported_input_tokens, e.reported_output_tokens);
+    for e in &ledger[..3] {
+        assert_eq!(real(e), (9, 16), "the ledger keeps what was generated");
+        assert!(e.completed);
+    }
+    assert_eq!(reported(&ledger[0]), (Some(max), Some(7)));
+    assert_eq!(reported(&ledger[1]), (Some(max), Some(7)));
+    assert!(ledger[1].usage_reported);
+    assert_eq!(reported(&ledger[2]), (None, None));
+    assert!(!ledger[2].usage_reported);
+    for e in &ledger[3..5] {
+        assert_eq!(real(e), (3, 16));
+        assert_eq!(e.cached_tokens, 2);
+        assert_eq!(reported(e), (Some(max), Some(7)));
+        assert!(e.usage_reported && e.completed);
+    }
+    assert_eq!(real(&ledger[5]), (3, 0));
+    assert_eq!(reported(&ledger[5]), (Some(max), None));
+    // Anthropic's wire input_tokens excludes the 2 cached tokens.
+    assert_eq!(reported(&ledger[6]), (Some(1), Some(16)));
+
+    // The knobs go through the control endpoint too, and null clears them.
+    let cfg: Value = c
+        .post(format!("{}/_mock/config", srv.base_url()))
+        .json(&json!({"report_output_tokens": max}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["report_output_tokens"].as_u64(), Some(max));
+    assert_eq!(srv.config().report_output_tokens, Some(max));
+    c.post(format!("{}/_mock/config", srv.base_url()))
+        .json(&json!({"report_output_tokens": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(srv.config(), MockConfig::default());
+}
+
+#[tokio::test]
+async fn ignore_max_tokens_generates_everything() {
+    let srv = server().await;
+    let c = client();
+    let mock = json!({"ignore_max_tokens": true, "output_tokens": 5});
+
+    let v: Value = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(
+            json!({"max_completion_tokens": 3, "max_tokens": 2, "mock": mock}),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["content"],
+        "lorem ipsum dolor sit amet"
+    );
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+
+    let text = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({
+            "max_tokens": 1,
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "mock": mock
+        })))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // role + 5 words + finish + usage + [DONE]
+    let data = sse_data(&text);
+    assert_eq!(data.len(), 9);
+    let usage: Value = serde_json::from_str(&data[7]).unwrap();
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+
+    let v: Value = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({"max_tokens": 2, "mock": mock})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["content"][0]["text"], "lorem ipsum dolor sit amet");
+    assert_eq!(v["stop_reason"], "end_turn");
+    assert_eq!(v["usage"]["output_tokens"], 5);
+
+    let text = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(
+            json!({"max_tokens": 2, "stream": true, "mock": mock}),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = sse_events(&text);
+    let deltas = events
+        .iter()
+        .filter(|(e, _)| e == "content_block_delta")
+        .count();
+    assert_eq!(deltas, 5);
+    assert_eq!(events[events.len() - 2].1["usage"]["output_tokens"], 5);
+
+    // Without the knob, the cap applies as before.
+    let v: Value = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(
+            json!({"max_tokens": 2, "mock": {"output_tokens": 5}}),
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["output_tokens"], 2);
+
+    let ledger = srv.ledger();
+    let outputs: Vec<u64> = ledger.iter().map(|e| e.output_tokens).collect();
+    assert_eq!(outputs, [5, 5, 5, 5, 2]);
+    for e in &ledger[..4] {
+        assert_eq!(e.reported_output_tokens, Some(5));
+    }
+}
+
+#[tokio::test]
+async fn pad_bytes_adds_a_padding_field() {
+    let srv = server().await;
+    let c = client();
+    let pad = 3u64 << 20;
+    let mock = json!({"pad_bytes": pad});
+    let check = |v: &Value| {
+        let p = v["padding"].as_str().unwrap();
+        assert_eq!(p.len() as u64, pad);
+        assert!(p.bytes().all(|b| b == b'x'));
+    };
+
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"mock": mock})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = resp.json().await.unwrap();
+    check(&v);
+    assert_eq!(v["usage"]["prompt_tokens"], 9);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    let v: Value = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({"mock": mock})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    check(&v);
+    assert_eq!(v["usage"]["input_tokens"], 3);
+
+    let v: Value = c
+        .post(format!("{}/v1/embeddings", srv.base_url()))
+        .json(&json!({"model": "text-embedding-3-small", "input": "a b", "mock": mock}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    check(&v);
+    assert_eq!(v["usage"]["prompt_tokens"], 2);
+
+    // Streams are not padded.
+    let text = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"stream": true, "mock": mock})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("padding"));
+    assert_eq!(sse_data(&text).len(), 16 + 3);
+
+    // Not padded without the knob.
+    let v: Value = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("padding").is_none());
+
+    let ledger = srv.ledger();
+    assert_eq!(ledger.len(), 5);
+    for e in &ledger {
+        assert!(e.completed && e.status == 200);
+        // Only the (unpadded) stream lacks usage: no include_usage.
+        assert_eq!(e.usage_reported, !e.streamed);
+    }
+}
+
+#[tokio::test]
+async fn sse_no_boundary_bytes_sends_one_endless_event() {
+    let srv = server().await;
+    let c = client();
+    let n = 200_000usize; // 3 full 64 KiB chunks + a partial one
+    let expected = format!("data: {}", "x".repeat(n));
+
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "mock": {"sse_no_boundary_bytes": n, "chunk_delay_ms": 5}
+        })))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (got, frames, failed) = read_frames(resp).await;
+    assert!(!failed, "the body ends cleanly");
+    assert!(got == expected.as_bytes(), "data: + {n} x, no boundary");
+    assert!(frames.len() >= 5, "frames: {frames:?}");
+    assert!(frames.iter().all(|&f| f <= 64 << 10), "frames: {frames:?}");
+
+    let text = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .json(&anthropic_body(json!({
+            "stream": true,
+            "mock": {"sse_no_boundary_bytes": n}
+        })))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, expected);
+
+    // Non-streamed requests are unaffected.
+    let v: Value = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"mock": {"sse_no_boundary_bytes": n}})))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 16);
+
+    // A client that gives up early leaves the entry incomplete.
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(
+            json!({"stream": true, "mock": {"sse_no_boundary_bytes": 256u64 << 20}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let ledger = srv.ledger();
+    assert_eq!(ledger.len(), 4);
+    for e in [&ledger[0], &ledger[1]] {
+        assert!(e.streamed && e.completed && !e.usage_reported);
+        assert_eq!(e.output_tokens, 0, "no word was generated");
+        assert_eq!(
+            (e.reported_input_tokens, e.reported_output_tokens),
+            (None, None)
+        );
+        assert_eq!(e.status, 200);
+    }
+    assert_eq!(ledger[0].input_tokens, 9);
+    assert_eq!(ledger[1].input_tokens, 3);
+    assert!(ledger[2].completed && ledger[2].output_tokens == 16);
+    assert!(ledger[3].streamed && !ledger[3].completed);
+}
+
+#[tokio::test]
+async fn trickle_ms_sends_one_byte_at_a_time() {
+    let srv = server().await;
+    let c = client();
+
+    // JSON: the normal body, byte by byte.
+    let normal = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({"mock": {"output_tokens": 2}})))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(
+            json!({"mock": {"output_tokens": 2, "trickle_ms": 1}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let (got, frames, failed) = read_frames(resp).await;
+    assert!(!failed);
+    assert!(started.elapsed().as_millis() as usize >= got.len() - 1);
+    assert!(frames.iter().all(|&f| f == 1), "frames: {frames:?}");
+    let (a, b): (Value, Value) = (
+        serde_json::from_slice(&got).unwrap(),
+        serde_json::from_slice(&normal).unwrap(),
+    );
+    assert_eq!(a["choices"], b["choices"]);
+    assert_eq!(a["usage"], b["usage"]);
+    assert_eq!(got.len(), normal.len());
+
+    // SSE: every event arrives, byte by byte.
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "mock": {"output_tokens": 1, "trickle_ms": 1}
+        })))
+        .send()
+        .await
+        .unwrap();
+    let (got, frames, failed) = read_frames(resp).await;
+    assert!(!failed);
+    assert!(frames.iter().all(|&f| f == 1));
+    let data = sse_data(std::str::from_utf8(&got).unwrap());
+    assert_eq!(data.len(), 5);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+
+    // With cut_at_chunk: the first event byte by byte, then the abort.
+    let resp = c
+        .post(format!("{}/v1/chat/completions", srv.base_url()))
+        .json(&chat_body(json!({
+            "stream": true,
+            "mock": {"output_tokens": 1, "trickle_ms": 1, "cut_at_chunk": 1}
+        })))
+        .send()
+        .await
+        .unwrap();
+    let (got, _, failed) = read_frames(resp).await;
+    assert!(failed);
+    let data = sse_data(std::str::from_utf8(&got).unwrap());
+    assert_eq!(data.len(), 1);
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
+
+    // A client deadline expires mid-body (stream and JSON): incomplete.
+    let slow = json!({"trickle_ms": 20});
+    let res = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .timeout(std::time::Duration::from_millis(300))
+        .json(&anthropic_body(json!({"stream": true, "mock": slow})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
+    assert!(res.unwrap_err().is_timeout());
+    let res = c
+        .post(format!("{}/v1/messages", srv.base_url()))
+        .timeout(std::time::Duration::from_millis(300))
+        .json(&anthropic_body(json!({"mock": slow})))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await;
+    assert!(res.unwrap_err().is_timeout());
+
+    let ledger = srv.ledger();
+    assert_eq!(ledger.len(), 6);
+    for e in &ledger[..3] {
+        assert!(e.completed && e.usage_reported);
+    }
+    assert!(!ledger[3].completed && !ledger[3].usage_reported);
+    for e in &ledger[4..] {
+        assert_eq!(e.status, 200);
+        assert!(!e.completed && !e.usage_reported);
+        assert_eq!(e.output_tokens, 16);
+        assert_eq!(e.reported_output_tokens, Some(16));
+    }
+}

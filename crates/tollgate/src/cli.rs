@@ -7,11 +7,17 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use tollgate_core::account::Role;
+use tollgate_core::clock::{SharedClock, SystemClock};
+use tollgate_core::credit::CreditKind;
+use tollgate_core::money::{nanos_to_usd_string, parse_decimal_scaled};
+use tollgate_core::pricing::import_litellm;
+use tollgate_core::store::Store;
+use tollgate_engine::credits::Credits;
+use tollgate_engine::keys::KeyService;
+
 use crate::app::{imported_prices_path, load_price_table, open_store, Application};
-use crate::auth::KeyService;
-use crate::config::Config;
-use crate::ledger::Role;
-use crate::metering::money::nanos_to_usd_string;
+use crate::config::{self, Config};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -108,14 +114,16 @@ pub enum PricesCmd {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = config::load(cli.config.as_deref())?;
+    let clock: SharedClock = Arc::new(SystemClock);
     match cli.command {
         Command::Serve => serve(config).await,
         Command::CheckConfig => check_config(&config),
-        Command::Accounts(cmd) => accounts(config, cmd).await,
-        Command::Keys(cmd) => keys(config, cmd).await,
         Command::Prices(cmd) => prices(config, cmd),
-        Command::Credits(cmd) => credits(config, cmd).await,
+        // Chores on the store: opened once, here.
+        Command::Accounts(cmd) => accounts(&config, &open_store(&config)?, clock, cmd).await,
+        Command::Keys(cmd) => keys(&config, &open_store(&config)?, clock, cmd).await,
+        Command::Credits(cmd) => credits(&config, open_store(&config)?, clock, cmd).await,
     }
 }
 
@@ -140,8 +148,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             println!("    curl -s http://{addr}/admin/accounts -H 'Authorization: Bearer <admin key>' -d '{{\"name\":\"team-a\"}}'");
             println!("    curl -s http://{addr}/admin/accounts/<account id>/keys -H 'Authorization: Bearer <admin key>' -d '{{\"name\":\"laptop\"}}'");
             println!("or: tollgate accounts create team-a && tollgate keys create --account <account id>");
+            println!("Then point an SDK at the gateway with that key:");
+            println!("    OpenAI SDK:    base_url = \"http://{addr}/v1\"");
             println!(
-                "Then point an OpenAI or Anthropic SDK at base_url http://{addr}/v1 with that key."
+                "    Anthropic SDK: base_url = \"http://{addr}\"  (it adds /v1/messages itself)"
             );
         }
         None => println!(
@@ -177,7 +187,7 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     println!("  data_dir: {}", config.server.data_dir.display());
     println!(
         "  store: {} at {}",
-        config.store.kind,
+        config.store.kind.as_str(),
         config.sqlite_path().display()
     );
     for (name, p) in &config.providers {
@@ -201,27 +211,30 @@ fn check_config(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn key_service(config: &Config) -> anyhow::Result<KeyService> {
-    let store = open_store(config).await?;
-    Ok(KeyService::new(
-        store,
+fn key_service(config: &Config, store: &Arc<dyn Store>, clock: SharedClock) -> KeyService {
+    // No cache: each CLI call is one request.
+    KeyService::new(
+        store.clone(),
+        clock,
         config.server.key_prefix.clone(),
         Duration::from_secs(0),
-    ))
+    )
 }
 
-async fn accounts(config: Config, cmd: AccountsCmd) -> anyhow::Result<()> {
-    let keys = key_service(&config).await?;
+async fn accounts(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: SharedClock,
+    cmd: AccountsCmd,
+) -> anyhow::Result<()> {
     match cmd {
         AccountsCmd::Create { name } => {
-            let a = keys
+            let a = key_service(config, store, clock)
                 .create_account(&name)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+                .await?;
             println!("{}", serde_json::to_string_pretty(&a)?);
         }
         AccountsCmd::List => {
-            let store = open_store(&config).await?;
             for a in store.list_accounts().await? {
                 println!(
                     "{}\t{}\t{}",
@@ -235,8 +248,13 @@ async fn accounts(config: Config, cmd: AccountsCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn keys(config: Config, cmd: KeysCmd) -> anyhow::Result<()> {
-    let svc = key_service(&config).await?;
+async fn keys(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    clock: SharedClock,
+    cmd: KeysCmd,
+) -> anyhow::Result<()> {
+    let svc = key_service(config, store, clock);
     match cmd {
         KeysCmd::Create {
             account,
@@ -244,15 +262,11 @@ async fn keys(config: Config, cmd: KeysCmd) -> anyhow::Result<()> {
             admin,
         } => {
             let role = if admin { Role::Admin } else { Role::User };
-            let k = svc
-                .issue(&account, &name, role, Default::default())
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let k = svc.issue(&account, &name, role, Default::default()).await?;
             println!("{}", serde_json::to_string_pretty(&k)?);
             eprintln!("The key is shown only this once.");
         }
         KeysCmd::List { account } => {
-            let store: Arc<dyn crate::ledger::Store> = open_store(&config).await?;
             for k in store.list_keys(account).await? {
                 let state = if k.revoked_at_ms.is_some() {
                     "revoked"
@@ -271,10 +285,7 @@ async fn keys(config: Config, cmd: KeysCmd) -> anyhow::Result<()> {
             }
         }
         KeysCmd::Revoke { id } => {
-            let k = svc
-                .revoke(&id)
-                .await
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let k = svc.revoke(&id).await?;
             println!("revoked {}", k.id);
         }
     }
@@ -302,7 +313,7 @@ fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
         }
         PricesCmd::Import { file } => {
             let text = std::fs::read_to_string(&file)?;
-            let entries = crate::metering::prices::import_litellm(&text)?;
+            let entries = import_litellm(&text)?;
             std::fs::create_dir_all(&config.server.data_dir)?;
             std::fs::write(imported_prices_path(&config), text)?;
             println!(
@@ -315,10 +326,13 @@ fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn credits(config: Config, cmd: CreditsCmd) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
-    let credits = crate::credits::Credits::new(store.clone(), config.credits.clone());
-    let fail = |e: crate::error::ApiError| anyhow::anyhow!(e.message);
+async fn credits(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: SharedClock,
+    cmd: CreditsCmd,
+) -> anyhow::Result<()> {
+    let credits = Credits::new(store.clone(), config.credits.clone());
     match cmd {
         CreditsCmd::Grant {
             account,
@@ -330,24 +344,29 @@ async fn credits(config: Config, cmd: CreditsCmd) -> anyhow::Result<()> {
             if store.get_account(&account).await?.is_none() {
                 anyhow::bail!("no account {account}");
             }
-            let amount = crate::metering::money::parse_decimal_scaled(&usd, 9)?;
+            let amount = parse_decimal_scaled(&usd, 9)?;
             let kind = if refund {
-                crate::ledger::CreditKind::Refund
+                CreditKind::Refund
             } else {
-                crate::ledger::CreditKind::Grant
+                CreditKind::Grant
             };
-            let now = chrono::Utc::now().timestamp_millis();
             let (entry, created) = credits
-                .add(&account, kind, amount, idempotency_key, note, now)
-                .await
-                .map_err(fail)?;
+                .add(
+                    &account,
+                    kind,
+                    amount,
+                    idempotency_key,
+                    note,
+                    clock.now_ms(),
+                )
+                .await?;
             println!("{}", serde_json::to_string_pretty(&entry)?);
             if !created {
                 eprintln!("(already granted under this idempotency key: nothing added)");
             }
         }
         CreditsCmd::Audit { account } => {
-            let audit = credits.audit(&account).await.map_err(fail)?;
+            let audit = credits.audit(&account).await?;
             println!("{}", serde_json::to_string_pretty(&audit)?);
         }
     }

@@ -179,8 +179,8 @@ async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {
 
 #[tokio::test]
 async fn replaying_the_journal_twice_counts_each_record_once() {
-    use tollgate::ledger::sqlite::SqliteStore;
-    use tollgate::ledger::Store;
+    use tollgate_core::store::RecordStore;
+    use tollgate_store::SqliteStore;
     let app = spawn_app().await;
     for _ in 0..3 {
         let r = app
@@ -190,7 +190,7 @@ async fn replaying_the_journal_twice_counts_each_record_once() {
     }
     let records = app.records().await;
     assert_eq!(records.len(), 3);
-    let typed: Vec<tollgate::ledger::UsageRecord> = records
+    let typed: Vec<tollgate::record::UsageRecord> = records
         .iter()
         .map(|r| serde_json::from_value(r.clone()).unwrap())
         .collect();

@@ -57,7 +57,7 @@ pub fn load_config(dir: &std::path::Path, mock_base: &str, extra_toml: &str) -> 
     let path = dir.join("tollgate.toml");
     let text = config_toml(&dir.join("data"), mock_base, "127.0.0.1:0") + extra_toml;
     std::fs::write(&path, text).unwrap();
-    Config::load_from(Some(&path), &[]).unwrap()
+    tollgate::config::load_from(Some(&path), &[]).unwrap()
 }
 
 /// Options for `spawn_app_with`.

@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate::clock::ManualClock;
-use tollgate::ledger::{Status, UsageRecord};
 use tollgate::metering::Provenance;
+use tollgate::record::{Status, UsageRecord};
 use tollgate::{Application, Config};
 
 use crate::helpers::*;
@@ -1188,7 +1188,7 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
     let config: Config = load_config(mock_dir.path(), "http://127.0.0.1:9", "");
     let app = Application::build(config).await.unwrap();
     let admin_key = app.bootstrap_admin_key.clone().unwrap().key;
-    let store = app.state.ledger.store.clone();
+    let store = app.state.engine.store.clone();
     let base = format!("http://{}", app.local_addr().unwrap());
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
@@ -1203,7 +1203,7 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             finished_at_ms: t0 + (i / 5) * 1000 + 20,
             account_id: account.clone(),
             key_id: key_id.clone(),
-            endpoint: "chat.completions".into(),
+            endpoint: tollgate::record::Endpoint::ChatCompletions,
             model_requested: if i % 3 == 0 {
                 "gpt-4o"
             } else {
@@ -1213,7 +1213,7 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             model_served: "gpt-4o".into(),
             provider: "mock".into(),
             owned_by: "openai".into(),
-            source: "platform".into(),
+            source: tollgate::record::Source::Platform,
             input_tokens: i,
             output_tokens: 1,
             cached_tokens: 0,

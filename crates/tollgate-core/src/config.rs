@@ -1,0 +1,333 @@
+//! The typed configuration and its rules: every section with its defaults, deserialized with
+//! `deny_unknown_fields`, and `validate`. Loading the layers (defaults, then a TOML file, then
+//! `TOLLGATE_*` environment variables) is the binary's job (crates/tollgate/src/config.rs).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::money::NANOS_PER_USD;
+pub use crate::pricing::PriceOverride;
+
+/// A configuration that parses but breaks a rule; the message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct InvalidConfig(pub String);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub journal: JournalConfig,
+    pub credits: CreditsConfig,
+    pub limits: LimitsConfig,
+    pub security: SecurityConfig,
+    /// Upstream providers by name. Each says which models it serves.
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Extra or overriding price entries, by model name.
+    pub prices: BTreeMap<String, PriceOverride>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Where the SQLite database and the journal live.
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes; larger bodies get 413 before being read.
+    pub max_body_bytes: usize,
+    /// Prefix of every API key the gateway issues.
+    pub key_prefix: String,
+    /// Seconds to wait for an upstream's response headers (504 after that).
+    pub upstream_timeout_secs: u64,
+    /// Seconds to wait between two chunks of an upstream stream before giving up on it.
+    pub stream_idle_timeout_secs: u64,
+    /// After a client disconnects mid-stream, how long we keep reading the upstream to learn the
+    /// real usage.
+    pub drain_timeout_secs: u64,
+    /// How long a validated key stays cached before it is re-read from the store (so a revoke
+    /// made by another process is seen within this time).
+    pub key_cache_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `sqlite` (default, embedded). PostgreSQL comes later.
+    pub kind: StoreKind,
+    /// Defaults to `<data_dir>/tollgate.db`.
+    pub sqlite_path: Option<PathBuf>,
+    /// Most records written in one transaction. The writer commits whatever has arrived as
+    /// soon as the previous commit ends, so batches grow with load and stay small when idle.
+    pub batch_max: usize,
+}
+
+/// The store backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite (one process).
+    Sqlite,
+}
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// Segment size after which the journal starts a new file.
+    pub segment_bytes: u64,
+    /// `fsync` the journal this often (milliseconds; 0 = never). Writes reach the OS page cache
+    /// before a response is sent, which already survives a killed process; fsync adds power-loss
+    /// safety.
+    pub fsync_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CreditsConfig {
+    /// Refuse (402) requests whose maximum cost the account's balance cannot cover. With
+    /// `false`, usage is still charged and balances may go negative.
+    pub enforce: bool,
+    /// Credits per USD: the unit of `x-credits-remaining` and of credit fields in the usage
+    /// APIs. Default 1,000,000 (one credit = one micro-USD).
+    pub per_usd: i64,
+    /// Currency of `*_micro` fields.
+    pub currency: String,
+    /// Fee charged on bring-your-own-key requests, in basis points of their cost (0 = free).
+    pub byok_fee_bps: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Failed authentications from one client address per minute before it gets 429 without a
+    /// key lookup.
+    pub auth_failures_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Base64 of 32 random bytes; encrypts accounts' own provider keys at rest. Without it,
+    /// bring-your-own-key is off. Generate one with `openssl rand -base64 32`.
+    pub encryption_key: Option<String>,
+}
+
+impl Default for CreditsConfig {
+    fn default() -> Self {
+        Self {
+            enforce: true,
+            per_usd: 1_000_000,
+            currency: "USD".into(),
+            byok_fee_bps: 0,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            auth_failures_per_minute: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Speaks OpenAI's API: OpenAI, DeepSeek, Groq, Together, vLLM, Ollama, OpenRouter, Mistral…
+    Openai,
+    /// Speaks Anthropic's Messages API (and its OpenAI-compatible chat endpoint).
+    Anthropic,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Base URL including the version segment, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The provider credential; wins over `api_key_env` when both are set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    /// Name of an environment variable holding the provider credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Model names or patterns (`claude-*`) this provider serves. Exact names win over patterns;
+    /// among patterns the longest wins.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("data"),
+            max_body_bytes: 4 * 1024 * 1024,
+            key_prefix: "tg-".into(),
+            upstream_timeout_secs: 600,
+            stream_idle_timeout_secs: 300,
+            drain_timeout_secs: 120,
+            key_cache_secs: 5,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Sqlite,
+            sqlite_path: None,
+            batch_max: 1024,
+        }
+    }
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 16 * 1024 * 1024,
+            fsync_interval_ms: 1000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert(
+            "openai".to_string(),
+            ProviderConfig {
+                kind: ProviderKind::Openai,
+                base_url: "https://api.openai.com/v1".into(),
+                api_key: None,
+                api_key_env: Some("OPENAI_API_KEY".into()),
+                models: [
+                    "gpt-*",
+                    "o1*",
+                    "o3*",
+                    "o4*",
+                    "text-embedding-*",
+                    "chatgpt-*",
+                ]
+                .map(String::from)
+                .to_vec(),
+            },
+        );
+        providers.insert(
+            "anthropic".to_string(),
+            ProviderConfig {
+                kind: ProviderKind::Anthropic,
+                base_url: "https://api.anthropic.com/v1".into(),
+                api_key: None,
+                api_key_env: Some("ANTHROPIC_API_KEY".into()),
+                models: vec!["claude-*".into()],
+            },
+        );
+        Self {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            journal: JournalConfig::default(),
+            credits: CreditsConfig::default(),
+            limits: LimitsConfig::default(),
+            security: SecurityConfig::default(),
+            providers,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.server.key_prefix.is_empty() || self.server.key_prefix.len() > 16 {
+            return Err(InvalidConfig(
+                "server.key_prefix must be 1 to 16 characters".into(),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(InvalidConfig(
+                "server.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.credits.per_usd <= 0 || NANOS_PER_USD % self.credits.per_usd != 0 {
+            return Err(InvalidConfig(
+                "credits.per_usd must be a positive divisor of 1000000000 (e.g. 100, 100000, 1000000)".into(),
+            ));
+        }
+        if !(0..=10_000).contains(&self.credits.byok_fee_bps) {
+            return Err(InvalidConfig(
+                "credits.byok_fee_bps must be 0 to 10000".into(),
+            ));
+        }
+        if let Some(k) = &self.security.encryption_key {
+            use base64::Engine;
+            let ok = base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .is_ok_and(|b| b.len() == 32);
+            if !ok {
+                return Err(InvalidConfig(
+                    "security.encryption_key must be base64 of exactly 32 bytes (openssl rand -base64 32)".into(),
+                ));
+            }
+        }
+        if self.store.batch_max == 0 {
+            return Err(InvalidConfig("store.batch_max must be at least 1".into()));
+        }
+        for (name, p) in &self.providers {
+            if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {
+                return Err(InvalidConfig(format!(
+                    "providers.{name}.base_url = {:?} must start with http:// or https://",
+                    p.base_url
+                )));
+            }
+            for m in &p.models {
+                if m.is_empty()
+                    || m.matches('*').count() > 1
+                    || (m.contains('*') && !m.ends_with('*'))
+                {
+                    return Err(InvalidConfig(format!(
+                        "providers.{name}.models: {m:?} must be an exact name or a prefix ending in a single '*'"
+                    )));
+                }
+            }
+        }
+        for (model, p) in &self.prices {
+            crate::pricing::PriceEntry::from_override(model, p)
+                .map_err(|e| InvalidConfig(format!("prices.{model}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.store
+            .sqlite_path
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("tollgate.db"))
+    }
+
+    pub fn journal_dir(&self) -> PathBuf {
+        self.server.data_dir.join("journal")
+    }
+}
+
+impl ProviderConfig {
+    /// The credential, resolved from the environment when configured by name.
+    pub fn resolve_key(&self, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+        match (&self.api_key, &self.api_key_env) {
+            (Some(k), _) => Some(k.clone()),
+            (None, Some(var)) => env(var),
+            (None, None) => None,
+        }
+    }
+}

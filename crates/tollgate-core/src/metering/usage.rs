@@ -1,0 +1,420 @@
+//! Reading usage out of both wire formats: whole JSON responses, and SSE streams event by event.
+
+use serde_json::Value;
+
+use super::tokenizer;
+use super::Usage;
+use crate::record::Endpoint;
+
+fn u(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// OpenAI's `usage` object (chat or embeddings). `prompt_tokens` already includes cached tokens.
+pub fn from_openai_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    let details = usage
+        .get("prompt_tokens_details")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let out_details = usage
+        .get("completion_tokens_details")
+        .cloned()
+        .unwrap_or(Value::Null);
+    Some(Usage {
+        input_tokens: u(usage, "prompt_tokens"),
+        output_tokens: u(usage, "completion_tokens"),
+        cached_tokens: u(&details, "cached_tokens"),
+        cache_write_tokens: 0,
+        reasoning_tokens: u(&out_details, "reasoning_tokens"),
+    })
+}
+
+/// Anthropic's `usage` object. Its `input_tokens` excludes cache reads and writes; they are added
+/// here so `Usage::input_tokens` means all input for every provider.
+pub fn from_anthropic_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    let cached = u(usage, "cache_read_input_tokens");
+    let writes = u(usage, "cache_creation_input_tokens");
+    Some(Usage {
+        input_tokens: u(usage, "input_tokens") + cached + writes,
+        output_tokens: u(usage, "output_tokens"),
+        cached_tokens: cached,
+        cache_write_tokens: writes,
+        reasoning_tokens: 0,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct ResponseHead {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// Usage and served model from a complete response body, reading only those two fields (the
+/// rest is skipped without being built into a JSON tree).
+pub fn from_response_bytes(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option<String>) {
+    let Ok(head) = serde_json::from_slice::<ResponseHead>(body) else {
+        return (None, None);
+    };
+    let usage = head.usage.as_ref().and_then(|u| match api {
+        Endpoint::ChatCompletions | Endpoint::Embeddings => from_openai_usage(u),
+        Endpoint::Messages => from_anthropic_usage(u),
+    });
+    (usage, head.model)
+}
+
+/// The assistant text of a complete response, for local counting when usage is missing.
+pub fn response_text(api: Endpoint, body: &Value) -> String {
+    let mut text = String::new();
+    match api {
+        Endpoint::ChatCompletions => {
+            for c in body
+                .get("choices")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = c.pointer("/message/content").and_then(Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+        }
+        Endpoint::Messages => {
+            for b in body
+                .get("content")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(s) = b.get("text").and_then(Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+        }
+        Endpoint::Embeddings => {}
+    }
+    text
+}
+
+/// What the proxy should do with one SSE event after the meter has seen it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventAction {
+    Forward,
+    /// The usage-only chunk we asked OpenAI for on the client's behalf: the client did not ask
+    /// for it, so it does not get it.
+    Drop,
+    /// The stream's last event (`data: [DONE]`, `message_stop`): forward it only after the
+    /// request's record is durable.
+    Terminal,
+}
+
+/// Follows one SSE stream, event by event, collecting the usage the upstream reports and, in
+/// case it reports none, the generated text to count locally.
+///
+/// Most events of a stream are content deltas; they are not parsed here (their data is kept
+/// and parsed only if the stream ends without usage). Only events that can carry usage, the
+/// model or an error are parsed, into small typed structs rather than JSON trees.
+#[derive(Debug)]
+pub struct StreamMeter {
+    api: Endpoint,
+    client_wants_usage: bool,
+    usage: Option<Usage>,
+    /// The usage seen is the stream's final word (OpenAI's usage chunk, Anthropic's
+    /// `message_delta`), not `message_start`'s placeholder output count.
+    usage_final: bool,
+    /// Data of content events, newline-separated, for a local count if usage never comes.
+    content: String,
+    model: Option<String>,
+    pub saw_error_event: bool,
+}
+
+/// Content kept for local counting is capped; beyond it the estimate undercounts.
+const MAX_CONTENT: usize = 8 * 1024 * 1024;
+
+#[derive(serde::Deserialize)]
+struct OpenAiChunk {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicStart {
+    message: AnthropicMessage,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicMessage {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnthropicDelta {
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+/// True if `data` has the JSON key `key` (quoted) with a value starting with `{`. A quote
+/// inside a JSON string is escaped, so an unescaped `"usage"` followed by `:` is always a key.
+fn has_object_key(data: &str, key: &str) -> bool {
+    let mut rest = data;
+    while let Some(i) = rest.find(key) {
+        let after = rest[i + key.len()..].trim_start();
+        if let Some(v) = after.strip_prefix(':') {
+            if v.trim_start().starts_with('{') {
+                return true;
+            }
+        }
+        rest = &rest[i + key.len()..];
+    }
+    false
+}
+
+impl StreamMeter {
+    pub fn new(api: Endpoint, client_wants_usage: bool) -> Self {
+        Self {
+            api,
+            client_wants_usage,
+            usage: None,
+            usage_final: false,
+            content: String::new(),
+            model: None,
+            saw_error_event: false,
+        }
+    }
+
+    /// `event` is the SSE `event:` field (empty if none), `data` the joined `data:` lines.
+    pub fn on_event(&mut self, event: &str, data: &str) -> EventAction {
+        match self.api {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => self.on_openai(data),
+            Endpoint::Messages => self.on_anthropic(event, data),
+        }
+    }
+
+    fn on_openai(&mut self, data: &str) -> EventAction {
+        let trimmed = data.trim();
+        if trimmed == "[DONE]" {
+            return EventAction::Terminal;
+        }
+        let has_usage = has_object_key(trimmed, "\"usage\"");
+        let has_error = has_object_key(trimmed, "\"error\"");
+        if has_error {
+            self.saw_error_event = true;
+        }
+        if self.model.is_some() && !has_usage {
+            self.keep_content(trimmed);
+            return EventAction::Forward;
+        }
+        let Ok(chunk) = serde_json::from_str::<OpenAiChunk>(trimmed) else {
+            return EventAction::Forward;
+        };
+        if self.model.is_none() {
+            self.model = chunk.model;
+        }
+        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
+        if has_choices {
+            self.keep_content(trimmed);
+        }
+        match chunk.usage.as_ref().and_then(from_openai_usage) {
+            Some(usage) => {
+                self.usage = Some(usage);
+                self.usage_final = true;
+                if !self.client_wants_usage && !has_choices {
+                    EventAction::Drop
+                } else {
+                    EventAction::Forward
+                }
+            }
+            None => EventAction::Forward,
+        }
+    }
+
+    fn on_anthropic(&mut self, event: &str, data: &str) -> EventAction {
+        match event {
+            "message_stop" => EventAction::Terminal,
+            "error" => {
+                self.saw_error_event = true;
+                EventAction::Forward
+            }
+            "content_block_delta" => {
+                self.keep_content(data);
+                EventAction::Forward
+            }
+            "message_start" => {
+                if let Ok(start) = serde_json::from_str::<AnthropicStart>(data) {
+                    self.model = start.message.model;
+                    if let Some(u) = start.message.usage.as_ref().and_then(from_anthropic_usage) {
+                        self.usage = Some(u);
+                    }
+                }
+                EventAction::Forward
+            }
+            "message_delta" => {
+                // Output tokens here are cumulative; input fields, when present, are final.
+                let delta = serde_json::from_str::<AnthropicDelta>(data).ok();
+                if let Some(d) = delta.and_then(|d| d.usage).filter(Value::is_object) {
+                    let mut usage = self.usage.unwrap_or_default();
+                    if let Some(o) = d.get("output_tokens").and_then(Value::as_u64) {
+                        usage.output_tokens = o;
+                    }
+                    if d.get("input_tokens").and_then(Value::as_u64).is_some() {
+                        if let Some(full) = from_anthropic_usage(&d) {
+                            usage.input_tokens = full.input_tokens;
+                            usage.cached_tokens = full.cached_tokens;
+                            usage.cache_write_tokens = full.cache_write_tokens;
+                        }
+                    }
+                    self.usage = Some(usage);
+                    self.usage_final = true;
+                }
+                EventAction::Forward
+            }
+            _ => EventAction::Forward,
+        }
+    }
+
+    fn keep_content(&mut self, data: &str) {
+        if self.content.len() + data.len() < MAX_CONTENT {
+            self.content.push_str(data);
+            self.content.push('\n');
+        }
+    }
+
+    /// The upstream's own final usage, if it reported it.
+    pub fn reported(&self) -> Option<Usage> {
+        self.usage.filter(|_| self.usage_final)
+    }
+
+    /// Input tokens the upstream reported before the stream ended early (Anthropic's
+    /// `message_start`), to combine with a local count of the output.
+    pub fn reported_input(&self) -> Option<u64> {
+        self.usage.map(|u| u.input_tokens)
+    }
+
+    /// The model the upstream says served the request.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
+    }
+
+    /// Output tokens counted locally from the content events kept.
+    pub fn estimate_output(&self) -> u64 {
+        let mut text = String::new();
+        for line in self.content.lines() {
+            let Ok(v) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            match self.api {
+                Endpoint::Messages => {
+                    let d = v.get("delta");
+                    let t = d
+                        .and_then(|d| {
+                            d.get("text")
+                                .or_else(|| d.get("thinking"))
+                                .or_else(|| d.get("partial_json"))
+                        })
+                        .and_then(Value::as_str);
+                    if let Some(t) = t {
+                        text.push_str(t);
+                    }
+                }
+                _ => {
+                    for c in v
+                        .get("choices")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
+                        if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                            text.push_str(t);
+                        }
+                    }
+                }
+            }
+        }
+        tokenizer::count_text(&text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn openai_prompt_tokens_include_cached() {
+        let u = from_openai_usage(&json!({
+            "prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+            "prompt_tokens_details": {"cached_tokens": 40},
+            "completion_tokens_details": {"reasoning_tokens": 5}
+        }))
+        .unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (100, 40, 20, 5)
+        );
+    }
+
+    #[test]
+    fn anthropic_input_excludes_cache_so_it_is_added() {
+        let u = from_anthropic_usage(&json!({
+            "input_tokens": 60, "output_tokens": 20,
+            "cache_read_input_tokens": 40, "cache_creation_input_tokens": 10
+        }))
+        .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_tokens, u.cache_write_tokens),
+            (110, 40, 10)
+        );
+    }
+
+    #[test]
+    fn openai_stream_usage_chunk_dropped_only_when_client_did_not_ask() {
+        let usage_chunk = r#"{"id":"x","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#;
+        let content =
+            r#"{"id":"x","choices":[{"index":0,"delta":{"content":"hi there"}}],"usage":null}"#;
+        let mut m = StreamMeter::new(Endpoint::ChatCompletions, false);
+        assert_eq!(m.on_event("", content), EventAction::Forward);
+        assert_eq!(m.on_event("", usage_chunk), EventAction::Drop);
+        assert_eq!(m.on_event("", "[DONE]"), EventAction::Terminal);
+        assert_eq!(m.reported().unwrap().output_tokens, 2);
+        assert_eq!(m.estimate_output(), 2);
+        let mut m = StreamMeter::new(Endpoint::ChatCompletions, true);
+        m.on_event("", content);
+        assert_eq!(m.on_event("", usage_chunk), EventAction::Forward);
+    }
+
+    #[test]
+    fn anthropic_stream_combines_start_and_delta() {
+        let mut m = StreamMeter::new(Endpoint::Messages, true);
+        m.on_event("message_start", r#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":4,"output_tokens":1}}}"#);
+        m.on_event("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#);
+        m.on_event("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#);
+        assert_eq!(
+            m.on_event("message_stop", r#"{"type":"message_stop"}"#),
+            EventAction::Terminal
+        );
+        let u = m.reported().unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_tokens, u.output_tokens),
+            (14, 4, 7)
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! The usage record: one per request, written once, never updated.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metering::Provenance;
+
+/// The API a request was made to; decides the wire format of its usage. Recorded as the
+/// record's `endpoint` (ElectronHub's `endpoints` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Endpoint {
+    #[serde(rename = "chat.completions")]
+    ChatCompletions,
+    #[serde(rename = "embeddings")]
+    Embeddings,
+    #[serde(rename = "messages")]
+    Messages,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Embeddings,
+        Endpoint::Messages,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat.completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Messages => "messages",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
+/// Who pays the provider for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The gateway's provider key; the account's credits are charged the cost.
+    Platform,
+    /// The account's own provider key; credits are charged only the configured fee.
+    User,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Platform => "platform",
+            Source::User => "user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "platform" => Some(Source::Platform),
+            "user" => Some(Source::User),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Success,
+    Error,
+    /// The client went away before the response completed.
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Success => "success",
+            Status::Error => "error",
+            Status::Cancelled => "cancelled",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "success" => Some(Status::Success),
+            "error" => Some(Status::Error),
+            "cancelled" => Some(Status::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// One request, as metered. Written once, never updated. Unit prices are kept so the cost can be
+/// re-derived (and audited) without the price table of the day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRecord {
+    pub request_id: String,
+    /// When the request arrived (ms since the Unix epoch, UTC). Rollups bucket on this.
+    pub created_at_ms: i64,
+    pub finished_at_ms: i64,
+    pub account_id: String,
+    pub key_id: String,
+    pub endpoint: Endpoint,
+    pub model_requested: String,
+    pub model_served: String,
+    /// The configured provider that served it.
+    pub provider: String,
+    /// Who makes the model (`openai`, `anthropic`, …), from the price table.
+    pub owned_by: String,
+    pub source: Source,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+    pub cached_tokens: i64,
+    pub cache_write_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub cost_nanos: i64,
+    /// Debited from the account's credits: the cost for `platform` requests, the configured fee
+    /// (if any) for `user` (bring-your-own-key) requests.
+    #[serde(default)]
+    pub charged_nanos: i64,
+    /// Unit prices charged, nano-USD per million tokens.
+    pub price_input: i64,
+    pub price_output: i64,
+    pub price_cached_input: i64,
+    pub price_cache_write: i64,
+    pub status: Status,
+    pub http_status: u16,
+    pub error_code: Option<String>,
+    pub latency_ms: i64,
+    pub ttft_ms: Option<i64>,
+    pub streamed: bool,
+    pub provenance: Provenance,
+}

@@ -1,0 +1,108 @@
+//! The store traits: one per aggregate, and `Store`, the supertrait a backend implements in
+//! full (SQLite in tollgate-store; PostgreSQL later). Signatures are backend-neutral; every
+//! backend runs the same conformance suite (crates/tollgate-store/tests/conformance).
+
+use async_trait::async_trait;
+
+use crate::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
+use crate::credit::{CreditEntry, CreditTotals};
+use crate::error::StoreError;
+use crate::record::UsageRecord;
+use crate::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
+
+/// A filter over raw records, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    pub account_id: Option<String>,
+    pub key_id: Option<String>,
+    pub limit: usize,
+}
+
+/// Usage records and the rollups they feed.
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Inserts records and adds their rollup deltas (`rollup::deltas` of the records that were
+    /// new), in one transaction. Idempotent by `request_id`: a record already stored is skipped
+    /// and not counted again. Returns how many were new.
+    async fn insert_usage(&self, batch: Vec<UsageRecord>) -> Result<usize, StoreError>;
+    async fn get_usage(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
+    async fn list_usage(&self, q: RecordQuery) -> Result<Vec<UsageRecord>, StoreError>;
+    async fn count_usage(&self) -> Result<i64, StoreError>;
+    /// One page of raw records in `(created_at_ms, request_id)` order, ascending or descending,
+    /// strictly after `after` in that order.
+    async fn records_page(
+        &self,
+        filter: RecordFilter,
+        after: Option<RecordCursor>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StoreError>;
+    /// Sums of rollup rows in the given segments, grouped by `dims` and, for split segments, by
+    /// rollup bucket. Rows of different segments are not merged.
+    async fn rollup_rows(
+        &self,
+        filter: RollupFilter,
+        dims: Dims,
+        segments: Vec<Segment>,
+    ) -> Result<Vec<RollupRow>, StoreError>;
+    /// A key's model cost (nano-USD) in records created at or after `since_ms` (hour-aligned).
+    async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError>;
+}
+
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    async fn create_account(&self, a: Account) -> Result<(), StoreError>;
+    async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError>;
+    async fn set_account_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError>;
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+    async fn list_keys(&self, account_id: Option<String>) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Marks a key revoked; false if it does not exist.
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+    async fn count_admin_keys(&self) -> Result<i64, StoreError>;
+    async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError>;
+}
+
+#[async_trait]
+pub trait CreditStore: Send + Sync + 'static {
+    /// Appends a grant or refund. With an idempotency key already used for this account, returns
+    /// the stored entry and `false` (nothing added); a reuse with different content is a
+    /// `Conflict`.
+    async fn add_credit(&self, entry: CreditEntry) -> Result<(CreditEntry, bool), StoreError>;
+    async fn list_credits(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<CreditEntry>, StoreError>;
+    /// The sums behind a balance; `audit` also sums the raw records.
+    async fn credit_totals(
+        &self,
+        account_id: &str,
+        audit: bool,
+    ) -> Result<CreditTotals, StoreError>;
+}
+
+#[async_trait]
+pub trait ProviderKeyStore: Send + Sync + 'static {
+    async fn put_provider_key(&self, key: StoredProviderKey) -> Result<(), StoreError>;
+    async fn delete_provider_key(
+        &self,
+        account_id: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError>;
+    async fn list_provider_keys(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<StoredProviderKey>, StoreError>;
+}
+
+/// A complete backend.
+pub trait Store: RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore {}
+
+impl<T: RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore> Store for T {}

@@ -1,0 +1,111 @@
+//! Admission: who pays for a request, whether the account can cover its maximum cost, and
+//! whether the key's limits allow it. Runs after the request is checked and routed, before
+//! anything is forwarded; what it takes (a credit hold, a limit permit) travels in the
+//! `Ticket` and is settled once at the end (`settle.rs`), or released if the request never
+//! gets there.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tollgate_core::account::Caller;
+use tollgate_core::error::RateStatus;
+use tollgate_core::metering::tokenizer;
+use tollgate_core::pricing::{charge, PriceEntry};
+use tollgate_core::record::{Endpoint, Source};
+use tollgate_core::request::ProxyRequest;
+use tollgate_core::{Code, DomainError};
+
+use crate::routing::Provider;
+use crate::settle::Ticket;
+use crate::Engine;
+
+pub struct Admitted {
+    /// The credential sent upstream.
+    pub api_key: String,
+    /// Credit available (nano-USD) with this request's hold taken.
+    pub available: i64,
+    /// The key's rate windows, for `x-ratelimit-*` headers.
+    pub rate: RateStatus,
+    /// Everything the request's end needs to meter and settle it.
+    pub ticket: Ticket,
+}
+
+/// When and as what the request arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub request_id: String,
+    pub started: Instant,
+    pub started_ms: i64,
+}
+
+impl Engine {
+    pub async fn admit(
+        &self,
+        arrival: Arrival,
+        caller: &Caller,
+        api: Endpoint,
+        provider: &Arc<Provider>,
+        price: &PriceEntry,
+        req: &ProxyRequest,
+    ) -> Result<Admitted, DomainError> {
+        // Who pays: the account's own key for this provider (source `user`), else the platform's.
+        let (api_key, source) = match self
+            .provider_keys
+            .get(&caller.account_id, &provider.name)
+            .await?
+        {
+            Some(own) => (own, Source::User),
+            None => match provider.api_key.clone() {
+                Some(k) => (k, Source::Platform),
+                None => {
+                    return Err(DomainError::new(
+                        Code::ModelUnavailable,
+                        format!("provider {} has no API key configured", provider.name),
+                    ))
+                }
+            },
+        };
+        // The most this request can cost: every body byte an input token (a BPE token is at
+        // least a byte), plus the output cap at the output price. Only if that does not fit the
+        // balance is the input counted with the tokenizer (with a margin for other providers'
+        // tokenizers).
+        let max_output = match api {
+            Endpoint::Embeddings => Some(0),
+            _ => req.max_output_tokens(),
+        };
+        let fee = self.config.credits.byok_fee_bps;
+        let body_bound = req.forward.len() as u64;
+        let bound = price.max_cost(body_bound, max_output);
+        let refine = || {
+            let counted = tokenizer::count_request_input(&req.json);
+            let input = counted.saturating_mul(2).saturating_add(16).min(body_bound);
+            charge(source, price.max_cost(input, max_output), fee)
+        };
+        let (hold, available) = self
+            .credits
+            .hold(&caller.account_id, charge(source, bound, fee), refine)
+            .await?;
+        let mut permit = self.limiter.admit(caller, &req.model, bound).await?;
+        let rate = std::mem::take(&mut permit.rate);
+        let ticket = Ticket::new(
+            self.ledger.clone(),
+            arrival,
+            caller,
+            api,
+            req,
+            provider.name.clone(),
+            price.clone(),
+            source,
+            fee,
+            hold,
+            permit,
+            available,
+        );
+        Ok(Admitted {
+            api_key,
+            available,
+            rate,
+            ticket,
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! Credits and budgets. A balance is an append-only ledger: grants and refunds
+//! (`credit_entries`) and charges (each usage record's `charged_nanos`), so at every moment
+//! balance = grants − charges + refunds, auditable from the records.
+//!
+//! The hot path never waits for the database: each account's balance lives in memory (read from
+//! the store once per process), and a request holds its maximum cost there before it is
+//! forwarded, settling to the real cost at the end. See ARCHITECTURE.md for how this extends to
+//! several replicas sharing PostgreSQL (per-replica leases of balance).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+
+use tollgate_core::config::CreditsConfig;
+use tollgate_core::credit::{CreditEntry, CreditKind, CreditTotals};
+use tollgate_core::id::new_id;
+use tollgate_core::money::NANOS_PER_USD;
+use tollgate_core::store::Store;
+use tollgate_core::{Code, DomainError, StoreError, StoreErrorKind};
+
+/// An account's balance as the usage APIs show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CreditView {
+    /// Grants − charges + refunds, nano-USD.
+    pub balance_nanos: i64,
+    /// Held by requests in flight, nano-USD.
+    pub held_nanos: i64,
+}
+
+#[derive(Debug)]
+struct Book {
+    balance: i64,
+    held: i64,
+    /// Grants + refunds this book knows of; a refresh adds those made elsewhere (the CLI,
+    /// another replica).
+    credited: i64,
+    synced: std::time::Instant,
+    refreshing: bool,
+}
+
+/// How often a book re-reads grants and refunds made outside this process.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub struct Credits {
+    store: Arc<dyn Store>,
+    cfg: CreditsConfig,
+    books: RwLock<HashMap<String, Arc<Mutex<Book>>>>,
+    /// Serializes loading books and applying grants, so a grant is never both read from the
+    /// store by a load and added in memory.
+    load_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Money held for one request in flight. Dropped without `settle` (the request failed before
+/// metering, or its task died), it is released in full.
+pub struct Hold {
+    book: Arc<Mutex<Book>>,
+    amount: i64,
+    done: bool,
+}
+
+impl Hold {
+    /// Releases the hold and debits `charge`. Returns what the account has available after.
+    pub fn settle(mut self, charge: i64) -> i64 {
+        self.done = true;
+        let mut b = self.book.lock();
+        b.held -= self.amount;
+        b.balance -= charge;
+        b.balance - b.held
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.done {
+            self.book.lock().held -= self.amount;
+        }
+    }
+}
+
+/// The audit of one account's credits.
+#[derive(Debug, Serialize)]
+pub struct Audit {
+    pub account_id: String,
+    pub currency: String,
+    pub grants_nanos: i64,
+    pub refunds_nanos: i64,
+    /// From the rollups, which the balance uses.
+    pub charges_nanos: i64,
+    /// From the raw usage records.
+    pub charges_nanos_records: i64,
+    /// grants − charges + refunds, from the store.
+    pub balance_nanos: i64,
+    /// The balance this process holds in memory (includes charges still on their way to the store).
+    pub live_balance_nanos: Option<i64>,
+    pub held_nanos: i64,
+    /// Records and rollups agree, and the stored balance is grants − charges + refunds.
+    pub consistent: bool,
+    pub entries: Vec<CreditEntry>,
+}
+
+impl Credits {
+    pub fn new(store: Arc<dyn Store>, cfg: CreditsConfig) -> Self {
+        Self {
+            store,
+            cfg,
+            books: RwLock::new(HashMap::new()),
+            load_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    pub fn config(&self) -> &CreditsConfig {
+        &self.cfg
+    }
+
+    /// nano-USD in credits (rounded down).
+    pub fn nanos_to_credits(&self, nanos: i64) -> i64 {
+        (i128::from(nanos) * i128::from(self.cfg.per_usd)).div_euclid(i128::from(NANOS_PER_USD))
+            as i64
+    }
+
+    /// Credits in nano-USD (exact: `per_usd` divides 10^9).
+    pub fn credits_to_nanos(&self, credits: i64) -> Option<i64> {
+        credits.checked_mul(NANOS_PER_USD / self.cfg.per_usd)
+    }
+
+    async fn book(&self, account_id: &str) -> Result<Arc<Mutex<Book>>, StoreError> {
+        let found = self.books.read().get(account_id).cloned();
+        if let Some(b) = found {
+            self.maybe_refresh(account_id, &b);
+            return Ok(b);
+        }
+        let _guard = self.load_lock.lock().await;
+        if let Some(b) = self.books.read().get(account_id) {
+            return Ok(b.clone());
+        }
+        let totals = self.store.credit_totals(account_id, false).await?;
+        let book = Arc::new(Mutex::new(Book {
+            balance: totals.balance_nanos(),
+            held: 0,
+            credited: totals.grants_nanos + totals.refunds_nanos,
+            synced: std::time::Instant::now(),
+            refreshing: false,
+        }));
+        self.books
+            .write()
+            .insert(account_id.to_string(), book.clone());
+        Ok(book)
+    }
+
+    /// Holds up to `bound` for a request. `refine` gives a tighter bound (local token count),
+    /// computed only when the cheap one does not fit. Returns the hold and what is available
+    /// after it.
+    pub async fn hold(
+        &self,
+        account_id: &str,
+        bound: i64,
+        refine: impl FnOnce() -> i64,
+    ) -> Result<(Hold, i64), DomainError> {
+        let book = self.book(account_id).await?;
+        let fits = |b: &Book, amount: i64| !self.cfg.enforce || b.balance - b.held >= amount;
+        let mut amount = bound;
+        if !fits(&book.lock(), bound) {
+            // Count tokens (microseconds to milliseconds) without holding the account's lock.
+            amount = refine().min(bound);
+        }
+        let mut b = book.lock();
+        if !fits(&b, amount) {
+            let available = (b.balance - b.held).max(0);
+            return Err(DomainError::new(
+                Code::InsufficientBalance,
+                format!(
+                    "insufficient balance: this request may cost up to {} credits and {} are available \
+                     (a credit is 1/{} {}); lower max_tokens or add credits",
+                    self.nanos_to_credits(amount),
+                    self.nanos_to_credits(available),
+                    self.cfg.per_usd,
+                    self.cfg.currency,
+                ),
+            ));
+        }
+        b.held += amount;
+        let after = b.balance - b.held;
+        drop(b);
+        Ok((
+            Hold {
+                book: book.clone(),
+                amount,
+                done: false,
+            },
+            after,
+        ))
+    }
+
+    /// Appends a grant or refund; idempotent by `idempotency_key`. Returns the entry and whether
+    /// it was new.
+    pub async fn add(
+        &self,
+        account_id: &str,
+        kind: CreditKind,
+        amount_nanos: i64,
+        idempotency_key: Option<String>,
+        note: Option<String>,
+        now_ms: i64,
+    ) -> Result<(CreditEntry, bool), DomainError> {
+        if amount_nanos <= 0 {
+            return Err(DomainError::invalid(
+                "amount",
+                "the amount must be positive",
+            ));
+        }
+        let entry = CreditEntry {
+            id: new_id("cred", 8),
+            account_id: account_id.to_string(),
+            kind,
+            amount_nanos,
+            idempotency_key,
+            note,
+            created_at_ms: now_ms,
+        };
+        let _guard = self.load_lock.lock().await;
+        let (entry, created) =
+            self.store
+                .add_credit(entry)
+                .await
+                .map_err(|e| match e.kind {
+                    StoreErrorKind::Conflict => DomainError::new(Code::InvalidRequest, e.message)
+                        .with_param("idempotency_key"),
+                    _ => DomainError::from(e),
+                })?;
+        if created {
+            if let Some(b) = self.books.read().get(account_id) {
+                let mut b = b.lock();
+                b.balance += amount_nanos;
+                b.credited += amount_nanos;
+            }
+        }
+        Ok((entry, created))
+    }
+
+    /// In the background (never on the request's path), picks up grants and refunds written by
+    /// another process since the book was last synced.
+    fn maybe_refresh(&self, account_id: &str, book: &Arc<Mutex<Book>>) {
+        {
+            let mut b = book.lock();
+            if b.refreshing || b.synced.elapsed() < REFRESH {
+                return;
+            }
+            b.refreshing = true;
+        }
+        let (store, lock, book, account) = (
+            self.store.clone(),
+            self.load_lock.clone(),
+            book.clone(),
+            account_id.to_string(),
+        );
+        tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            let totals = store.credit_totals(&account, false).await;
+            let mut b = book.lock();
+            b.refreshing = false;
+            b.synced = std::time::Instant::now();
+            if let Ok(t) = totals {
+                let delta = t.grants_nanos + t.refunds_nanos - b.credited;
+                b.balance += delta;
+                b.credited += delta;
+            }
+        });
+    }
+
+    pub async fn view(&self, account_id: &str) -> Result<CreditView, DomainError> {
+        let book = self.book(account_id).await?;
+        let b = book.lock();
+        Ok(CreditView {
+            balance_nanos: b.balance,
+            held_nanos: b.held,
+        })
+    }
+
+    /// Call after `Ledger::flush`, so every charge is in the store.
+    pub async fn audit(&self, account_id: &str) -> Result<Audit, DomainError> {
+        let totals: CreditTotals = self.store.credit_totals(account_id, true).await?;
+        let live = self.books.read().get(account_id).map(|b| {
+            let b = b.lock();
+            (b.balance, b.held)
+        });
+        let records = totals.charges_nanos_records.unwrap_or(0);
+        Ok(Audit {
+            account_id: account_id.to_string(),
+            currency: self.cfg.currency.clone(),
+            grants_nanos: totals.grants_nanos,
+            refunds_nanos: totals.refunds_nanos,
+            charges_nanos: totals.charges_nanos,
+            charges_nanos_records: records,
+            balance_nanos: totals.balance_nanos(),
+            live_balance_nanos: live.map(|l| l.0),
+            held_nanos: live.map_or(0, |l| l.1),
+            consistent: records == totals.charges_nanos
+                && live.is_none_or(|l| l.0 == totals.balance_nanos()),
+            entries: self.store.list_credits(account_id, 1000).await?,
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! tollgate-engine: the services between the HTTP boundary and the store, with I/O but no HTTP
+//! framework. A request passes through them in named phases:
+//!
+//! ```text
+//! keys.authenticate ─▶ routing.resolve ─▶ pricing (core) ─▶ admit (hold + permit)
+//!        ─▶ [exchange with the upstream: tollgate-http] ─▶ Ticket::settle ─▶ ledger.record
+//! ```
+//!
+//! - `keys`: issuing keys and resolving a presented key to its `Caller`
+//! - `routing`: which configured provider serves a model
+//! - `admission`: who pays, the credit hold, the key's limits
+//! - `settle`: pricing the tokens used, settling, building and writing the one record
+//! - `ledger`: the journal and the batch writer in front of the store
+//! - `credits`, `limits`, `byok`: balances, per-key limits, accounts' own provider keys
+//! - `reports`: the reads behind the usage APIs
+
+pub mod admission;
+pub mod byok;
+pub mod credits;
+pub mod fs;
+pub mod keys;
+pub mod ledger;
+pub mod limits;
+pub mod reports;
+pub mod routing;
+pub mod settle;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tollgate_core::clock::SharedClock;
+use tollgate_core::config::Config;
+use tollgate_core::pricing::PriceTable;
+use tollgate_core::store::Store;
+
+use crate::byok::ProviderKeys;
+use crate::credits::Credits;
+use crate::keys::{IssuedKey, KeyService};
+use crate::ledger::{Ledger, LedgerOptions, RecordSink};
+use crate::limits::Limiter;
+use crate::routing::ModelRouter;
+
+/// Every service, built once per process from the config and a store.
+pub struct Engine {
+    pub config: Config,
+    pub clock: SharedClock,
+    pub store: Arc<dyn Store>,
+    pub keys: KeyService,
+    pub ledger: Ledger,
+    pub credits: Credits,
+    pub limiter: Limiter,
+    pub provider_keys: ProviderKeys,
+    pub prices: PriceTable,
+    pub router: ModelRouter,
+}
+
+impl Engine {
+    /// Starts the ledger (replaying any journal left by a previous process) and builds the
+    /// services. Returns the admin key created on a first start, to be shown once.
+    pub async fn start(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: SharedClock,
+        prices: PriceTable,
+        sinks: Vec<Arc<dyn RecordSink>>,
+    ) -> anyhow::Result<(Self, Option<IssuedKey>)> {
+        crate::fs::create_private_dir(&config.server.data_dir)?;
+        let ledger = Ledger::start(
+            store.clone(),
+            LedgerOptions {
+                journal_dir: config.journal_dir(),
+                segment_bytes: config.journal.segment_bytes,
+                batch_max: config.store.batch_max,
+                fsync_interval: Duration::from_millis(config.journal.fsync_interval_ms),
+                dead_letter_path: config.server.data_dir.join("dead-letter.ndjson"),
+            },
+            sinks,
+        )
+        .await?;
+        let keys = KeyService::new(
+            store.clone(),
+            clock.clone(),
+            config.server.key_prefix.clone(),
+            Duration::from_secs(config.server.key_cache_secs),
+        );
+        let bootstrap = keys.bootstrap_admin().await?;
+        let credits = Credits::new(store.clone(), config.credits.clone());
+        let limiter = Limiter::new(
+            store.clone(),
+            clock.clone(),
+            config.limits.auth_failures_per_minute,
+        );
+        let provider_keys =
+            ProviderKeys::new(store.clone(), config.security.encryption_key.as_deref());
+        let router = ModelRouter::from_config(&config, |var| std::env::var(var).ok());
+        Ok((
+            Self {
+                config,
+                clock,
+                store,
+                keys,
+                ledger,
+                credits,
+                limiter,
+                provider_keys,
+                prices,
+                router,
+            },
+            bootstrap,
+        ))
+    }
+}

@@ -1,0 +1,161 @@
+//! Reports: the reads behind every usage API. Whose usage a request may read (`scope`), sums
+//! per bucket from the rollups (`bucketed`, `totals`: the cover plan picks which rollup rows
+//! answer), and newest-first pages of raw records. The HTTP layer shapes them per platform.
+
+use std::collections::BTreeMap;
+
+use tollgate_core::account::{Caller, Role};
+use tollgate_core::calendar::MINUTE_MS;
+use tollgate_core::record::UsageRecord;
+use tollgate_core::rollup::{
+    cover, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, Sums,
+};
+use tollgate_core::{Code, DomainError};
+
+use crate::Engine;
+
+/// Whose usage a request reads: the caller's account unless an admin names another.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub account_id: String,
+    pub key_id: Option<String>,
+}
+
+impl Scope {
+    pub fn filter(&self) -> RollupFilter {
+        RollupFilter {
+            accounts: Some(vec![self.account_id.clone()]),
+            key_ids: self.key_id.iter().cloned().collect(),
+            ..RollupFilter::default()
+        }
+    }
+}
+
+fn not_found(param: &str, what: &str, id: &str) -> DomainError {
+    DomainError::new(Code::NotFound, format!("no {what} `{id}`")).with_param(param)
+}
+
+impl Engine {
+    /// Resolves `account_id` / `key_id`: a user key may only name its own account and its keys
+    /// (anything else is 404, as if it did not exist); an admin key may name any.
+    pub async fn scope(
+        &self,
+        caller: &Caller,
+        account_id: Option<&str>,
+        key_id: Option<&str>,
+    ) -> Result<Scope, DomainError> {
+        let mut account = caller.account_id.clone();
+        if let Some(id) = account_id {
+            if caller.role != Role::Admin && id != caller.account_id {
+                return Err(not_found("account_id", "account", id));
+            }
+            if self.store.get_account(id).await?.is_none() {
+                return Err(not_found("account_id", "account", id));
+            }
+            account = id.to_string();
+        }
+        let mut key = None;
+        if let Some(id) = key_id {
+            let Some(found) = self.store.get_key(id).await? else {
+                return Err(not_found("key_id", "API key", id));
+            };
+            if caller.role == Role::Admin && account_id.is_none() {
+                account = found.account_id.clone();
+            } else if found.account_id != account {
+                return Err(not_found("key_id", "API key", id));
+            }
+            key = Some(found.id);
+        }
+        Ok(Scope {
+            account_id: account,
+            key_id: key,
+        })
+    }
+
+    /// Sums per (bucket, group) for the buckets `bounds[i]..bounds[i+1]`. Bounds are floored to
+    /// the minute, the rollups' finest grain. Always sums integers; callers convert once per
+    /// displayed number.
+    pub async fn bucketed(
+        &self,
+        filter: RollupFilter,
+        dims: Dims,
+        bounds: &[i64],
+    ) -> Result<BTreeMap<(usize, GroupKey), Sums>, DomainError> {
+        let floored: Vec<i64> = bounds
+            .iter()
+            .map(|&b| b.div_euclid(MINUTE_MS) * MINUTE_MS)
+            .collect();
+        let aligned = cover::align(&floored);
+        let plan = cover::plan(&aligned);
+        if plan.segments.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows = self
+            .store
+            .rollup_rows(filter, dims, plan.segments.clone())
+            .await?;
+        // Buckets of the aligned bounds back to the caller's (a bucket shorter than a minute is
+        // empty and was dropped by `align`).
+        let index: Vec<usize> = aligned
+            .iter()
+            .map(|a| floored.partition_point(|f| f <= a).saturating_sub(1))
+            .collect();
+        Ok(cover::fold(&plan, &aligned, rows)
+            .into_iter()
+            .map(|((i, g), v)| ((index[i], g), v))
+            .collect())
+    }
+
+    /// Sums per group over one range.
+    pub async fn totals(
+        &self,
+        filter: RollupFilter,
+        dims: Dims,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<BTreeMap<GroupKey, Sums>, DomainError> {
+        if end_ms <= start_ms {
+            return Ok(BTreeMap::new());
+        }
+        let rows = self.bucketed(filter, dims, &[start_ms, end_ms]).await?;
+        Ok(rows.into_iter().map(|((_, g), v)| (g, v)).collect())
+    }
+
+    /// One newest-first page of raw records, and the cursor of the next page if there is one.
+    pub async fn newest_page(
+        &self,
+        filter: RecordFilter,
+        cursor: Option<RecordCursor>,
+        limit: usize,
+    ) -> Result<(Vec<UsageRecord>, Option<String>), DomainError> {
+        let mut records = self
+            .store
+            .records_page(filter, cursor, true, limit + 1)
+            .await?;
+        let next = if records.len() > limit {
+            records.truncate(limit);
+            records.last().map(|r| {
+                RecordCursor {
+                    created_at_ms: r.created_at_ms,
+                    request_id: r.request_id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok((records, next))
+    }
+
+    /// The caller's own requests are visible once their responses completed: wait for the batch
+    /// writer. False when the store is behind and the answer may miss recent requests.
+    pub async fn read_your_writes(&self) -> bool {
+        self.ledger.flush().await
+    }
+
+    /// What the account can still spend: balance minus what requests in flight hold, nano-USD.
+    pub async fn spendable_nanos(&self, account_id: &str) -> Result<i64, DomainError> {
+        let v = self.credits.view(account_id).await?;
+        Ok(v.balance_nanos.saturating_sub(v.held_nanos))
+    }
+}

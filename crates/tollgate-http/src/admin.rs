@@ -1,0 +1,369 @@
+//! The admin API: accounts, keys, and raw usage records. Admin keys only; a user key gets 403.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::state::{AppState, SharedState};
+use tollgate_core::Code;
+
+use crate::error::ApiError;
+use crate::extract::{Admin, LimitedBody};
+use tollgate_core::account::{KeyLimits, Role};
+use tollgate_core::credit::CreditKind;
+use tollgate_core::store::RecordQuery;
+
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/accounts", get(list_accounts).post(create_account))
+        .route("/accounts/{id}", get(get_account).patch(update_account))
+        .route("/accounts/{id}/keys", get(list_keys).post(create_key))
+        .route(
+            "/accounts/{id}/credits",
+            get(credit_audit).post(add_credits),
+        )
+        .route("/accounts/{id}/provider-keys", get(list_provider_keys))
+        .route(
+            "/accounts/{id}/provider-keys/{provider}",
+            put(put_provider_key).delete(delete_provider_key),
+        )
+        .route("/keys/{id}", delete(revoke_key).patch(update_key))
+        .route("/requests", get(list_requests))
+        .route("/requests/{id}", get(get_request))
+}
+
+/// Parses a JSON body, mapping failures to the caller's 400.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::new(Code::InvalidJson, e.to_string()));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_data() {
+            ApiError::new(Code::InvalidRequest, format!("invalid request body: {e}"))
+        } else {
+            ApiError::new(
+                Code::InvalidJson,
+                format!("the request body is not valid JSON: {e}"),
+            )
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAccount {
+    name: String,
+}
+
+async fn create_account(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    let req: NewAccount = parse_body(&body)?;
+    let account = s.engine.keys.create_account(&req.name).await?;
+    Ok((StatusCode::CREATED, Json(account)).into_response())
+}
+
+async fn list_accounts(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+) -> Result<Response, ApiError> {
+    let accounts = s.engine.store.list_accounts().await?;
+    Ok(Json(json!({ "object": "list", "data": accounts })).into_response())
+}
+
+async fn get_account(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(existing_account(&s, &id).await?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct NewKey {
+    name: Option<String>,
+    role: Option<Role>,
+    limits: Option<KeyLimits>,
+}
+
+async fn create_key(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    let req: NewKey = parse_body(&body)?;
+    let issued = s
+        .engine
+        .keys
+        .issue(
+            &id,
+            req.name.as_deref().unwrap_or("default"),
+            req.role.unwrap_or(Role::User),
+            req.limits.unwrap_or_default(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+async fn list_keys(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    let keys = s.engine.store.list_keys(Some(id)).await?;
+    Ok(Json(json!({ "object": "list", "data": keys })).into_response())
+}
+
+async fn revoke_key(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(Json(s.engine.keys.revoke(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestsQuery {
+    account_id: Option<String>,
+    key_id: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_requests(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    query: Result<Query<RequestsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 10_000 {
+        return Err(ApiError::invalid(
+            "limit",
+            "limit must be between 1 and 10000",
+        ));
+    }
+    s.engine.ledger.flush().await;
+    let records = s
+        .engine
+        .store
+        .list_usage(RecordQuery {
+            account_id: q.account_id,
+            key_id: q.key_id,
+            limit,
+        })
+        .await?;
+    Ok(Json(json!({ "object": "list", "data": records })).into_response())
+}
+
+async fn get_request(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    s.engine.ledger.flush().await;
+    match s.engine.store.get_usage(&id).await? {
+        Some(r) => Ok(Json(r).into_response()),
+        None => Err(ApiError::new(Code::NotFound, format!("no request {id}"))),
+    }
+}
+
+/// The account, or 404 in the caller's shape.
+async fn existing_account(
+    s: &AppState,
+    id: &str,
+) -> Result<tollgate_core::account::Account, ApiError> {
+    s.engine
+        .store
+        .get_account(id)
+        .await?
+        .ok_or_else(|| ApiError::new(Code::NotFound, format!("no account {id}")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountPatch {
+    disabled: bool,
+}
+
+async fn update_account(
+    State(s): State<SharedState>,
+    admin: Admin,
+    Path(id): Path<String>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    let req: AccountPatch = parse_body(&body)?;
+    s.engine
+        .keys
+        .set_account_disabled(&id, req.disabled)
+        .await?;
+    get_account(State(s), admin, Path(id)).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyPatch {
+    limits: KeyLimits,
+}
+
+async fn update_key(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    let req: KeyPatch = parse_body(&body)?;
+    Ok(Json(s.engine.keys.set_limits(&id, req.limits).await?).into_response())
+}
+
+/// A grant or refund. The amount is given once: in USD as decimal text, or in credits.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditRequest {
+    #[serde(default)]
+    kind: Option<CreditKind>,
+    amount_usd: Option<String>,
+    amount_credits: Option<i64>,
+    idempotency_key: Option<String>,
+    note: Option<String>,
+}
+
+async fn add_credits(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    let req: CreditRequest = parse_body(&body)?;
+    let amount =
+        match (&req.amount_usd, req.amount_credits) {
+            (Some(usd), None) => tollgate_core::money::parse_decimal_scaled(usd, 9)
+                .map_err(|e| ApiError::invalid("amount_usd", format!("amount_usd: {e}")))?,
+            (None, Some(c)) => s.engine.credits.credits_to_nanos(c).ok_or_else(|| {
+                ApiError::invalid("amount_credits", "amount_credits is too large")
+            })?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "amount_usd",
+                    "give exactly one of amount_usd or amount_credits",
+                ))
+            }
+        };
+    // The Idempotency-Key header is the conventional place; a body field works too.
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let key = req.idempotency_key.or(header_key);
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 255) {
+        return Err(ApiError::invalid(
+            "idempotency_key",
+            "idempotency_key must be 1 to 255 characters",
+        ));
+    }
+    let (entry, created) = s
+        .engine
+        .credits
+        .add(
+            &id,
+            req.kind.unwrap_or(CreditKind::Grant),
+            amount,
+            key,
+            req.note,
+            s.engine.clock.now_ms(),
+        )
+        .await?;
+    let view = s.engine.credits.view(&id).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({
+            "entry": entry,
+            "replayed": !created,
+            "balance_nanos": view.balance_nanos,
+            "balance_credits": s.engine.credits.nanos_to_credits(view.balance_nanos),
+        })),
+    )
+        .into_response())
+}
+
+async fn credit_audit(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    s.engine.ledger.flush().await;
+    Ok(Json(s.engine.credits.audit(&id).await?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderKeyBody {
+    api_key: String,
+}
+
+async fn put_provider_key(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path((id, provider)): Path<(String, String)>,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    if !s.engine.router.providers.iter().any(|p| p.name == provider) {
+        return Err(
+            ApiError::new(Code::NotFound, format!("no provider {provider}")).with_param("provider"),
+        );
+    }
+    let req: ProviderKeyBody = parse_body(&body)?;
+    Ok(Json(
+        s.engine
+            .provider_keys
+            .put(&id, &provider, &req.api_key, s.engine.clock.now_ms())
+            .await?,
+    )
+    .into_response())
+}
+
+async fn delete_provider_key(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path((id, provider)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    if !s.engine.provider_keys.delete(&id, &provider).await? {
+        return Err(ApiError::new(
+            Code::NotFound,
+            format!("no {provider} key stored for {id}"),
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_provider_keys(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    existing_account(&s, &id).await?;
+    Ok(
+        Json(json!({"object": "list", "data": s.engine.provider_keys.list(&id).await?}))
+            .into_response(),
+    )
+}

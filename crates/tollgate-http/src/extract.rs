@@ -1,0 +1,125 @@
+//! Extractors: authentication happens here, once, for every route. A handler that takes
+//! `Authed` has a valid caller (key known, not revoked, not expired, account enabled); `Admin`
+//! also requires an admin key; `UsageQuery` adds the parsed query string.
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use tollgate_core::account::Caller;
+use tollgate_core::{Code, DomainError};
+use tollgate_engine::reports::Scope;
+
+use crate::error::ApiError;
+use crate::params::Params;
+use crate::state::{RequestCtx, SharedState};
+
+/// The presented credential: `x-api-key: K` or `Authorization: Bearer K`.
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(k) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        if !k.is_empty() {
+            return Some(k.trim());
+        }
+    }
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = auth.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+        Some(token.trim())
+    } else {
+        None
+    }
+}
+
+/// An authenticated caller (any role).
+pub struct Authed(pub Caller);
+
+impl FromRequestParts<SharedState> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &SharedState) -> Result<Self, ApiError> {
+        let caller = s
+            .engine
+            .keys
+            .authenticate(presented_key(&parts.headers))
+            .await?;
+        Ok(Authed(caller))
+    }
+}
+
+/// An authenticated admin caller; a user key gets 403.
+pub struct Admin(pub Caller);
+
+impl FromRequestParts<SharedState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &SharedState) -> Result<Self, ApiError> {
+        let Authed(caller) = Authed::from_request_parts(parts, s).await?;
+        if !caller.is_admin() {
+            return Err(DomainError::new(
+                Code::PermissionDenied,
+                "this endpoint needs an admin key",
+            )
+            .into());
+        }
+        Ok(Admin(caller))
+    }
+}
+
+/// A usage-API request: the caller and the query string's parameters.
+pub struct UsageQuery {
+    pub caller: Caller,
+    pub p: Params,
+    ctx: Option<RequestCtx>,
+}
+
+impl FromRequestParts<SharedState> for UsageQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &SharedState) -> Result<Self, ApiError> {
+        let Authed(caller) = Authed::from_request_parts(parts, s).await?;
+        Ok(UsageQuery {
+            caller,
+            p: Params::parse(parts.uri.query()),
+            ctx: parts.extensions.get::<RequestCtx>().cloned(),
+        })
+    }
+}
+
+impl UsageQuery {
+    /// Whose usage this request reads (`account_id` / `key_id`, checked against the caller).
+    pub async fn scope(&self, s: &SharedState) -> Result<Scope, ApiError> {
+        Ok(s.engine
+            .scope(
+                &self.caller,
+                self.p.get("account_id")?,
+                self.p.get("key_id")?,
+            )
+            .await?)
+    }
+
+    /// Waits until the caller's finished requests are in the store; if the store is behind, the
+    /// response is marked stale.
+    pub async fn read_your_writes(&self, s: &SharedState) {
+        if !s.engine.read_your_writes().await {
+            if let Some(ctx) = &self.ctx {
+                ctx.mark_stale();
+            }
+        }
+    }
+}
+
+/// A request body read up to `server.max_body_bytes`; past it, 413 in the caller's error shape
+/// (axum's own limit would answer in plain text).
+pub struct LimitedBody(pub Bytes);
+
+impl FromRequest<SharedState> for LimitedBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, s: &SharedState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let limit = s.engine.config.server.max_body_bytes;
+        Ok(LimitedBody(
+            crate::proxy::read_body(body, &parts.headers, limit).await?,
+        ))
+    }
+}

@@ -1,0 +1,24 @@
+//! tollgate-http: the HTTP boundary, on top of the engine.
+//!
+//! - `router`: every route, the request-context middleware, errors rendered once
+//! - `extract`: authentication as extractors (`Authed`, `Admin`, `UsageQuery`)
+//! - `error`: `ApiError`, mapped from `DomainError` once, in the caller's error shape
+//! - `proxy`: the OpenAI- and Anthropic-compatible endpoints and their exchange upstream
+//! - `compat`: the seed platforms' usage endpoints (LLMHub, CrossModel, ElectronHub, Runtype,
+//!   OpenAI organization usage, exports)
+//! - `admin`: accounts, keys, credits, provider keys, raw records
+//! - `server`: the listener and graceful shutdown
+
+pub mod admin;
+pub mod compat;
+pub mod error;
+pub mod extract;
+pub mod params;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod state;
+
+pub use router::routes;
+pub use server::serve;
+pub use state::{AppState, SharedState};

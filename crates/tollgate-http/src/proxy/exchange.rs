@@ -1,0 +1,451 @@
+//! One request's lifecycle after it has been checked: forward it upstream, pass the answer back
+//! (whole, or event by event), and meter it exactly once at the end (`Exchange::finish`).
+//!
+//! The exchange runs in a task of its own, so a client that hangs up does not cancel it: the
+//! upstream is still read to its end (bounded by `drain_timeout_secs`) and the request is
+//! recorded as `cancelled` with the tokens it really used. The record is journaled before the
+//! client receives the last bytes of its response.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use tollgate_core::config::ProviderKind;
+use tollgate_core::metering::tokenizer;
+use tollgate_core::metering::usage::{self, EventAction, StreamMeter};
+use tollgate_core::money::NANOS_PER_USD;
+use tollgate_core::record::{Endpoint, Status};
+use tollgate_core::request::ProxyRequest;
+use tollgate_core::Code;
+use tollgate_engine::admission::Admitted;
+use tollgate_engine::routing::Provider;
+use tollgate_engine::settle::{Outcome, Ticket, Tokens};
+
+use super::sse::SseSplitter;
+use crate::error::{rate_headers, ApiError};
+use crate::state::SharedState;
+
+/// Time limits of an exchange, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    upstream: Duration,
+    idle: Duration,
+    drain: Duration,
+}
+
+pub struct Exchange {
+    http: reqwest::Client,
+    timeouts: Timeouts,
+    /// Credits per USD, for `x-credits-remaining`.
+    per_usd: i64,
+    api: Endpoint,
+    provider: Arc<Provider>,
+    api_key: String,
+    anthropic_version: Option<String>,
+    anthropic_beta: Option<String>,
+    req: ProxyRequest,
+    /// The hold, permit and record facts, settled once.
+    ticket: Ticket,
+    /// The key's `x-ratelimit-*` headers, sent with every response.
+    rate_headers: Vec<(&'static str, String)>,
+}
+
+type Head = Result<Response, ApiError>;
+
+impl Exchange {
+    pub fn new(
+        s: SharedState,
+        api: Endpoint,
+        provider: Arc<Provider>,
+        headers: &HeaderMap,
+        req: ProxyRequest,
+        admitted: Admitted,
+    ) -> Self {
+        let cfg = &s.engine.config.server;
+        Self {
+            http: s.http.clone(),
+            timeouts: Timeouts {
+                upstream: Duration::from_secs(cfg.upstream_timeout_secs),
+                idle: Duration::from_secs(cfg.stream_idle_timeout_secs),
+                drain: Duration::from_secs(cfg.drain_timeout_secs),
+            },
+            per_usd: s.engine.config.credits.per_usd,
+            api,
+            provider,
+            api_key: admitted.api_key,
+            anthropic_version: header_str(headers, "anthropic-version"),
+            anthropic_beta: header_str(headers, "anthropic-beta"),
+            req,
+            ticket: admitted.ticket,
+            rate_headers: rate_headers(&admitted.rate),
+        }
+    }
+
+    pub async fn run(self) -> Result<Response, ApiError> {
+        let (head_tx, head_rx) = oneshot::channel::<Head>();
+        tokio::spawn(self.drive(head_tx));
+        head_rx
+            .await
+            .unwrap_or_else(|_| Err(ApiError::internal("the exchange ended without a response")))
+    }
+
+    async fn drive(mut self, head_tx: oneshot::Sender<Head>) {
+        let Some(url) = self.provider.url(self.api).cloned() else {
+            let err = ApiError::new(
+                Code::ProviderError,
+                format!("provider {} has an invalid base_url", self.provider.name),
+            );
+            return self.fail(head_tx, err, 502, None);
+        };
+        let mut rb = self
+            .http
+            .post(url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-tollgate-request-id", self.ticket.request_id());
+        // Only the provider's own credential goes upstream; the client's key never does.
+        rb = match (self.provider.kind, self.api) {
+            (ProviderKind::Anthropic, Endpoint::Messages) => {
+                let mut rb = rb.header("x-api-key", &self.api_key).header(
+                    "anthropic-version",
+                    self.anthropic_version.as_deref().unwrap_or("2023-06-01"),
+                );
+                if let Some(beta) = &self.anthropic_beta {
+                    rb = rb.header("anthropic-beta", beta);
+                }
+                rb
+            }
+            _ => rb.bearer_auth(&self.api_key),
+        };
+        let timeout = self.timeouts.upstream;
+        let sent = tokio::time::timeout(timeout, rb.body(self.req.forward.clone()).send()).await;
+        let resp = match sent {
+            Err(_) => {
+                let err = ApiError::new(
+                    Code::UpstreamTimeout,
+                    format!(
+                        "provider {} did not answer within {}s",
+                        self.provider.name,
+                        timeout.as_secs()
+                    ),
+                );
+                return self.fail(head_tx, err, 504, None);
+            }
+            Ok(Err(e)) => {
+                let err = ApiError::new(
+                    Code::ProviderError,
+                    format!(
+                        "provider {} is unreachable: {}",
+                        self.provider.name,
+                        error_chain(&e)
+                    ),
+                );
+                return self.fail(head_tx, err, 502, None);
+            }
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let body = read_limited(resp, 1024 * 1024).await.unwrap_or_default();
+            let message = upstream_message(&body).unwrap_or_else(|| {
+                format!(
+                    "provider {} answered {}",
+                    self.provider.name,
+                    status.as_u16()
+                )
+            });
+            let err = ApiError::new(Code::Upstream(status.as_u16()), message);
+            return self.fail(head_tx, err, status.as_u16(), Some("upstream_error"));
+        }
+        if self.req.stream {
+            self.stream(resp, head_tx).await
+        } else {
+            self.whole(resp, head_tx).await
+        }
+    }
+
+    /// The upstream failed before answering: record it, then tell the client.
+    fn fail(
+        &mut self,
+        head_tx: oneshot::Sender<Head>,
+        mut err: ApiError,
+        http_status: u16,
+        code: Option<&str>,
+    ) {
+        let status = if head_tx.is_closed() {
+            Status::Cancelled
+        } else {
+            Status::Error
+        };
+        let available = self.finish(Outcome {
+            status,
+            http_status,
+            error_code: Some(code.unwrap_or(err.code.as_str()).to_string()),
+            tokens: Tokens::None,
+            model_served: None,
+            ttft_ms: None,
+        });
+        // Failed exchanges are proxied responses too: they carry the (unchanged) balance.
+        err.headers.extend(self.account_headers(available));
+        let _ = head_tx.send(Err(err));
+    }
+
+    async fn whole(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+        let status = resp.status();
+        let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+        // The upstream timeout covers the whole exchange, body included, so a body that stalls
+        // after its headers still ends (and releases its hold).
+        let limit = self.timeouts.upstream;
+        let left = limit.saturating_sub(self.ticket.started().elapsed());
+        let body = match tokio::time::timeout(left, resp.bytes()).await {
+            Ok(Ok(b)) => b,
+            Err(_) => {
+                let err = ApiError::new(
+                    Code::UpstreamTimeout,
+                    format!(
+                        "provider {} did not finish its response within {}s",
+                        self.provider.name,
+                        limit.as_secs()
+                    ),
+                );
+                return self.fail(head_tx, err, 504, None);
+            }
+            Ok(Err(e)) => {
+                let err = ApiError::new(
+                    Code::ProviderError,
+                    format!(
+                        "provider {} broke off its response: {}",
+                        self.provider.name,
+                        error_chain(&e)
+                    ),
+                );
+                return self.fail(head_tx, err, 502, None);
+            }
+        };
+        let (reported, model_served) = usage::from_response_bytes(self.api, &body);
+        let tokens = match reported {
+            Some(u) => Tokens::Reported(u),
+            None => {
+                // Rare: only now is the whole body parsed, to count its text.
+                let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Tokens::Estimate {
+                    output: tokenizer::count_text(&usage::response_text(self.api, &json)),
+                    input: None,
+                }
+            }
+        };
+        // A closed receiver means the client hung up while the upstream worked.
+        let gone = head_tx.is_closed();
+        let available = self.finish(Outcome {
+            status: if gone {
+                Status::Cancelled
+            } else {
+                Status::Success
+            },
+            http_status: status.as_u16(),
+            error_code: gone.then(|| "client_disconnected".to_string()),
+            tokens,
+            model_served,
+            ttft_ms: None,
+        });
+        // Non-streamed responses are settled before they leave: the header is the balance after
+        // this request's charge.
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        add_headers(&mut response, &self.account_headers(available));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
+        );
+        let _ = head_tx.send(Ok(response));
+    }
+
+    async fn stream(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+        let Timeouts { idle, drain, .. } = self.timeouts;
+        let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
+        let mut response = Response::new(Body::from_stream(tokio_stream_from(body_rx)));
+        *response.status_mut() = StatusCode::OK;
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        // A stream's headers leave before its cost is known: the value is what the account has
+        // available with this request's maximum cost held.
+        add_headers(
+            &mut response,
+            &self.account_headers(self.ticket.available_after_hold()),
+        );
+        let mut client_alive = head_tx.send(Ok(response)).is_ok();
+        let mut drain_deadline = (!client_alive).then(|| Instant::now() + drain);
+
+        let mut upstream = resp.bytes_stream();
+        let mut splitter = SseSplitter::default();
+        let mut meter = StreamMeter::new(self.api, self.req.client_wants_usage);
+        let mut ttft_ms = None;
+        let mut terminal: Option<Bytes> = None;
+        // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke.
+        let ended: Result<bool, &'static str> = loop {
+            let wait = match drain_deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(idle),
+                None => idle,
+            };
+            let next = match tokio::time::timeout(wait, upstream.next()).await {
+                Err(_) => break Err("upstream_timeout"),
+                Ok(None) => break Ok(meter.reported().is_some()),
+                Ok(Some(Err(_))) => break Err("upstream_stream_broken"),
+                Ok(Some(Ok(chunk))) => chunk,
+            };
+            if ttft_ms.is_none() {
+                ttft_ms = i64::try_from(self.ticket.started().elapsed().as_millis()).ok();
+            }
+            let mut out: Vec<Bytes> = Vec::new();
+            for ev in splitter.push(&next) {
+                let (event, data) = ev.fields();
+                let action = meter.on_event(&event, &data);
+                match action {
+                    EventAction::Forward => out.push(ev.raw),
+                    EventAction::Drop => {}
+                    EventAction::Terminal => terminal = Some(ev.raw),
+                }
+            }
+            // One event per chunk (the usual case) goes out without a copy.
+            let out = match out.len() {
+                0 => None,
+                1 => out.pop(),
+                _ => Some(Bytes::from(out.concat())),
+            };
+            if let (true, Some(out)) = (client_alive, out) {
+                if body_tx.send(Ok(out)).await.is_err() {
+                    client_alive = false;
+                    drain_deadline = Some(Instant::now() + drain);
+                }
+            }
+            if terminal.is_some() {
+                break Ok(true);
+            }
+        };
+        let rest = splitter.take_rest();
+        let model_served = meter.model().map(str::to_string);
+        let tokens = match meter.reported() {
+            Some(u) => Tokens::Reported(u),
+            None => Tokens::Estimate {
+                output: meter.estimate_output(),
+                input: meter.reported_input(),
+            },
+        };
+        let (status, error_code) = match (&ended, client_alive) {
+            (_, false) => (Status::Cancelled, Some("client_disconnected".to_string())),
+            (Ok(true), true) if !meter.saw_error_event => (Status::Success, None),
+            (Ok(true), true) => (Status::Error, Some("upstream_error_event".to_string())),
+            (Ok(false), true) => (Status::Error, Some("upstream_ended_early".to_string())),
+            (Err(code), true) => (Status::Error, Some((*code).to_string())),
+        };
+        self.finish(Outcome {
+            status,
+            http_status: 200,
+            error_code,
+            tokens,
+            model_served,
+            ttft_ms,
+        });
+        // Only now, with the record durable, does the client get the end of its stream.
+        if client_alive {
+            match (terminal, ended) {
+                (Some(t), _) => {
+                    let _ = body_tx.send(Ok(t)).await;
+                }
+                (None, Ok(_)) => {
+                    if !rest.is_empty() {
+                        let _ = body_tx.send(Ok(rest)).await;
+                    }
+                }
+                // Break the client's stream too, rather than end it as if complete.
+                (None, Err(code)) => {
+                    let _ = body_tx.send(Err(std::io::Error::other(code))).await;
+                }
+            }
+        }
+        drop(body_tx);
+        // Read what follows the terminal event so the connection can go back to the pool.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Some(Ok(_)) = upstream.next().await {}
+        })
+        .await;
+    }
+
+    /// Metering happens in the engine, once (`Ticket::settle`).
+    fn finish(&mut self, o: Outcome) -> i64 {
+        self.ticket.settle(o)
+    }
+
+    /// Headers every proxied response carries: the credit left and the key's rate limits.
+    fn account_headers(&self, available_nanos: i64) -> Vec<(&'static str, String)> {
+        let credits = (i128::from(available_nanos) * i128::from(self.per_usd))
+            .div_euclid(i128::from(NANOS_PER_USD));
+        let mut h = vec![("x-credits-remaining", credits.to_string())];
+        h.extend(self.rate_headers.iter().cloned());
+        h
+    }
+}
+
+fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(*name, v);
+        }
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The message of an OpenAI- or Anthropic-shaped error body.
+fn upstream_message(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    e.get("message")
+        .and_then(Value::as_str)
+        .or_else(|| e.as_str())
+        .map(str::to_string)
+}
+
+async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
+    let mut stream = resp.bytes_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        if buf.len() + chunk.len() > limit {
+            break;
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Some(buf.freeze())
+}
+
+/// A reqwest error with its causes ("connection refused" sits in the source chain).
+fn error_chain(e: &reqwest::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    msg
+}
+
+fn tokio_stream_from(
+    mut rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,148 @@
+//! The proxy endpoints: `/v1/chat/completions`, `/v1/embeddings`, `/v1/messages` (OpenAI and
+//! Anthropic wire formats) and `/v1/models`. A request goes through named phases:
+//! authenticate (extractor) → read and check the body → route → price → admit (engine) →
+//! exchange (forward, pass the answer back, `Ticket::settle` exactly once at the end).
+
+pub mod exchange;
+pub mod sse;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::json;
+use tollgate_core::record::Endpoint;
+use tollgate_core::request::ProxyRequest;
+use tollgate_core::Code;
+use tollgate_engine::admission::Arrival;
+
+use crate::error::{ApiError, ErrorStyle};
+use crate::extract::Authed;
+use crate::state::{RequestCtx, SharedState};
+
+pub async fn chat_completions(
+    s: State<SharedState>,
+    ctx: Extension<RequestCtx>,
+    caller: Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(s, ctx, caller, headers, body, Endpoint::ChatCompletions).await
+}
+
+pub async fn embeddings(
+    s: State<SharedState>,
+    ctx: Extension<RequestCtx>,
+    caller: Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(s, ctx, caller, headers, body, Endpoint::Embeddings).await
+}
+
+pub async fn messages(
+    s: State<SharedState>,
+    ctx: Extension<RequestCtx>,
+    caller: Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(s, ctx, caller, headers, body, Endpoint::Messages).await
+}
+
+/// The one proxy handler; the three routes differ only in their endpoint.
+async fn proxy(
+    State(s): State<SharedState>,
+    Extension(ctx): Extension<RequestCtx>,
+    Authed(caller): Authed,
+    headers: HeaderMap,
+    body: Body,
+    api: Endpoint,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(body, &headers, s.engine.config.server.max_body_bytes).await?;
+    let req = ProxyRequest::parse(api, bytes)?;
+    let provider = s.engine.router.resolve(&req.model, api)?.clone();
+    let price = s.engine.prices.lookup(&req.model)?.clone();
+    let arrival = Arrival {
+        request_id: ctx.request_id.clone(),
+        started: ctx.started,
+        started_ms: ctx.started_ms,
+    };
+    let admitted = s
+        .engine
+        .admit(arrival, &caller, api, &provider, &price, &req)
+        .await?;
+    exchange::Exchange::new(s.clone(), api, provider, &headers, req, admitted)
+        .run()
+        .await
+}
+
+/// Reads the body up to `limit` bytes. A declared length over the limit is refused before any
+/// byte is read; a chunked body is cut off as soon as it passes the limit.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            Code::RequestTooLarge,
+            format!("request body is larger than the {limit} byte limit"),
+        )
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::invalid("body", format!("could not read the request body: {e}"))
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// `GET /v1/models`: every priced model some provider routes, in the caller's format.
+pub async fn list_models(
+    State(s): State<SharedState>,
+    Extension(ctx): Extension<RequestCtx>,
+    _caller: Authed,
+) -> Result<Response, ApiError> {
+    let mut models: Vec<_> = s
+        .engine
+        .prices
+        .iter()
+        .filter(|e| s.engine.router.route(&e.model).is_some())
+        .collect();
+    models.sort_by(|a, b| a.model.cmp(&b.model));
+    let body = match ctx.style {
+        ErrorStyle::OpenAi => json!({
+            "object": "list",
+            "data": models.iter().map(|m| json!({
+                "id": m.model, "object": "model", "created": 0, "owned_by": m.owned_by,
+            })).collect::<Vec<_>>(),
+        }),
+        ErrorStyle::Anthropic => json!({
+            "data": models.iter().map(|m| json!({
+                "type": "model", "id": m.model, "display_name": m.display_name,
+                "created_at": "1970-01-01T00:00:00Z",
+            })).collect::<Vec<_>>(),
+            "has_more": false,
+            "first_id": models.first().map(|m| m.model.clone()),
+            "last_id": models.last().map(|m| m.model.clone()),
+        }),
+    };
+    Ok(Json(body).into_response())
+}

@@ -1,0 +1,38 @@
+//! What every handler shares: the engine's services, and the HTTP client for upstreams.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tollgate_engine::Engine;
+
+use crate::error::ErrorStyle;
+
+pub struct AppState {
+    pub engine: Engine,
+    pub http: reqwest::Client,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Facts about the current request, set by `router::request_context` before any handler runs.
+#[derive(Clone, Debug)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub style: ErrorStyle,
+    pub started: Instant,
+    pub started_ms: i64,
+    /// Set when the answer was read while the store was behind (it may miss recent requests);
+    /// the response then says so in `x-tollgate-stale`.
+    pub stale: Arc<AtomicBool>,
+}
+
+impl RequestCtx {
+    pub fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+}

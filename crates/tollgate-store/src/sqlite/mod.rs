@@ -1,0 +1,737 @@
+//! The embedded store: SQLite in WAL mode, one writer connection and one reader connection,
+//! driven from blocking threads so the async runtime never waits on disk. Schema steps are the
+//! numbered files in `migrations/`; rollup increments come from `tollgate_core::rollup::deltas`.
+
+mod usage;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::types::Type;
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, Role, StoredProviderKey};
+use tollgate_core::credit::{CreditEntry, CreditKind, CreditTotals};
+use tollgate_core::metering::Provenance;
+use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use tollgate_core::rollup::{
+    self, Dims, Grain, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
+};
+use tollgate_core::store::{
+    AccountStore, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
+};
+use tollgate_core::StoreError;
+
+/// A failure inside a blocking SQLite call: a driver error (classified into a `StoreError` kind
+/// at the boundary) or one the code raised itself.
+pub(crate) enum Fail {
+    Sql(rusqlite::Error),
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl From<StoreError> for Fail {
+    fn from(e: StoreError) -> Self {
+        Fail::Store(e)
+    }
+}
+
+impl From<Fail> for StoreError {
+    fn from(f: Fail) -> Self {
+        match f {
+            Fail::Store(e) => e,
+            Fail::Sql(e) => classify(e),
+        }
+    }
+}
+
+/// What kind of failure a driver error is: busy/locked/I/O pass (retry), a broken constraint
+/// never will, and values that do not read back as their type mean the file is corrupt.
+fn classify(e: rusqlite::Error) -> StoreError {
+    use rusqlite::Error as E;
+    let msg = e.to_string();
+    match &e {
+        E::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => {
+                StoreError::invalid(msg)
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::corrupt(msg),
+            _ => StoreError::unavailable(msg),
+        },
+        E::FromSqlConversionFailure(..)
+        | E::InvalidColumnType(..)
+        | E::IntegralValueOutOfRange(..) => StoreError::corrupt(msg),
+        E::ToSqlConversionFailure(_) => StoreError::invalid(msg),
+        _ => StoreError::unavailable(msg),
+    }
+}
+
+/// A stored value that is not one of its type's values.
+fn bad_value(col: usize, what: &str, v: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        col,
+        Type::Text,
+        format!("{what} {v:?} is not a known value").into(),
+    )
+}
+
+/// Versioned schema steps; each runs once, in order.
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_credits_limits_byok.sql"),
+    include_str!("migrations/0003_day_rollup.sql"),
+    include_str!("migrations/0004_integer_guards.sql"),
+];
+
+pub struct SqliteStore {
+    writer: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+fn open(path: &Path) -> Result<Connection, Fail> {
+    let conn = Connection::open(path)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA cache_size = -16384;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let writer = open(path)?;
+        migrate(&writer)?;
+        let reader = open(path)?;
+        Ok(Self {
+            writer: Arc::new(Mutex::new(writer)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    pub(crate) async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, Fail> + Send + 'static,
+    {
+        let conn = self.writer.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()).map_err(StoreError::from))
+            .await
+            .map_err(|e| StoreError::unavailable(e.to_string()))?
+    }
+
+    pub(crate) async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
+    {
+        let conn = self.reader.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock()).map_err(StoreError::from))
+            .await
+            .map_err(|e| StoreError::unavailable(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), Fail> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
+    let current: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )?;
+    for (i, step) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version > current {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(step)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES (?1)",
+                [version],
+            )?;
+            tx.commit()?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) const RECORD_COLUMNS: &str =
+    "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
+    model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
+    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
+    price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
+    streamed, provenance, charged_nanos";
+
+pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    let endpoint: String = r.get(5)?;
+    let source: String = r.get(10)?;
+    let status: String = r.get(21)?;
+    let provenance: String = r.get(27)?;
+    Ok(UsageRecord {
+        request_id: r.get(0)?,
+        created_at_ms: r.get(1)?,
+        finished_at_ms: r.get(2)?,
+        account_id: r.get(3)?,
+        key_id: r.get(4)?,
+        endpoint: Endpoint::parse(&endpoint).ok_or_else(|| bad_value(5, "endpoint", &endpoint))?,
+        model_requested: r.get(6)?,
+        model_served: r.get(7)?,
+        provider: r.get(8)?,
+        owned_by: r.get(9)?,
+        source: Source::parse(&source).ok_or_else(|| bad_value(10, "source", &source))?,
+        input_tokens: r.get(11)?,
+        output_tokens: r.get(12)?,
+        cached_tokens: r.get(13)?,
+        cache_write_tokens: r.get(14)?,
+        reasoning_tokens: r.get(15)?,
+        cost_nanos: r.get(16)?,
+        price_input: r.get(17)?,
+        price_output: r.get(18)?,
+        price_cached_input: r.get(19)?,
+        price_cache_write: r.get(20)?,
+        status: Status::parse(&status).ok_or_else(|| bad_value(21, "status", &status))?,
+        http_status: r.get(22)?,
+        error_code: r.get(23)?,
+        latency_ms: r.get(24)?,
+        ttft_ms: r.get(25)?,
+        streamed: r.get(26)?,
+        provenance: Provenance::parse(&provenance)
+            .ok_or_else(|| bad_value(27, "provenance", &provenance))?,
+        charged_nanos: r.get(28)?,
+    })
+}
+
+fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at_ms: r.get(2)?,
+        disabled: r.get(3)?,
+    })
+}
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let role: String = r.get(6)?;
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        name: r.get(2)?,
+        key_hash: r.get(3)?,
+        last4: r.get(4)?,
+        prefix: r.get(5)?,
+        role: match role.as_str() {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            other => return Err(bad_value(6, "role", other)),
+        },
+        created_at_ms: r.get(7)?,
+        revoked_at_ms: r.get(8)?,
+        // Unreadable limits are an error, never "unlimited".
+        limits: serde_json::from_str(&r.get::<_, String>(9)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, Type::Text, Box::new(e)))?,
+    })
+}
+
+const KEY_COLUMNS: &str =
+    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
+
+fn rollup_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
+         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
+         charged_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
+         requests = requests + excluded.requests, success = success + excluded.success, \
+         input_tokens = input_tokens + excluded.input_tokens, \
+         output_tokens = output_tokens + excluded.output_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
+         cost_nanos = cost_nanos + excluded.cost_nanos, \
+         charged_nanos = charged_nanos + excluded.charged_nanos"
+    )
+}
+
+fn rollup_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "usage_rollup_minute",
+        Grain::Hour => "usage_rollup_hour",
+        Grain::Day => "usage_rollup_day",
+    }
+}
+
+fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, Fail> {
+    let tx = conn.transaction()?;
+    let mut new = Vec::with_capacity(batch.len());
+    {
+        let mut ins = tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+        ))?;
+        for r in batch {
+            let n = ins.execute(params![
+                r.request_id,
+                r.created_at_ms,
+                r.finished_at_ms,
+                r.account_id,
+                r.key_id,
+                r.endpoint.as_str(),
+                r.model_requested,
+                r.model_served,
+                r.provider,
+                r.owned_by,
+                r.source.as_str(),
+                r.input_tokens,
+                r.output_tokens,
+                r.cached_tokens,
+                r.cache_write_tokens,
+                r.reasoning_tokens,
+                r.cost_nanos,
+                r.price_input,
+                r.price_output,
+                r.price_cached_input,
+                r.price_cache_write,
+                r.status.as_str(),
+                r.http_status,
+                r.error_code,
+                r.latency_ms,
+                r.ttft_ms,
+                r.streamed,
+                r.provenance.as_str(),
+                r.charged_nanos,
+            ])?;
+            // Rollups grow only with records that are new, so a replayed journal entry is not
+            // counted twice.
+            if n > 0 {
+                new.push(r);
+            }
+        }
+        let deltas = rollup::deltas(new.iter().copied());
+        for (grain, rows) in deltas.grains() {
+            let mut up = tx.prepare_cached(&rollup_sql(rollup_table(grain)))?;
+            for (k, s) in rows {
+                up.execute(params![
+                    k.bucket_ms,
+                    k.account_id,
+                    k.key_id,
+                    k.model,
+                    k.provider,
+                    k.source.as_str(),
+                    k.endpoint.as_str(),
+                    s.requests,
+                    s.success,
+                    s.input_tokens,
+                    s.output_tokens,
+                    s.cached_tokens,
+                    s.reasoning_tokens,
+                    s.cost_nanos,
+                    s.charged_nanos,
+                ])?;
+            }
+        }
+    }
+    let inserted = new.len();
+    tx.commit()?;
+    Ok(inserted)
+}
+
+#[async_trait]
+impl RecordStore for SqliteStore {
+    // records_page and rollup_rows: usage.rs, next to their SQL.
+    async fn insert_usage(&self, batch: Vec<UsageRecord>) -> Result<usize, StoreError> {
+        self.with_writer(move |c| insert_batch(c, &batch)).await
+    }
+
+    async fn get_usage(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
+        let id = request_id.to_string();
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {RECORD_COLUMNS} FROM usage_records WHERE request_id = ?1"),
+                [id],
+                record_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_usage(&self, q: RecordQuery) -> Result<Vec<UsageRecord>, StoreError> {
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {RECORD_COLUMNS} FROM usage_records \
+                 WHERE (?1 IS NULL OR account_id = ?1) AND (?2 IS NULL OR key_id = ?2) \
+                 ORDER BY created_at_ms DESC, request_id DESC LIMIT ?3"
+            ))?;
+            let rows = stmt.query_map(
+                params![q.account_id, q.key_id, q.limit as i64],
+                record_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn count_usage(&self) -> Result<i64, StoreError> {
+        self.with_reader(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM usage_records", [], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let key_id = key_id.to_string();
+        // The rollup's primary key leads with account_id; this scan is per key, once per key and
+        // period per process.
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(cost_nanos), 0) FROM usage_rollup_hour WHERE key_id = ?1 AND bucket_ms >= ?2",
+                params![key_id, since_ms],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn records_page(
+        &self,
+        filter: RecordFilter,
+        after: Option<RecordCursor>,
+        descending: bool,
+        limit: usize,
+    ) -> Result<Vec<UsageRecord>, StoreError> {
+        usage::records_page(self, filter, after, descending, limit).await
+    }
+
+    async fn rollup_rows(
+        &self,
+        filter: RollupFilter,
+        dims: Dims,
+        segments: Vec<Segment>,
+    ) -> Result<Vec<RollupRow>, StoreError> {
+        usage::rollup_rows(self, filter, dims, segments).await
+    }
+}
+
+#[async_trait]
+impl AccountStore for SqliteStore {
+    async fn create_account(&self, a: Account) -> Result<(), StoreError> {
+        self.with_writer(move |c| {
+            c.execute(
+                "INSERT INTO accounts (id, name, created_at_ms, disabled) VALUES (?1, ?2, ?3, ?4)",
+                params![a.id, a.name, a.created_at_ms, a.disabled],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        let id = id.to_string();
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                "SELECT id, name, created_at_ms, disabled FROM accounts WHERE id = ?1",
+                [id],
+                account_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<Account>, StoreError> {
+        self.with_reader(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, created_at_ms, disabled FROM accounts ORDER BY created_at_ms, id",
+            )?;
+            let rows = stmt.query_map([], account_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn set_account_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "UPDATE accounts SET disabled = ?2 WHERE id = ?1",
+                params![id, disabled],
+            )? > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteStore {
+    async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError> {
+        self.with_writer(move |c| {
+            c.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    k.id,
+                    k.account_id,
+                    k.name,
+                    k.key_hash,
+                    k.last4,
+                    k.prefix,
+                    k.role.as_str(),
+                    k.created_at_ms,
+                    k.revoked_at_ms,
+                    serde_json::to_string(&k.limits).map_err(|e| StoreError::invalid(e.to_string()))?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let hash = hash.to_string();
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"),
+                [hash],
+                key_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let id = id.to_string();
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
+                [id],
+                key_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn list_keys(&self, account_id: Option<String>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys WHERE (?1 IS NULL OR account_id = ?1) \
+                 ORDER BY created_at_ms, id"
+            ))?;
+            let rows = stmt.query_map([account_id], key_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.with_writer(move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) WHERE id = ?1",
+                params![id, at_ms],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn count_admin_keys(&self) -> Result<i64, StoreError> {
+        self.with_reader(|c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND revoked_at_ms IS NULL",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let json =
+            serde_json::to_string(&limits).map_err(|e| StoreError::invalid(e.to_string()))?;
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "UPDATE api_keys SET limits = ?2 WHERE id = ?1",
+                params![id, json],
+            )? > 0)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl CreditStore for SqliteStore {
+    async fn add_credit(&self, e: CreditEntry) -> Result<(CreditEntry, bool), StoreError> {
+        self.with_writer(move |c| {
+            let tx = c.transaction()?;
+            let n = tx.execute(
+                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (account_id, idempotency_key) DO NOTHING",
+                params![e.id, e.account_id, e.kind.as_str(), e.amount_nanos, e.idempotency_key, e.note, e.created_at_ms],
+            )?;
+            if n == 1 {
+                tx.commit()?;
+                return Ok((e, true));
+            }
+            let existing = tx.query_row(
+                &format!("SELECT {CREDIT_COLUMNS} FROM credit_entries WHERE account_id = ?1 AND idempotency_key = ?2"),
+                params![e.account_id, e.idempotency_key],
+                credit_from_row,
+            )?;
+            if existing.kind != e.kind || existing.amount_nanos != e.amount_nanos {
+                return Err(Fail::Store(StoreError::conflict(format!(
+                    "idempotency key {:?} was already used for a different {} of {} nano-USD",
+                    e.idempotency_key.unwrap_or_default(),
+                    existing.kind.as_str(),
+                    existing.amount_nanos
+                ))));
+            }
+            Ok((existing, false))
+        })
+        .await
+    }
+
+    async fn list_credits(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<CreditEntry>, StoreError> {
+        let account_id = account_id.to_string();
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {CREDIT_COLUMNS} FROM credit_entries WHERE account_id = ?1 ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![account_id, limit as i64], credit_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn credit_totals(
+        &self,
+        account_id: &str,
+        audit: bool,
+    ) -> Result<CreditTotals, StoreError> {
+        let account_id = account_id.to_string();
+        self.with_reader(move |c| {
+            let (grants, refunds): (i64, i64) = c.query_row(
+                "SELECT COALESCE(SUM(CASE WHEN kind = 'grant' THEN amount_nanos END), 0), \
+                        COALESCE(SUM(CASE WHEN kind = 'refund' THEN amount_nanos END), 0) \
+                 FROM credit_entries WHERE account_id = ?1",
+                [&account_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let charges: i64 = c.query_row(
+                "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_rollup_hour WHERE account_id = ?1",
+                [&account_id],
+                |r| r.get(0),
+            )?;
+            let records = if audit {
+                Some(c.query_row(
+                    "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_records WHERE account_id = ?1",
+                    [&account_id],
+                    |r| r.get(0),
+                )?)
+            } else {
+                None
+            };
+            Ok(CreditTotals {
+                grants_nanos: grants,
+                refunds_nanos: refunds,
+                charges_nanos: charges,
+                charges_nanos_records: records,
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ProviderKeyStore for SqliteStore {
+    async fn put_provider_key(&self, k: StoredProviderKey) -> Result<(), StoreError> {
+        self.with_writer(move |c| {
+            c.execute(
+                "INSERT INTO provider_keys (account_id, provider, nonce, ciphertext, last4, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (account_id, provider) DO UPDATE SET \
+                 nonce = excluded.nonce, ciphertext = excluded.ciphertext, last4 = excluded.last4, \
+                 created_at_ms = excluded.created_at_ms",
+                params![k.account_id, k.provider, k.nonce, k.ciphertext, k.last4, k.created_at_ms],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_provider_key(
+        &self,
+        account_id: &str,
+        provider: &str,
+    ) -> Result<bool, StoreError> {
+        let (a, p) = (account_id.to_string(), provider.to_string());
+        self.with_writer(move |c| {
+            Ok(c.execute(
+                "DELETE FROM provider_keys WHERE account_id = ?1 AND provider = ?2",
+                params![a, p],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn list_provider_keys(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<StoredProviderKey>, StoreError> {
+        let a = account_id.to_string();
+        self.with_reader(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT account_id, provider, nonce, ciphertext, last4, created_at_ms FROM provider_keys \
+                 WHERE account_id = ?1 ORDER BY provider",
+            )?;
+            let rows = stmt.query_map([a], |r| {
+                Ok(StoredProviderKey {
+                    account_id: r.get(0)?,
+                    provider: r.get(1)?,
+                    nonce: r.get(2)?,
+                    ciphertext: r.get(3)?,
+                    last4: r.get(4)?,
+                    created_at_ms: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+const CREDIT_COLUMNS: &str =
+    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
+
+fn credit_from_row(r: &Row<'_>) -> rusqlite::Result<CreditEntry> {
+    let kind: String = r.get(2)?;
+    Ok(CreditEntry {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        kind: match kind.as_str() {
+            "grant" => CreditKind::Grant,
+            "refund" => CreditKind::Refund,
+            other => return Err(bad_value(2, "credit kind", other)),
+        },
+        amount_nanos: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        note: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
+}

@@ -1,0 +1,235 @@
+//! Accounts, keys, credits, records and provider keys: each aggregate's round trip and rules.
+
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, Period, Role, StoredProviderKey};
+use tollgate_core::credit::{CreditEntry, CreditKind};
+use tollgate_core::store::{RecordQuery, Store};
+use tollgate_core::StoreErrorKind;
+
+use super::rollups::record;
+
+fn account(id: &str) -> Account {
+    Account {
+        id: id.into(),
+        name: format!("name of {id}"),
+        created_at_ms: 1_000,
+        disabled: false,
+    }
+}
+
+fn key(id: &str, account_id: &str, role: Role) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: id.into(),
+        account_id: account_id.into(),
+        name: "k".into(),
+        key_hash: format!("hash-of-{id}"),
+        last4: "abcd".into(),
+        prefix: "tg-".into(),
+        role,
+        created_at_ms: 2_000,
+        revoked_at_ms: None,
+        limits: KeyLimits::default(),
+    }
+}
+
+fn credit(id: &str, account_id: &str, amount: i64, idem: Option<&str>) -> CreditEntry {
+    CreditEntry {
+        id: id.into(),
+        account_id: account_id.into(),
+        kind: CreditKind::Grant,
+        amount_nanos: amount,
+        idempotency_key: idem.map(str::to_string),
+        note: None,
+        created_at_ms: 3_000,
+    }
+}
+
+pub async fn accounts_round_trip(store: Arc<dyn Store>) {
+    store.create_account(account("acct_b")).await.unwrap();
+    store.create_account(account("acct_a")).await.unwrap();
+    assert_eq!(
+        store.get_account("acct_a").await.unwrap(),
+        Some(account("acct_a"))
+    );
+    assert_eq!(store.get_account("acct_x").await.unwrap(), None);
+    assert_eq!(store.list_accounts().await.unwrap().len(), 2);
+    assert!(store.set_account_disabled("acct_a", true).await.unwrap());
+    assert!(!store.set_account_disabled("acct_x", true).await.unwrap());
+    assert!(store.get_account("acct_a").await.unwrap().unwrap().disabled);
+    // Ids are unique.
+    assert!(store.create_account(account("acct_a")).await.is_err());
+}
+
+pub async fn keys_round_trip(store: Arc<dyn Store>) {
+    store.create_account(account("acct_a")).await.unwrap();
+    store
+        .create_key(key("key_1", "acct_a", Role::Admin))
+        .await
+        .unwrap();
+    store
+        .create_key(key("key_2", "acct_a", Role::User))
+        .await
+        .unwrap();
+    let found = store.find_key_by_hash("hash-of-key_2").await.unwrap();
+    assert_eq!(found, Some(key("key_2", "acct_a", Role::User)));
+    assert_eq!(store.find_key_by_hash("nope").await.unwrap(), None);
+    assert_eq!(store.count_admin_keys().await.unwrap(), 1);
+    assert_eq!(
+        store.list_keys(Some("acct_a".into())).await.unwrap().len(),
+        2
+    );
+    let limits = KeyLimits {
+        spend_limit_nanos: Some(5),
+        spend_period: Some(Period::Monthly),
+        rpm_limit: Some(7),
+        tpm_limit: None,
+        expires_at_ms: Some(99),
+        allowed_models: Some(vec!["m".into()]),
+    };
+    assert!(store
+        .update_key_limits("key_2", limits.clone())
+        .await
+        .unwrap());
+    assert_eq!(
+        store.get_key("key_2").await.unwrap().unwrap().limits,
+        limits
+    );
+    assert!(store.revoke_key("key_1", 50).await.unwrap());
+    // A second revoke keeps the first time.
+    assert!(store.revoke_key("key_1", 60).await.unwrap());
+    assert_eq!(
+        store.get_key("key_1").await.unwrap().unwrap().revoked_at_ms,
+        Some(50)
+    );
+    assert_eq!(store.count_admin_keys().await.unwrap(), 0);
+    assert!(!store.revoke_key("key_x", 1).await.unwrap());
+    // Key hashes are unique.
+    let mut dup = key("key_3", "acct_a", Role::User);
+    dup.key_hash = "hash-of-key_2".into();
+    assert!(store.create_key(dup).await.is_err());
+}
+
+pub async fn credits_are_idempotent_and_conflicts_are_refused(store: Arc<dyn Store>) {
+    store.create_account(account("acct_a")).await.unwrap();
+    let (_, new) = store
+        .add_credit(credit("c1", "acct_a", 100, Some("idem")))
+        .await
+        .unwrap();
+    assert!(new);
+    let (e, new) = store
+        .add_credit(credit("c2", "acct_a", 100, Some("idem")))
+        .await
+        .unwrap();
+    assert!(!new);
+    assert_eq!(e.id, "c1");
+    let err = store
+        .add_credit(credit("c3", "acct_a", 200, Some("idem")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Conflict);
+    store
+        .add_credit(credit("c4", "acct_a", 50, None))
+        .await
+        .unwrap();
+    let t = store.credit_totals("acct_a", true).await.unwrap();
+    assert_eq!(t.grants_nanos, 150);
+    assert_eq!(t.charges_nanos, 0);
+    assert_eq!(t.charges_nanos_records, Some(0));
+    assert_eq!(store.list_credits("acct_a", 10).await.unwrap().len(), 2);
+}
+
+pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(1);
+    let recs: Vec<_> = (0..50)
+        .map(|i| record(i, 1_700_000_000_000 + i as i64 * 1000, "acct_a", &mut rng))
+        .collect();
+    assert_eq!(store.insert_usage(recs.clone()).await.unwrap(), 50);
+    // A replay (the journal after a crash) adds nothing, records or rollups.
+    assert_eq!(store.insert_usage(recs.clone()).await.unwrap(), 0);
+    assert_eq!(store.insert_usage(recs[..10].to_vec()).await.unwrap(), 0);
+    assert_eq!(store.count_usage().await.unwrap(), 50);
+    assert_eq!(
+        store.get_usage(&recs[3].request_id).await.unwrap(),
+        Some(recs[3].clone())
+    );
+    let t = store.credit_totals("acct_a", true).await.unwrap();
+    let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum();
+    assert_eq!(t.charges_nanos, charged);
+    assert_eq!(t.charges_nanos_records, Some(charged));
+    let newest = store
+        .list_usage(RecordQuery {
+            account_id: Some("acct_a".into()),
+            key_id: None,
+            limit: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 5);
+    assert_eq!(newest[0].request_id, recs[49].request_id);
+}
+
+pub async fn provider_keys_round_trip(store: Arc<dyn Store>) {
+    store.create_account(account("acct_a")).await.unwrap();
+    let k = |p: &str, last4: &str| StoredProviderKey {
+        account_id: "acct_a".into(),
+        provider: p.into(),
+        nonce: vec![1, 2, 3],
+        ciphertext: vec![4, 5, 6],
+        last4: last4.into(),
+        created_at_ms: 7,
+    };
+    store.put_provider_key(k("openai", "1111")).await.unwrap();
+    store.put_provider_key(k("openai", "2222")).await.unwrap();
+    store
+        .put_provider_key(k("anthropic", "3333"))
+        .await
+        .unwrap();
+    let keys = store.list_provider_keys("acct_a").await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys[1].last4, "2222");
+    assert!(store.delete_provider_key("acct_a", "openai").await.unwrap());
+    assert!(!store.delete_provider_key("acct_a", "openai").await.unwrap());
+}
+
+pub async fn key_spend_reads_the_rollups(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(2);
+    let hour = 3_600_000;
+    let recs: Vec<_> = (0..40)
+        .map(|i| {
+            record(
+                i,
+                1_700_000_000_000 / hour * hour + i as i64 * 600_000,
+                "acct_a",
+                &mut rng,
+            )
+        })
+        .collect();
+    store.insert_usage(recs.clone()).await.unwrap();
+    let since = recs[12].created_at_ms / hour * hour;
+    let want: i64 = recs
+        .iter()
+        .filter(|r| r.key_id == "key_1" && r.created_at_ms >= since)
+        .map(|r| r.cost_nanos)
+        .sum();
+    assert_eq!(store.key_spend_since("key_1", since).await.unwrap(), want);
+}
+
+/// A record the store cannot keep is refused as `Invalid` (never retried forever) and takes
+/// nothing of its batch with it.
+pub async fn refused_records_are_invalid_not_transient(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut bad = record(1, 1_700_000_000_000, "acct_a", &mut rng);
+    bad.input_tokens = -5;
+    let good = record(2, 1_700_000_000_000, "acct_a", &mut rng);
+    let err = store
+        .insert_usage(vec![good.clone(), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Invalid, "{err}");
+    assert!(!err.is_transient());
+    assert_eq!(store.count_usage().await.unwrap(), 0);
+    assert_eq!(store.insert_usage(vec![good]).await.unwrap(), 1);
+}

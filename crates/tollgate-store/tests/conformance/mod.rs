@@ -1,0 +1,45 @@
+//! The store conformance suite: what every backend must do, through the `Store` traits only.
+//! Each backend's test file (sqlite.rs; postgres.rs later) runs every function here against a
+//! fresh, empty store, via `conformance_suite!`.
+
+pub mod aggregates;
+pub mod rollups;
+
+/// One `#[tokio::test]` per suite function, each on a fresh store from `$open` (an expression
+/// returning `(guard, Arc<dyn Store>)`; the guard keeps the store's resources alive).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($open:expr) => {
+        $crate::conformance_suite!(@tests $open;
+            accounts_round_trip,
+            keys_round_trip,
+            credits_are_idempotent_and_conflicts_are_refused,
+            records_are_idempotent_by_request_id,
+            provider_keys_round_trip,
+            key_spend_reads_the_rollups,
+            refused_records_are_invalid_not_transient
+        );
+        $crate::conformance_suite!(@rollups $open;
+            rollup_buckets_equal_record_sums_in_every_zone,
+            record_pages_walk_every_record_once
+        );
+    };
+    (@tests $open:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $open;
+                conformance::aggregates::$name(store).await;
+            }
+        )*
+    };
+    (@rollups $open:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $open;
+                conformance::rollups::$name(store).await;
+            }
+        )*
+    };
+}
