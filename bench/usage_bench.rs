@@ -27,7 +27,7 @@ use tollgate::clock::ManualClock;
 use tollgate::{Application, Config};
 use tollgate_core::account::{KeyLimits, Role};
 use tollgate_core::calendar::DAY_MS;
-use tollgate_core::metering::Provenance;
+use tollgate_core::record::Provenance;
 use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
 use tollgate_core::rollup::{cover, Dims, RollupFilter};
 

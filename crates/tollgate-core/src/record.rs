@@ -2,8 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::metering::Provenance;
-
 /// The API a request was made to; decides the wire format of its usage. Recorded as the
 /// record's `endpoint` (ElectronHub's `endpoints` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -130,4 +128,31 @@ pub struct UsageRecord {
     pub ttft_ms: Option<i64>,
     pub streamed: bool,
     pub provenance: Provenance,
+}
+
+/// Where a record's token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provenance {
+    /// The upstream reported them.
+    Provider,
+    /// The upstream reported nothing (or was cut off); counted locally with the bundled tokenizer.
+    Estimated,
+}
+
+impl Provenance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provenance::Provider => "provider",
+            Provenance::Estimated => "estimated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "provider" => Some(Provenance::Provider),
+            "estimated" => Some(Provenance::Estimated),
+            _ => None,
+        }
+    }
 }

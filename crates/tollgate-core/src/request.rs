@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::error::{Code, DomainError};
 use crate::record::Endpoint;
-use crate::{Code, DomainError};
 
 /// A checked request: what the gateway needs from the body, and the body to forward.
 pub struct ProxyRequest {

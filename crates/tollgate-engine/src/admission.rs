@@ -5,7 +5,6 @@
 //! gets there.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use tollgate_core::account::Caller;
 use tollgate_core::error::RateStatus;
@@ -16,7 +15,7 @@ use tollgate_core::request::ProxyRequest;
 use tollgate_core::{Code, DomainError};
 
 use crate::routing::Provider;
-use crate::settle::Ticket;
+use crate::settle::{Arrival, Ticket};
 use crate::Engine;
 
 pub struct Admitted {
@@ -28,14 +27,6 @@ pub struct Admitted {
     pub rate: RateStatus,
     /// Everything the request's end needs to meter and settle it.
     pub ticket: Ticket,
-}
-
-/// When and as what the request arrived.
-#[derive(Debug, Clone)]
-pub struct Arrival {
-    pub request_id: String,
-    pub started: Instant,
-    pub started_ms: i64,
 }
 
 impl Engine {

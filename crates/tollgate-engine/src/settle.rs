@@ -5,15 +5,23 @@
 use std::time::Instant;
 
 use tollgate_core::account::Caller;
-use tollgate_core::metering::{tokenizer, Provenance, Usage};
+use tollgate_core::metering::{tokenizer, Usage};
 use tollgate_core::pricing::PriceEntry;
+use tollgate_core::record::Provenance;
 use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
 use tollgate_core::request::ProxyRequest;
 
-use crate::admission::Arrival;
 use crate::credits::Hold;
 use crate::ledger::Ledger;
 use crate::limits::Permit;
+
+/// When and as what the request arrived.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub request_id: String,
+    pub started: Instant,
+    pub started_ms: i64,
+}
 
 /// How the tokens of a finished request are known.
 #[derive(Debug, Clone, Copy)]

@@ -119,7 +119,7 @@ impl FromRequest<SharedState> for LimitedBody {
         let (parts, body) = req.into_parts();
         let limit = s.engine.config.server.max_body_bytes;
         Ok(LimitedBody(
-            crate::proxy::read_body(body, &parts.headers, limit).await?,
+            crate::body::read_body(body, &parts.headers, limit).await?,
         ))
     }
 }

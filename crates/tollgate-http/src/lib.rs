@@ -1,6 +1,7 @@
 //! tollgate-http: the HTTP boundary, on top of the engine.
 //!
 //! - `router`: every route, the request-context middleware, errors rendered once
+//! - `body`: request bodies read under `server.max_body_bytes`
 //! - `extract`: authentication as extractors (`Authed`, `Admin`, `UsageQuery`)
 //! - `error`: `ApiError`, mapped from `DomainError` once, in the caller's error shape
 //! - `proxy`: the OpenAI- and Anthropic-compatible endpoints and their exchange upstream
@@ -10,6 +11,7 @@
 //! - `server`: the listener and graceful shutdown
 
 pub mod admin;
+pub mod body;
 pub mod compat;
 pub mod error;
 pub mod extract;

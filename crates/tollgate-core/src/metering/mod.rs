@@ -24,30 +24,3 @@ impl Usage {
         self.input_tokens.saturating_add(self.output_tokens)
     }
 }
-
-/// Where a record's token counts came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provenance {
-    /// The upstream reported them.
-    Provider,
-    /// The upstream reported nothing (or was cut off); counted locally with the bundled tokenizer.
-    Estimated,
-}
-
-impl Provenance {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Provenance::Provider => "provider",
-            Provenance::Estimated => "estimated",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "provider" => Some(Provenance::Provider),
-            "estimated" => Some(Provenance::Estimated),
-            _ => None,
-        }
-    }
-}

@@ -11,14 +11,12 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::json;
 use tollgate_core::record::Endpoint;
 use tollgate_core::request::ProxyRequest;
-use tollgate_core::Code;
-use tollgate_engine::admission::Arrival;
+use tollgate_engine::settle::Arrival;
 
+use crate::body::read_body;
 use crate::error::{ApiError, ErrorStyle};
 use crate::extract::Authed;
 use crate::state::{RequestCtx, SharedState};
@@ -78,40 +76,6 @@ async fn proxy(
     exchange::Exchange::new(s.clone(), api, provider, &headers, req, admitted)
         .run()
         .await
-}
-
-/// Reads the body up to `limit` bytes. A declared length over the limit is refused before any
-/// byte is read; a chunked body is cut off as soon as it passes the limit.
-pub(crate) async fn read_body(
-    body: Body,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            Code::RequestTooLarge,
-            format!("request body is larger than the {limit} byte limit"),
-        )
-    };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut stream = body.into_data_stream();
-    let mut buf = bytes::BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::invalid("body", format!("could not read the request body: {e}"))
-        })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
 }
 
 /// `GET /v1/models`: every priced model some provider routes, in the caller's format.

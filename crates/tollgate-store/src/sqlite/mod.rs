@@ -2,272 +2,58 @@
 //! driven from blocking threads so the async runtime never waits on disk. Schema steps are the
 //! numbered files in `migrations/`; rollup increments come from `tollgate_core::rollup::deltas`.
 
+mod conn;
+mod rows;
 mod usage;
 
 use std::path::Path;
-use std::sync::Arc;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use rusqlite::types::Type;
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
-use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, Role, StoredProviderKey};
-use tollgate_core::credit::{CreditEntry, CreditKind, CreditTotals};
-use tollgate_core::metering::Provenance;
-use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use rusqlite::{params, Connection, OptionalExtension};
+use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
+use tollgate_core::credit::{CreditEntry, CreditTotals};
+use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    self, Dims, Grain, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
+    self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
 };
 use tollgate_core::store::{
     AccountStore, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
 };
 use tollgate_core::StoreError;
 
-/// A failure inside a blocking SQLite call: a driver error (classified into a `StoreError` kind
-/// at the boundary) or one the code raised itself.
-pub(crate) enum Fail {
-    Sql(rusqlite::Error),
-    Store(StoreError),
-}
+use self::conn::{Db, Fail};
+use self::rows::{
+    account_from_row, credit_from_row, key_from_row, record_from_row, rollup_sql, rollup_table,
+    CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+};
 
-impl From<rusqlite::Error> for Fail {
-    fn from(e: rusqlite::Error) -> Self {
-        Fail::Sql(e)
-    }
-}
-
-impl From<StoreError> for Fail {
-    fn from(e: StoreError) -> Self {
-        Fail::Store(e)
-    }
-}
-
-impl From<Fail> for StoreError {
-    fn from(f: Fail) -> Self {
-        match f {
-            Fail::Store(e) => e,
-            Fail::Sql(e) => classify(e),
-        }
-    }
-}
-
-/// What kind of failure a driver error is: busy/locked/I/O pass (retry), a broken constraint
-/// never will, and values that do not read back as their type mean the file is corrupt.
-fn classify(e: rusqlite::Error) -> StoreError {
-    use rusqlite::Error as E;
-    let msg = e.to_string();
-    match &e {
-        E::SqliteFailure(f, _) => match f.code {
-            ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch => {
-                StoreError::invalid(msg)
-            }
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::corrupt(msg),
-            _ => StoreError::unavailable(msg),
-        },
-        E::FromSqlConversionFailure(..)
-        | E::InvalidColumnType(..)
-        | E::IntegralValueOutOfRange(..) => StoreError::corrupt(msg),
-        E::ToSqlConversionFailure(_) => StoreError::invalid(msg),
-        _ => StoreError::unavailable(msg),
-    }
-}
-
-/// A stored value that is not one of its type's values.
-fn bad_value(col: usize, what: &str, v: &str) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        col,
-        Type::Text,
-        format!("{what} {v:?} is not a known value").into(),
-    )
-}
-
-/// Versioned schema steps; each runs once, in order.
-const MIGRATIONS: &[&str] = &[
-    include_str!("migrations/0001_initial.sql"),
-    include_str!("migrations/0002_credits_limits_byok.sql"),
-    include_str!("migrations/0003_day_rollup.sql"),
-    include_str!("migrations/0004_integer_guards.sql"),
-];
-
+/// The embedded store.
 pub struct SqliteStore {
-    writer: Arc<Mutex<Connection>>,
-    reader: Arc<Mutex<Connection>>,
-}
-
-fn open(path: &Path) -> Result<Connection, Fail> {
-    let conn = Connection::open(path)?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = NORMAL;
-         PRAGMA busy_timeout = 5000;
-         PRAGMA cache_size = -16384;
-         PRAGMA foreign_keys = ON;",
-    )?;
-    Ok(conn)
+    db: Db,
 }
 
 impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::unavailable(format!("{}: {e}", dir.display())))?;
-        }
-        let writer = open(path)?;
-        migrate(&writer)?;
-        let reader = open(path)?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
-            reader: Arc::new(Mutex::new(reader)),
+            db: Db::open(path)?,
         })
     }
 
-    pub(crate) async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, Fail> + Send + 'static,
     {
-        let conn = self.writer.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock()).map_err(StoreError::from))
-            .await
-            .map_err(|e| StoreError::unavailable(e.to_string()))?
+        self.db.with_writer(f).await
     }
 
-    pub(crate) async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
+    async fn with_reader<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, Fail> + Send + 'static,
     {
-        let conn = self.reader.clone();
-        tokio::task::spawn_blocking(move || f(&conn.lock()).map_err(StoreError::from))
-            .await
-            .map_err(|e| StoreError::unavailable(e.to_string()))?
-    }
-}
-
-fn migrate(conn: &Connection) -> Result<(), Fail> {
-    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")?;
-    let current: i64 = conn.query_row(
-        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
-        [],
-        |r| r.get(0),
-    )?;
-    for (i, step) in MIGRATIONS.iter().enumerate() {
-        let version = i as i64 + 1;
-        if version > current {
-            let tx = conn.unchecked_transaction()?;
-            tx.execute_batch(step)?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                [version],
-            )?;
-            tx.commit()?;
-        }
-    }
-    Ok(())
-}
-
-pub(crate) const RECORD_COLUMNS: &str =
-    "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
-    model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
-    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
-    price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos";
-
-pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
-    let endpoint: String = r.get(5)?;
-    let source: String = r.get(10)?;
-    let status: String = r.get(21)?;
-    let provenance: String = r.get(27)?;
-    Ok(UsageRecord {
-        request_id: r.get(0)?,
-        created_at_ms: r.get(1)?,
-        finished_at_ms: r.get(2)?,
-        account_id: r.get(3)?,
-        key_id: r.get(4)?,
-        endpoint: Endpoint::parse(&endpoint).ok_or_else(|| bad_value(5, "endpoint", &endpoint))?,
-        model_requested: r.get(6)?,
-        model_served: r.get(7)?,
-        provider: r.get(8)?,
-        owned_by: r.get(9)?,
-        source: Source::parse(&source).ok_or_else(|| bad_value(10, "source", &source))?,
-        input_tokens: r.get(11)?,
-        output_tokens: r.get(12)?,
-        cached_tokens: r.get(13)?,
-        cache_write_tokens: r.get(14)?,
-        reasoning_tokens: r.get(15)?,
-        cost_nanos: r.get(16)?,
-        price_input: r.get(17)?,
-        price_output: r.get(18)?,
-        price_cached_input: r.get(19)?,
-        price_cache_write: r.get(20)?,
-        status: Status::parse(&status).ok_or_else(|| bad_value(21, "status", &status))?,
-        http_status: r.get(22)?,
-        error_code: r.get(23)?,
-        latency_ms: r.get(24)?,
-        ttft_ms: r.get(25)?,
-        streamed: r.get(26)?,
-        provenance: Provenance::parse(&provenance)
-            .ok_or_else(|| bad_value(27, "provenance", &provenance))?,
-        charged_nanos: r.get(28)?,
-    })
-}
-
-fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
-    Ok(Account {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        created_at_ms: r.get(2)?,
-        disabled: r.get(3)?,
-    })
-}
-
-fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
-    let role: String = r.get(6)?;
-    Ok(ApiKeyRecord {
-        id: r.get(0)?,
-        account_id: r.get(1)?,
-        name: r.get(2)?,
-        key_hash: r.get(3)?,
-        last4: r.get(4)?,
-        prefix: r.get(5)?,
-        role: match role.as_str() {
-            "admin" => Role::Admin,
-            "user" => Role::User,
-            other => return Err(bad_value(6, "role", other)),
-        },
-        created_at_ms: r.get(7)?,
-        revoked_at_ms: r.get(8)?,
-        // Unreadable limits are an error, never "unlimited".
-        limits: serde_json::from_str(&r.get::<_, String>(9)?)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, Type::Text, Box::new(e)))?,
-    })
-}
-
-const KEY_COLUMNS: &str =
-    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
-
-fn rollup_sql(table: &str) -> String {
-    format!(
-        "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
-         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
-         charged_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-         ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-         requests = requests + excluded.requests, success = success + excluded.success, \
-         input_tokens = input_tokens + excluded.input_tokens, \
-         output_tokens = output_tokens + excluded.output_tokens, \
-         cached_tokens = cached_tokens + excluded.cached_tokens, \
-         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
-         cost_nanos = cost_nanos + excluded.cost_nanos, \
-         charged_nanos = charged_nanos + excluded.charged_nanos"
-    )
-}
-
-fn rollup_table(g: Grain) -> &'static str {
-    match g {
-        Grain::Minute => "usage_rollup_minute",
-        Grain::Hour => "usage_rollup_hour",
-        Grain::Day => "usage_rollup_day",
+        self.db.with_reader(f).await
     }
 }
 
@@ -411,7 +197,7 @@ impl RecordStore for SqliteStore {
         descending: bool,
         limit: usize,
     ) -> Result<Vec<UsageRecord>, StoreError> {
-        usage::records_page(self, filter, after, descending, limit).await
+        usage::records_page(&self.db, filter, after, descending, limit).await
     }
 
     async fn rollup_rows(
@@ -420,7 +206,7 @@ impl RecordStore for SqliteStore {
         dims: Dims,
         segments: Vec<Segment>,
     ) -> Result<Vec<RollupRow>, StoreError> {
-        usage::rollup_rows(self, filter, dims, segments).await
+        usage::rollup_rows(&self.db, filter, dims, segments).await
     }
 }
 
@@ -714,24 +500,4 @@ impl ProviderKeyStore for SqliteStore {
         })
         .await
     }
-}
-
-const CREDIT_COLUMNS: &str =
-    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
-
-fn credit_from_row(r: &Row<'_>) -> rusqlite::Result<CreditEntry> {
-    let kind: String = r.get(2)?;
-    Ok(CreditEntry {
-        id: r.get(0)?,
-        account_id: r.get(1)?,
-        kind: match kind.as_str() {
-            "grant" => CreditKind::Grant,
-            "refund" => CreditKind::Refund,
-            other => return Err(bad_value(2, "credit kind", other)),
-        },
-        amount_nanos: r.get(3)?,
-        idempotency_key: r.get(4)?,
-        note: r.get(5)?,
-        created_at_ms: r.get(6)?,
-    })
 }

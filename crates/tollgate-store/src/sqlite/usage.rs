@@ -15,7 +15,8 @@ use tollgate_core::rollup::{
 };
 use tollgate_core::StoreError;
 
-use super::{rollup_table as table, Fail, SqliteStore};
+use super::conn::{Db, Fail};
+use super::rows::{record_from_row, rollup_table as table, RECORD_COLUMNS};
 
 /// `AND col IN (?, ?, …)` for a non-empty list.
 fn push_in(sql: &mut String, args: &mut Vec<Value>, col: &str, values: &[String]) {
@@ -163,7 +164,7 @@ fn records_query(
     let mut args: Vec<Value> = vec![Value::Text(f.account_id.clone())];
     let mut sql = format!(
         "SELECT {} FROM usage_records WHERE account_id = ?",
-        super::RECORD_COLUMNS
+        RECORD_COLUMNS
     );
     let (mut lo, mut hi) = (f.start_ms, f.end_ms);
     if let Some(c) = after {
@@ -197,12 +198,12 @@ fn records_query(
     ));
     args.push(Value::Integer(limit as i64));
     let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), super::record_from_row)?;
+    let rows = stmt.query_map(params_from_iter(args), record_from_row)?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 pub(super) async fn rollup_rows(
-    store: &SqliteStore,
+    store: &Db,
     filter: RollupFilter,
     dims: Dims,
     segments: Vec<Segment>,
@@ -222,7 +223,7 @@ pub(super) async fn rollup_rows(
 }
 
 pub(super) async fn records_page(
-    store: &SqliteStore,
+    store: &Db,
     filter: RecordFilter,
     after: Option<RecordCursor>,
     descending: bool,

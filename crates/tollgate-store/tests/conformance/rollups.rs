@@ -7,7 +7,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use tollgate_core::calendar::{parse_rfc3339, parse_tz, Grid, Unit, MAX_MS};
-use tollgate_core::metering::Provenance;
+use tollgate_core::record::Provenance;
 use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
 use tollgate_core::rollup::{
     cover, Dims, Grain, RecordCursor, RecordFilter, RollupFilter, Segment, Sums,

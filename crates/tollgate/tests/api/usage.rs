@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tollgate::clock::ManualClock;
-use tollgate::metering::Provenance;
+use tollgate::record::Provenance;
 use tollgate::record::{Status, UsageRecord};
 use tollgate::{Application, Config};
 

@@ -1,0 +1,137 @@
+//! Rows to domain values and back: column lists, row readers (a value that is not one of its
+//! type's values is an error, never a default), and the rollup upsert.
+
+use rusqlite::types::Type;
+use rusqlite::Row;
+use tollgate_core::account::{Account, ApiKeyRecord, Role};
+use tollgate_core::credit::{CreditEntry, CreditKind};
+use tollgate_core::record::Provenance;
+use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use tollgate_core::rollup::Grain;
+
+use super::conn::bad_value;
+
+pub(crate) const RECORD_COLUMNS: &str =
+    "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
+    model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
+    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
+    price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
+    streamed, provenance, charged_nanos";
+
+pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
+    let endpoint: String = r.get(5)?;
+    let source: String = r.get(10)?;
+    let status: String = r.get(21)?;
+    let provenance: String = r.get(27)?;
+    Ok(UsageRecord {
+        request_id: r.get(0)?,
+        created_at_ms: r.get(1)?,
+        finished_at_ms: r.get(2)?,
+        account_id: r.get(3)?,
+        key_id: r.get(4)?,
+        endpoint: Endpoint::parse(&endpoint).ok_or_else(|| bad_value(5, "endpoint", &endpoint))?,
+        model_requested: r.get(6)?,
+        model_served: r.get(7)?,
+        provider: r.get(8)?,
+        owned_by: r.get(9)?,
+        source: Source::parse(&source).ok_or_else(|| bad_value(10, "source", &source))?,
+        input_tokens: r.get(11)?,
+        output_tokens: r.get(12)?,
+        cached_tokens: r.get(13)?,
+        cache_write_tokens: r.get(14)?,
+        reasoning_tokens: r.get(15)?,
+        cost_nanos: r.get(16)?,
+        price_input: r.get(17)?,
+        price_output: r.get(18)?,
+        price_cached_input: r.get(19)?,
+        price_cache_write: r.get(20)?,
+        status: Status::parse(&status).ok_or_else(|| bad_value(21, "status", &status))?,
+        http_status: r.get(22)?,
+        error_code: r.get(23)?,
+        latency_ms: r.get(24)?,
+        ttft_ms: r.get(25)?,
+        streamed: r.get(26)?,
+        provenance: Provenance::parse(&provenance)
+            .ok_or_else(|| bad_value(27, "provenance", &provenance))?,
+        charged_nanos: r.get(28)?,
+    })
+}
+
+pub(crate) fn account_from_row(r: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        created_at_ms: r.get(2)?,
+        disabled: r.get(3)?,
+    })
+}
+
+pub(crate) fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
+    let role: String = r.get(6)?;
+    Ok(ApiKeyRecord {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        name: r.get(2)?,
+        key_hash: r.get(3)?,
+        last4: r.get(4)?,
+        prefix: r.get(5)?,
+        role: match role.as_str() {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            other => return Err(bad_value(6, "role", other)),
+        },
+        created_at_ms: r.get(7)?,
+        revoked_at_ms: r.get(8)?,
+        // Unreadable limits are an error, never "unlimited".
+        limits: serde_json::from_str(&r.get::<_, String>(9)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(9, Type::Text, Box::new(e)))?,
+    })
+}
+
+pub(crate) const KEY_COLUMNS: &str =
+    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
+
+pub(crate) fn rollup_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
+         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
+         charged_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+         ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
+         requests = requests + excluded.requests, success = success + excluded.success, \
+         input_tokens = input_tokens + excluded.input_tokens, \
+         output_tokens = output_tokens + excluded.output_tokens, \
+         cached_tokens = cached_tokens + excluded.cached_tokens, \
+         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
+         cost_nanos = cost_nanos + excluded.cost_nanos, \
+         charged_nanos = charged_nanos + excluded.charged_nanos"
+    )
+}
+
+pub(crate) fn rollup_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "usage_rollup_minute",
+        Grain::Hour => "usage_rollup_hour",
+        Grain::Day => "usage_rollup_day",
+    }
+}
+
+pub(crate) const CREDIT_COLUMNS: &str =
+    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
+
+pub(crate) fn credit_from_row(r: &Row<'_>) -> rusqlite::Result<CreditEntry> {
+    let kind: String = r.get(2)?;
+    Ok(CreditEntry {
+        id: r.get(0)?,
+        account_id: r.get(1)?,
+        kind: match kind.as_str() {
+            "grant" => CreditKind::Grant,
+            "refund" => CreditKind::Refund,
+            other => return Err(bad_value(2, "credit kind", other)),
+        },
+        amount_nanos: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        note: r.get(5)?,
+        created_at_ms: r.get(6)?,
+    })
+}
