@@ -176,6 +176,7 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         ttft_ms: Some(200),
         streamed: rng.gen_bool(0.5),
         provenance: Provenance::Provider,
+        anomaly: None,
     }
 }
 

@@ -128,6 +128,39 @@ pub struct UsageRecord {
     pub ttft_ms: Option<i64>,
     pub streamed: bool,
     pub provenance: Provenance,
+    /// Set when the upstream's numbers deserve a second look (see `Anomaly`); shown by the
+    /// credit audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anomaly: Option<Anomaly>,
+}
+
+/// Why a record's numbers deserve a second look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Anomaly {
+    /// The upstream reported more tokens than any request can use: the counts were clamped to
+    /// the per-request ceiling (`metering.max_tokens_per_request`).
+    Clamped,
+    /// The upstream reported more than this request could have produced (past its output cap or
+    /// its credit hold). Recorded as reported: the provider's bill is the truth.
+    OverReported,
+}
+
+impl Anomaly {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Anomaly::Clamped => "clamped",
+            Anomaly::OverReported => "over_reported",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "clamped" => Some(Anomaly::Clamped),
+            "over_reported" => Some(Anomaly::OverReported),
+            _ => None,
+        }
+    }
 }
 
 /// Where a record's token counts came from.

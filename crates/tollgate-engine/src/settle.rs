@@ -170,6 +170,7 @@ impl Ticket {
             ttft_ms: o.ttft_ms,
             streamed: self.streamed,
             provenance,
+            anomaly: None,
         });
         available
     }

@@ -73,6 +73,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_credits_limits_byok.sql"),
     include_str!("migrations/0003_day_rollup.sql"),
     include_str!("migrations/0004_integer_guards.sql"),
+    include_str!("migrations/0005_record_anomaly.sql"),
 ];
 
 pub(crate) struct Db {

@@ -6,7 +6,7 @@ use rusqlite::Row;
 use tollgate_core::account::{Account, ApiKeyRecord, Role};
 use tollgate_core::credit::{CreditEntry, CreditKind};
 use tollgate_core::record::Provenance;
-use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use tollgate_core::record::{Anomaly, Endpoint, Source, Status, UsageRecord};
 use tollgate_core::rollup::Grain;
 
 use super::conn::bad_value;
@@ -16,7 +16,7 @@ pub(crate) const RECORD_COLUMNS: &str =
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos";
+    streamed, provenance, charged_nanos, anomaly";
 
 pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let endpoint: String = r.get(5)?;
@@ -54,6 +54,10 @@ pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
         provenance: Provenance::parse(&provenance)
             .ok_or_else(|| bad_value(27, "provenance", &provenance))?,
         charged_nanos: r.get(28)?,
+        anomaly: match r.get::<_, Option<String>>(29)? {
+            None => None,
+            Some(a) => Some(Anomaly::parse(&a).ok_or_else(|| bad_value(29, "anomaly", &a))?),
+        },
     })
 }
 

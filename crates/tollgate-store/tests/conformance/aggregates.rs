@@ -155,8 +155,18 @@ pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
         store.get_usage(&recs[3].request_id).await.unwrap(),
         Some(recs[3].clone())
     );
+    // Every field reads back as written, the anomaly flag included.
+    let mut flagged = record(900, 1_700_000_000_000, "acct_a", &mut rng);
+    flagged.anomaly = Some(tollgate_core::record::Anomaly::OverReported);
+    flagged.provenance = tollgate_core::record::Provenance::Estimated;
+    let flagged_charge = flagged.charged_nanos;
+    store.insert_usage(vec![flagged.clone()]).await.unwrap();
+    assert_eq!(
+        store.get_usage(&flagged.request_id).await.unwrap(),
+        Some(flagged)
+    );
     let t = store.credit_totals("acct_a", true).await.unwrap();
-    let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum();
+    let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum::<i64>() + flagged_charge;
     assert_eq!(t.charges_nanos, charged);
     assert_eq!(t.charges_nanos_records, Some(charged));
     let newest = store
@@ -169,6 +179,7 @@ pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(newest.len(), 5);
     assert_eq!(newest[0].request_id, recs[49].request_id);
+    assert_eq!(store.count_usage().await.unwrap(), 51);
 }
 
 pub async fn provider_keys_round_trip(store: Arc<dyn Store>) {

@@ -54,6 +54,7 @@ pub fn record(i: usize, t: i64, account: &str, rng: &mut StdRng) -> UsageRecord 
         ttft_ms: None,
         streamed: false,
         provenance: Provenance::Provider,
+        anomaly: None,
     }
 }
 

@@ -1232,6 +1232,7 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             ttft_ms: None,
             streamed: false,
             provenance: Provenance::Provider,
+            anomaly: None,
         })
         .collect();
     let mut expected: Vec<(i64, String)> = batch
