@@ -4,6 +4,41 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
+use serde_json::json;
+use tollgate_core::record::Endpoint;
+use tollgate_core::Code;
+
+use crate::error::{anthropic_type, openai_type};
+
+/// The last bytes of a stream the gateway ends itself, in that stream's own wire format, so a
+/// client sees an error rather than a stream that merely stopped. `kind` sets the error's type
+/// (as for the same failure before a stream starts), `code` is the stable machine-readable reason
+/// (e.g. `stream_deadline`), which Anthropic's format has no field for, so it leads the message.
+///
+/// OpenAI: `data: {"error":{...}}` then `data: [DONE]`; Anthropic: `event: error`.
+pub fn error_event(api: Endpoint, kind: Code, code: &str, message: &str) -> Bytes {
+    let text = match api {
+        Endpoint::Messages => {
+            let body = json!({
+                "type": "error",
+                "error": { "type": anthropic_type(kind), "message": format!("{code}: {message}") },
+            });
+            format!("event: error\ndata: {body}\n\n")
+        }
+        Endpoint::ChatCompletions | Endpoint::Embeddings => {
+            let body = json!({
+                "error": {
+                    "message": message,
+                    "type": openai_type(kind),
+                    "param": null,
+                    "code": code,
+                }
+            });
+            format!("data: {body}\n\ndata: [DONE]\n\n")
+        }
+    };
+    Bytes::from(text)
+}
 
 /// One complete event, exactly as received (it is forwarded untouched).
 pub struct SseEvent {
@@ -104,5 +139,32 @@ mod tests {
         assert_eq!(&s.take_rest()[..], b"data: x");
         let multi = s.push(b"data: x\ndata: y\n\n");
         assert_eq!(multi[0].fields().1, "x\ny");
+    }
+
+    #[test]
+    fn error_events_in_each_wire_format() {
+        let mut s = SseSplitter::default();
+        let openai = error_event(
+            Endpoint::ChatCompletions,
+            Code::ProviderError,
+            "stream_deadline",
+            "too long",
+        );
+        let ev = s.push(&openai);
+        assert_eq!(ev.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(&ev[0].fields().1).unwrap();
+        assert_eq!(v["error"]["code"], "stream_deadline");
+        assert_eq!(v["error"]["type"], "provider_error");
+        assert_eq!(ev[1].fields().1, "[DONE]");
+
+        let anthropic = error_event(Endpoint::Messages, Code::ProviderError, "x", "y");
+        let ev = s.push(&anthropic);
+        assert_eq!(ev.len(), 1);
+        let (e, d) = ev[0].fields();
+        assert_eq!(e, "error");
+        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["message"], "x: y");
     }
 }
