@@ -41,13 +41,23 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Prefix of every API key the gateway issues.
     pub key_prefix: String,
-    /// Seconds to wait for an upstream's response headers (504 after that).
+    /// Seconds to wait for an upstream's response headers, and for a non-streamed body to end
+    /// (504 after that).
     pub upstream_timeout_secs: u64,
     /// Seconds to wait between two chunks of an upstream stream before giving up on it.
     pub stream_idle_timeout_secs: u64,
     /// After a client disconnects mid-stream, how long we keep reading the upstream to learn the
     /// real usage.
     pub drain_timeout_secs: u64,
+    /// Largest non-streamed upstream response body, in bytes; a larger one is answered 502
+    /// `provider_error` rather than held in memory.
+    pub max_upstream_body_bytes: usize,
+    /// Largest single Server-Sent Event of an upstream stream, in bytes; past it the stream is
+    /// ended with an error event (an upstream that never ends an event cannot grow a buffer).
+    pub max_sse_event_bytes: usize,
+    /// Longest a stream may last, in seconds from the request's arrival, however steadily bytes
+    /// arrive (the idle timeout alone restarts on every byte).
+    pub max_stream_secs: u64,
     /// How long a validated key stays cached before it is re-read from the store (so a revoke
     /// made by another process is seen within this time).
     pub key_cache_secs: u64,
@@ -179,6 +189,9 @@ impl Default for ServerConfig {
             upstream_timeout_secs: 600,
             stream_idle_timeout_secs: 300,
             drain_timeout_secs: 120,
+            max_upstream_body_bytes: 32 * 1024 * 1024,
+            max_sse_event_bytes: 4 * 1024 * 1024,
+            max_stream_secs: 3600,
             key_cache_secs: 5,
         }
     }
@@ -258,6 +271,21 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return Err(InvalidConfig(
                 "server.max_body_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.server.max_upstream_body_bytes < 1024 {
+            return Err(InvalidConfig(
+                "server.max_upstream_body_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.server.max_sse_event_bytes < 1024 {
+            return Err(InvalidConfig(
+                "server.max_sse_event_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.server.max_stream_secs == 0 {
+            return Err(InvalidConfig(
+                "server.max_stream_secs must be at least 1".into(),
             ));
         }
         if self.credits.per_usd <= 0 || NANOS_PER_USD % self.credits.per_usd != 0 {

@@ -194,4 +194,30 @@ mod tests {
         let err = load_from(Some(&path), &[]).unwrap_err().to_string();
         assert!(err.contains("providers.local.base_url"), "{err}");
     }
+
+    #[test]
+    fn upstream_limits_have_defaults_and_are_validated() {
+        let c = load_from(None, &[]).unwrap();
+        assert_eq!(c.server.max_upstream_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.server.max_sse_event_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.server.max_stream_secs, 3600);
+        for (var, value, named) in [
+            (
+                "TOLLGATE_SERVER__MAX_UPSTREAM_BODY_BYTES",
+                "10",
+                "max_upstream_body_bytes",
+            ),
+            (
+                "TOLLGATE_SERVER__MAX_SSE_EVENT_BYTES",
+                "0",
+                "max_sse_event_bytes",
+            ),
+            ("TOLLGATE_SERVER__MAX_STREAM_SECS", "0", "max_stream_secs"),
+        ] {
+            let err = load_from(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(named), "{err}");
+        }
+    }
 }

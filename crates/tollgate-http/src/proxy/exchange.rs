@@ -5,6 +5,11 @@
 //! upstream is still read to its end (bounded by `drain_timeout_secs`) and the request is
 //! recorded as `cancelled` with the tokens it really used. The record is journaled before the
 //! client receives the last bytes of its response.
+//!
+//! What an upstream can make the gateway hold is bounded: a non-streamed body by
+//! `max_upstream_body_bytes` (502), one stream event by `max_sse_event_bytes` and a stream's
+//! life by `max_stream_secs`; a stream the gateway ends itself ends with an error event in its
+//! own wire format (`sse::error_event`) and is recorded as an error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,16 +32,22 @@ use tollgate_engine::admission::Admitted;
 use tollgate_engine::routing::Provider;
 use tollgate_engine::settle::{Outcome, Ticket, Tokens};
 
-use super::sse::SseSplitter;
+use super::sse::{error_event, EventTooLarge, SseSplitter};
 use crate::error::{rate_headers, ApiError};
 use crate::state::SharedState;
 
-/// Time limits of an exchange, from `[server]`.
+/// Time and size limits of an exchange, from `[server]`.
 #[derive(Debug, Clone, Copy)]
 struct Timeouts {
     upstream: Duration,
     idle: Duration,
     drain: Duration,
+    /// A stream's whole life, from the request's arrival.
+    stream: Duration,
+    /// A non-streamed upstream body.
+    max_body: usize,
+    /// One upstream SSE event.
+    max_event: usize,
 }
 
 pub struct Exchange {
@@ -74,6 +85,9 @@ impl Exchange {
                 upstream: Duration::from_secs(cfg.upstream_timeout_secs),
                 idle: Duration::from_secs(cfg.stream_idle_timeout_secs),
                 drain: Duration::from_secs(cfg.drain_timeout_secs),
+                stream: Duration::from_secs(cfg.max_stream_secs),
+                max_body: cfg.max_upstream_body_bytes,
+                max_event: cfg.max_sse_event_bytes,
             },
             per_usd: s.engine.config.credits.per_usd,
             api,
@@ -173,9 +187,21 @@ impl Exchange {
     fn fail(
         &mut self,
         head_tx: oneshot::Sender<Head>,
+        err: ApiError,
+        http_status: u16,
+        code: Option<&str>,
+    ) {
+        self.fail_with(head_tx, err, http_status, code, Tokens::None);
+    }
+
+    /// A failed exchange whose upstream may have generated `tokens` all the same.
+    fn fail_with(
+        &mut self,
+        head_tx: oneshot::Sender<Head>,
         mut err: ApiError,
         http_status: u16,
         code: Option<&str>,
+        tokens: Tokens,
     ) {
         let status = if head_tx.is_closed() {
             Status::Cancelled
@@ -186,7 +212,7 @@ impl Exchange {
             status,
             http_status,
             error_code: Some(code.unwrap_or(err.code.as_str()).to_string()),
-            tokens: Tokens::None,
+            tokens,
             model_served: None,
             ttft_ms: None,
         });
@@ -202,7 +228,8 @@ impl Exchange {
         // after its headers still ends (and releases its hold).
         let limit = self.timeouts.upstream;
         let left = limit.saturating_sub(self.ticket.started().elapsed());
-        let body = match tokio::time::timeout(left, resp.bytes()).await {
+        let max = self.timeouts.max_body;
+        let body = match tokio::time::timeout(left, read_capped(resp, max)).await {
             Ok(Ok(b)) => b,
             Err(_) => {
                 let err = ApiError::new(
@@ -215,7 +242,23 @@ impl Exchange {
                 );
                 return self.fail(head_tx, err, 504, None);
             }
-            Ok(Err(e)) => {
+            Ok(Err(BodyError::TooLarge)) => {
+                let err = ApiError::new(
+                    Code::ProviderError,
+                    format!(
+                        "provider {} sent a response larger than {max} bytes (server.max_upstream_body_bytes)",
+                        self.provider.name
+                    ),
+                );
+                // The upstream answered (and bills it); its usage went unread with the body,
+                // so the input is counted locally.
+                let tokens = Tokens::Estimate {
+                    output: 0,
+                    input: None,
+                };
+                return self.fail_with(head_tx, err, 502, Some("upstream_body_too_large"), tokens);
+            }
+            Ok(Err(BodyError::Broken(e))) => {
                 let err = ApiError::new(
                     Code::ProviderError,
                     format!(
@@ -266,7 +309,13 @@ impl Exchange {
     }
 
     async fn stream(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
-        let Timeouts { idle, drain, .. } = self.timeouts;
+        let Timeouts {
+            idle,
+            drain,
+            stream: max_stream,
+            max_event,
+            ..
+        } = self.timeouts;
         let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(64);
         let mut response = Response::new(Body::from_stream(tokio_stream_from(body_rx)));
         *response.status_mut() = StatusCode::OK;
@@ -286,17 +335,46 @@ impl Exchange {
         let mut drain_deadline = (!client_alive).then(|| Instant::now() + drain);
 
         let mut upstream = resp.bytes_stream();
-        let mut splitter = SseSplitter::default();
+        let mut splitter = SseSplitter::new(max_event);
+        // None only for a limit beyond what the clock can represent, i.e. none.
+        let deadline = self.ticket.started().checked_add(max_stream);
         let mut meter = StreamMeter::new(self.api, self.req.client_wants_usage);
         let mut ttft_ms = None;
         let mut terminal: Option<Bytes> = None;
-        // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke.
+        // Set when the gateway ends the stream itself: the client's stream then ends cleanly
+        // with this error event (instead of breaking), and `ended` carries its error code.
+        let mut stopped: Option<Bytes> = None;
+        let past_deadline = |api| {
+            error_event(
+                api,
+                Code::UpstreamTimeout,
+                "stream_deadline",
+                &format!(
+                    "the stream passed its maximum duration of {}s (server.max_stream_secs)",
+                    max_stream.as_secs()
+                ),
+            )
+        };
+        // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke
+        // (or was stopped, see `stopped`).
         let ended: Result<bool, &'static str> = loop {
-            let wait = match drain_deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(idle),
-                None => idle,
-            };
+            let now = Instant::now();
+            let left = deadline.map(|d| d.saturating_duration_since(now));
+            // Checked here too: an upstream that always has a chunk ready never lets the
+            // timeout below fire.
+            if left == Some(Duration::ZERO) {
+                stopped = Some(past_deadline(self.api));
+                break Err("stream_deadline");
+            }
+            let mut wait = left.map_or(idle, |l| l.min(idle));
+            if let Some(d) = drain_deadline {
+                wait = wait.min(d.saturating_duration_since(now));
+            }
             let next = match tokio::time::timeout(wait, upstream.next()).await {
+                Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    stopped = Some(past_deadline(self.api));
+                    break Err("stream_deadline");
+                }
                 Err(_) => break Err("upstream_timeout"),
                 Ok(None) => break Ok(meter.reported().is_some()),
                 Ok(Some(Err(_))) => break Err("upstream_stream_broken"),
@@ -305,8 +383,23 @@ impl Exchange {
             if ttft_ms.is_none() {
                 ttft_ms = i64::try_from(self.ticket.started().elapsed().as_millis()).ok();
             }
+            let events = match splitter.push(&next) {
+                Ok(events) => events,
+                Err(EventTooLarge { limit }) => {
+                    stopped = Some(error_event(
+                        self.api,
+                        Code::ProviderError,
+                        "upstream_event_too_large",
+                        &format!(
+                            "provider {} sent a stream event larger than {limit} bytes (server.max_sse_event_bytes)",
+                            self.provider.name
+                        ),
+                    ));
+                    break Err("upstream_event_too_large");
+                }
+            };
             let mut out: Vec<Bytes> = Vec::new();
-            for ev in splitter.push(&next) {
+            for ev in events {
                 let (event, data) = ev.fields();
                 let action = meter.on_event(&event, &data);
                 match action {
@@ -355,6 +448,7 @@ impl Exchange {
             model_served,
             ttft_ms,
         });
+        let was_stopped = stopped.is_some();
         // Only now, with the record durable, does the client get the end of its stream.
         if client_alive {
             match (terminal, ended) {
@@ -366,18 +460,27 @@ impl Exchange {
                         let _ = body_tx.send(Ok(rest)).await;
                     }
                 }
-                // Break the client's stream too, rather than end it as if complete.
-                (None, Err(code)) => {
-                    let _ = body_tx.send(Err(std::io::Error::other(code))).await;
-                }
+                (None, Err(code)) => match stopped.take() {
+                    // Stopped by the gateway: a clean end that says why.
+                    Some(ev) => {
+                        let _ = body_tx.send(Ok(ev)).await;
+                    }
+                    // Break the client's stream too, rather than end it as if complete.
+                    None => {
+                        let _ = body_tx.send(Err(std::io::Error::other(code))).await;
+                    }
+                },
             }
         }
         drop(body_tx);
-        // Read what follows the terminal event so the connection can go back to the pool.
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Some(Ok(_)) = upstream.next().await {}
-        })
-        .await;
+        // Read what follows the terminal event so the connection can go back to the pool; an
+        // upstream the gateway stopped is not read further (its connection is closed).
+        if !was_stopped {
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(_)) = upstream.next().await {}
+            })
+            .await;
+        }
     }
 
     /// Metering happens in the engine, once (`Ticket::settle`).
@@ -431,6 +534,51 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
         buf.extend_from_slice(&chunk);
     }
     Some(buf.freeze())
+}
+
+enum BodyError {
+    /// Past the configured limit.
+    TooLarge,
+    Broken(reqwest::Error),
+}
+
+/// A whole upstream body, refused as soon as it passes `max` bytes (before reading it when its
+/// length is announced). With a length, the body is read into one buffer of that size; without
+/// one, chunks are kept as they arrive and joined once into an exact-size buffer. Either way no
+/// buffer grows past the body, and a refused body is dropped at once.
+async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
+    let announced = match resp.content_length().map(usize::try_from) {
+        Some(Ok(n)) if n <= max => Some(n),
+        Some(_) => return Err(BodyError::TooLarge),
+        None => None,
+    };
+    let mut stream = resp.bytes_stream();
+    let mut whole = announced.map(BytesMut::with_capacity);
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut len = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(BodyError::Broken)?;
+        len = len.saturating_add(chunk.len());
+        if len > max {
+            return Err(BodyError::TooLarge);
+        }
+        match &mut whole {
+            // Within the announced length (hyper refuses a body longer than it), so no regrowth.
+            Some(buf) => buf.extend_from_slice(&chunk),
+            None => chunks.push(chunk),
+        }
+    }
+    if let Some(buf) = whole {
+        return Ok(buf.freeze());
+    }
+    if chunks.len() <= 1 {
+        return Ok(chunks.pop().unwrap_or_default());
+    }
+    let mut body = BytesMut::with_capacity(len);
+    for c in chunks {
+        body.extend_from_slice(&c);
+    }
+    Ok(body.freeze())
 }
 
 /// A reqwest error with its causes ("connection refused" sits in the source chain).

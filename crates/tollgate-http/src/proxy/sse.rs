@@ -4,6 +4,41 @@
 use std::borrow::Cow;
 
 use bytes::{Bytes, BytesMut};
+use serde_json::json;
+use tollgate_core::record::Endpoint;
+use tollgate_core::Code;
+
+use crate::error::{anthropic_type, openai_type};
+
+/// The last bytes of a stream the gateway ends itself, in that stream's own wire format, so a
+/// client sees an error rather than a stream that merely stopped. `kind` sets the error's type
+/// (as for the same failure before a stream starts), `code` is the stable machine-readable reason
+/// (e.g. `stream_deadline`), which Anthropic's format has no field for, so it leads the message.
+///
+/// OpenAI: `data: {"error":{...}}` then `data: [DONE]`; Anthropic: `event: error`.
+pub fn error_event(api: Endpoint, kind: Code, code: &str, message: &str) -> Bytes {
+    let text = match api {
+        Endpoint::Messages => {
+            let body = json!({
+                "type": "error",
+                "error": { "type": anthropic_type(kind), "message": format!("{code}: {message}") },
+            });
+            format!("event: error\ndata: {body}\n\n")
+        }
+        Endpoint::ChatCompletions | Endpoint::Embeddings => {
+            let body = json!({
+                "error": {
+                    "message": message,
+                    "type": openai_type(kind),
+                    "param": null,
+                    "code": code,
+                }
+            });
+            format!("data: {body}\n\ndata: [DONE]\n\n")
+        }
+    };
+    Bytes::from(text)
+}
 
 /// One complete event, exactly as received (it is forwarded untouched).
 pub struct SseEvent {
@@ -44,34 +79,99 @@ fn parse_fields(text: &str) -> (&str, Cow<'_, str>) {
     (event, data.unwrap_or(Cow::Borrowed("")))
 }
 
-#[derive(Default)]
+/// An event grew past the splitter's limit before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub limit: usize,
+}
+
+/// Buffers below this are not worth shrinking.
+const SMALL_BUF: usize = 8 * 1024;
+/// Buffers above this are not kept once their event is out.
+const LARGE_BUF: usize = 256 * 1024;
+
 pub struct SseSplitter {
     buf: BytesMut,
+    /// Largest event accepted, boundary included.
+    max_event: usize,
+    /// How far `buf` is known to hold no event boundary, so a long event is scanned once rather
+    /// than again with every chunk.
+    scanned: usize,
 }
 
 impl SseSplitter {
-    /// Adds a chunk and returns the events it completed.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(end) = find_boundary(&self.buf) {
-            out.push(SseEvent {
-                raw: self.buf.split_to(end).freeze(),
-            });
+    pub fn new(max_event: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_event: max_event.max(1),
+            scanned: 0,
         }
-        out
+    }
+
+    /// Adds a chunk and returns the events it completed. An event longer than the limit is an
+    /// error, found before the buffer grows past the limit; the buffer is then let go (the
+    /// stream cannot be resumed).
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<SseEvent>, EventTooLarge> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        // The chunk goes in in pieces that fit beside the unfinished event, so the buffer never
+        // holds more than one event's limit.
+        while !rest.is_empty() {
+            let room = self.max_event.saturating_sub(self.buf.len());
+            if room == 0 {
+                self.buf = BytesMut::new();
+                self.scanned = 0;
+                return Err(EventTooLarge {
+                    limit: self.max_event,
+                });
+            }
+            let (piece, tail) = rest.split_at(room.min(rest.len()));
+            rest = tail;
+            self.append(piece);
+            while let Some(end) = find_boundary(&self.buf, self.scanned.saturating_sub(2)) {
+                out.push(SseEvent {
+                    raw: self.buf.split_to(end).freeze(),
+                });
+                self.scanned = 0;
+            }
+            self.scanned = self.buf.len();
+        }
+        // After a large event the buffer may sit in a large allocation holding little: move the
+        // little out so the allocation is freed once the event has been sent.
+        if self.buf.capacity() > LARGE_BUF && self.buf.len() < SMALL_BUF {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
+        Ok(out)
+    }
+
+    /// Appends without letting the buffer's capacity grow past the event limit (`BytesMut`
+    /// alone would double it). Space freed by events already sent is reused first.
+    fn append(&mut self, piece: &[u8]) {
+        if self.buf.capacity() - self.buf.len() < piece.len() && !self.buf.try_reclaim(piece.len())
+        {
+            let need = self.buf.len() + piece.len();
+            let target = need
+                .max(self.buf.len().saturating_mul(2))
+                .max(SMALL_BUF)
+                .min(self.max_event.max(need));
+            let mut grown = BytesMut::with_capacity(target);
+            grown.extend_from_slice(&self.buf);
+            self.buf = grown;
+        }
+        self.buf.extend_from_slice(piece);
     }
 
     /// Bytes of an unfinished event left when the stream ended.
     pub fn take_rest(&mut self) -> Bytes {
+        self.scanned = 0;
         self.buf.split().freeze()
     }
 }
 
-/// Index just past the blank line ending the first event, for `\n\n` and `\r\n\r\n`.
-fn find_boundary(buf: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = buf[from..].iter().position(|b| *b == b'\n') {
+/// Index just past the blank line ending the first event, for `\n\n` and `\r\n\r\n`, looking
+/// from `from` on.
+fn find_boundary(buf: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(i) = buf.get(from..)?.iter().position(|b| *b == b'\n') {
         let i = from + i;
         match buf.get(i + 1) {
             Some(b'\n') => return Some(i + 2),
@@ -89,9 +189,9 @@ mod tests {
 
     #[test]
     fn splits_across_chunk_boundaries() {
-        let mut s = SseSplitter::default();
-        assert!(s.push(b"event: ping\ndata: {\"a\"").is_empty());
-        let ev = s.push(b":1}\n\ndata: [DONE]\r\n\r\ndata: x");
+        let mut s = SseSplitter::new(1 << 20);
+        assert!(s.push(b"event: ping\ndata: {\"a\"").unwrap().is_empty());
+        let ev = s.push(b":1}\n\ndata: [DONE]\r\n\r\ndata: x").unwrap();
         assert_eq!(ev.len(), 2);
         let (e, d) = ev[0].fields();
         assert_eq!((e.as_ref(), d.as_ref()), ("ping", "{\"a\":1}"));
@@ -102,7 +202,70 @@ mod tests {
         assert_eq!(&ev[0].raw[..], b"event: ping\ndata: {\"a\":1}\n\n");
         assert_eq!(ev[1].fields().1, "[DONE]");
         assert_eq!(&s.take_rest()[..], b"data: x");
-        let multi = s.push(b"data: x\ndata: y\n\n");
+        let multi = s.push(b"data: x\ndata: y\n\n").unwrap();
         assert_eq!(multi[0].fields().1, "x\ny");
+    }
+
+    #[test]
+    fn error_events_in_each_wire_format() {
+        let mut s = SseSplitter::new(1 << 20);
+        let openai = error_event(
+            Endpoint::ChatCompletions,
+            Code::ProviderError,
+            "stream_deadline",
+            "too long",
+        );
+        let ev = s.push(&openai).unwrap();
+        assert_eq!(ev.len(), 2);
+        let v: serde_json::Value = serde_json::from_str(&ev[0].fields().1).unwrap();
+        assert_eq!(v["error"]["code"], "stream_deadline");
+        assert_eq!(v["error"]["type"], "provider_error");
+        assert_eq!(ev[1].fields().1, "[DONE]");
+
+        let anthropic = error_event(Endpoint::Messages, Code::ProviderError, "x", "y");
+        let ev = s.push(&anthropic).unwrap();
+        assert_eq!(ev.len(), 1);
+        let (e, d) = ev[0].fields();
+        assert_eq!(e, "error");
+        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["message"], "x: y");
+    }
+
+    #[test]
+    fn an_event_past_the_limit_is_refused_without_growing_the_buffer() {
+        let mut s = SseSplitter::new(100);
+        // Exactly the limit, boundary included, is one event.
+        let exact = [b"data: ".as_slice(), &[b'x'; 92], b"\n\n"].concat();
+        assert_eq!(exact.len(), 100);
+        let ev = s.push(&exact).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].raw.len(), 100);
+        // Many events in one chunk longer than the limit are fine.
+        let many = b"data: a\n\n".repeat(50);
+        assert_eq!(s.push(&many).unwrap().len(), 50);
+        // One byte over, whether in one chunk or byte by byte, is refused.
+        let over = [b"data: ".as_slice(), &[b'x'; 93], b"\n\n"].concat();
+        assert_eq!(s.push(&over).err(), Some(EventTooLarge { limit: 100 }));
+        let mut s = SseSplitter::new(100);
+        let mut refused = false;
+        for b in over.chunks(1) {
+            match s.push(b) {
+                Ok(ev) => assert!(ev.is_empty()),
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+            assert!(s.buf.capacity() <= 100);
+        }
+        assert!(refused);
+        assert_eq!(s.buf.capacity(), 0, "the refused event's buffer is let go");
+        // A boundary split across chunks is still found with the scan resumed.
+        let mut s = SseSplitter::new(1 << 20);
+        assert!(s.push(b"data: x\r\n\r").unwrap().is_empty());
+        assert_eq!(s.push(b"\ndata: y\n").unwrap().len(), 1);
+        assert_eq!(s.push(b"\n").unwrap().len(), 1);
     }
 }
