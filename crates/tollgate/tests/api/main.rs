@@ -4,6 +4,10 @@
 
 mod credits;
 mod durability;
+mod files;
+mod grants;
 mod helpers;
+mod org_usage;
 mod proxy;
+mod stale;
 mod usage;
