@@ -11,6 +11,9 @@ use serde::Deserialize;
 use crate::money::NANOS_PER_USD;
 pub use crate::pricing::PriceOverride;
 
+/// The highest `credits.max_balance_usd`: 10^18 nano-USD, still 9 times below `i64::MAX`.
+pub const MAX_BALANCE_USD_CEILING: i64 = 1_000_000_000;
+
 /// A configuration that parses but breaks a rule; the message names the key and the fix.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
@@ -115,6 +118,13 @@ pub struct CreditsConfig {
     pub currency: String,
     /// Fee charged on bring-your-own-key requests, in basis points of their cost (0 = free).
     pub byok_fee_bps: i64,
+    /// Largest single grant or refund, in whole USD (a typo such as `9000000000` is refused,
+    /// not written).
+    pub max_grant_usd: i64,
+    /// Largest balance a grant or refund may bring an account to, in whole USD. With the
+    /// default, balances stay ~90 times below what an i64 of nano-USD can hold, so no sum of
+    /// them can overflow.
+    pub max_balance_usd: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,7 +150,21 @@ impl Default for CreditsConfig {
             per_usd: 1_000_000,
             currency: "USD".into(),
             byok_fee_bps: 0,
+            max_grant_usd: 1_000_000,
+            max_balance_usd: 100_000_000,
         }
+    }
+}
+
+impl CreditsConfig {
+    /// `max_grant_usd` in nano-USD (saturating: `validate` keeps it far below the limit).
+    pub fn max_grant_nanos(&self) -> i64 {
+        self.max_grant_usd.saturating_mul(NANOS_PER_USD)
+    }
+
+    /// `max_balance_usd` in nano-USD.
+    pub fn max_balance_nanos(&self) -> i64 {
+        self.max_balance_usd.saturating_mul(NANOS_PER_USD)
     }
 }
 
@@ -296,6 +320,17 @@ impl Config {
         if !(0..=10_000).contains(&self.credits.byok_fee_bps) {
             return Err(InvalidConfig(
                 "credits.byok_fee_bps must be 0 to 10000".into(),
+            ));
+        }
+        if !(1..=MAX_BALANCE_USD_CEILING).contains(&self.credits.max_balance_usd) {
+            return Err(InvalidConfig(format!(
+                "credits.max_balance_usd must be 1 to {MAX_BALANCE_USD_CEILING}"
+            )));
+        }
+        if !(1..=self.credits.max_balance_usd).contains(&self.credits.max_grant_usd) {
+            return Err(InvalidConfig(
+                "credits.max_grant_usd must be at least 1 and at most credits.max_balance_usd"
+                    .into(),
             ));
         }
         if let Some(k) = &self.security.encryption_key {

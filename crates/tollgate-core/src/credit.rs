@@ -42,7 +42,11 @@ pub struct CreditTotals {
 }
 
 impl CreditTotals {
+    /// Saturating: grants are capped (`credits.max_balance_usd`) and charges bounded per
+    /// record, so this only matters for a store edited by hand, which must not panic an audit.
     pub fn balance_nanos(&self) -> i64 {
-        self.grants_nanos - self.charges_nanos + self.refunds_nanos
+        self.grants_nanos
+            .saturating_sub(self.charges_nanos)
+            .saturating_add(self.refunds_nanos)
     }
 }

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use crate::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use crate::credit::{CreditEntry, CreditTotals};
 use crate::error::StoreError;
-use crate::record::UsageRecord;
+use crate::record::{Anomaly, UsageRecord};
 use crate::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
 
 /// A filter over raw records, newest first.
@@ -16,6 +16,16 @@ pub struct RecordQuery {
     pub account_id: Option<String>,
     pub key_id: Option<String>,
     pub limit: usize,
+}
+
+/// An account's records flagged with one anomaly: how many, and the request ids of the first
+/// (oldest) of them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AnomalyCount {
+    pub anomaly: Anomaly,
+    pub count: i64,
+    /// Oldest first (`created_at_ms`, then request id), at most the `limit` asked for.
+    pub request_ids: Vec<String>,
 }
 
 /// Usage records and the rollups they feed.
@@ -47,6 +57,13 @@ pub trait RecordStore: Send + Sync + 'static {
     ) -> Result<Vec<RollupRow>, StoreError>;
     /// A key's model cost (nano-USD) in records created at or after `since_ms` (hour-aligned).
     async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError>;
+    /// The account's records flagged with an anomaly: one entry per kind that occurs, ordered
+    /// by the kind's name, each with up to `limit` request ids. For the credit audit.
+    async fn anomalies(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AnomalyCount>, StoreError>;
 }
 
 #[async_trait]
@@ -75,6 +92,12 @@ pub trait CreditStore: Send + Sync + 'static {
     /// the stored entry and `false` (nothing added); a reuse with different content is a
     /// `Conflict`.
     async fn add_credit(&self, entry: CreditEntry) -> Result<(CreditEntry, bool), StoreError>;
+    /// The entry added to this account under `idempotency_key`, if any.
+    async fn find_credit(
+        &self,
+        account_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<CreditEntry>, StoreError>;
     async fn list_credits(
         &self,
         account_id: &str,

@@ -17,7 +17,7 @@ use tollgate_core::config::CreditsConfig;
 use tollgate_core::credit::{CreditEntry, CreditKind, CreditTotals};
 use tollgate_core::id::new_id;
 use tollgate_core::money::NANOS_PER_USD;
-use tollgate_core::store::Store;
+use tollgate_core::store::{AnomalyCount, Store};
 use tollgate_core::{Code, DomainError, StoreError, StoreErrorKind};
 
 /// An account's balance as the usage APIs show it.
@@ -38,6 +38,17 @@ struct Book {
     credited: i64,
     synced: std::time::Instant,
     refreshing: bool,
+}
+
+/// The most an account may ever be credited in total (grants + refunds), nano-USD: a quarter of
+/// `i64::MAX`, so the store's sums stay integers with room to spare.
+const LIFETIME_CREDIT_CEILING: i64 = i64::MAX / 4;
+
+impl Book {
+    /// Balance minus holds.
+    fn available(&self) -> i64 {
+        self.balance.saturating_sub(self.held)
+    }
 }
 
 /// How often a book re-reads grants and refunds made outside this process.
@@ -65,16 +76,17 @@ impl Hold {
     pub fn settle(mut self, charge: i64) -> i64 {
         self.done = true;
         let mut b = self.book.lock();
-        b.held -= self.amount;
-        b.balance -= charge;
-        b.balance - b.held
+        b.held = b.held.saturating_sub(self.amount);
+        b.balance = b.balance.saturating_sub(charge);
+        b.available()
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.done {
-            self.book.lock().held -= self.amount;
+            let mut b = self.book.lock();
+            b.held = b.held.saturating_sub(self.amount);
         }
     }
 }
@@ -97,8 +109,14 @@ pub struct Audit {
     pub held_nanos: i64,
     /// Records and rollups agree, and the stored balance is grants − charges + refunds.
     pub consistent: bool,
+    /// Records whose upstream numbers deserve a second look (clamped, over-reported), per
+    /// kind, with the request ids of the first `AUDIT_ANOMALY_IDS`.
+    pub anomalies: Vec<AnomalyCount>,
     pub entries: Vec<CreditEntry>,
 }
+
+/// How many request ids the audit lists per anomaly kind.
+pub const AUDIT_ANOMALY_IDS: usize = 100;
 
 impl Credits {
     pub fn new(store: Arc<dyn Store>, cfg: CreditsConfig) -> Self {
@@ -116,8 +134,10 @@ impl Credits {
 
     /// nano-USD in credits (rounded down).
     pub fn nanos_to_credits(&self, nanos: i64) -> i64 {
-        (i128::from(nanos) * i128::from(self.cfg.per_usd)).div_euclid(i128::from(NANOS_PER_USD))
-            as i64
+        let credits = (i128::from(nanos) * i128::from(self.cfg.per_usd))
+            .div_euclid(i128::from(NANOS_PER_USD));
+        // `per_usd` ≤ 10^9, so |credits| ≤ |nanos| and this always fits.
+        i64::try_from(credits).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
     }
 
     /// Credits in nano-USD (exact: `per_usd` divides 10^9).
@@ -139,7 +159,7 @@ impl Credits {
         let book = Arc::new(Mutex::new(Book {
             balance: totals.balance_nanos(),
             held: 0,
-            credited: totals.grants_nanos + totals.refunds_nanos,
+            credited: totals.grants_nanos.saturating_add(totals.refunds_nanos),
             synced: std::time::Instant::now(),
             refreshing: false,
         }));
@@ -159,7 +179,7 @@ impl Credits {
         refine: impl FnOnce() -> i64,
     ) -> Result<(Hold, i64), DomainError> {
         let book = self.book(account_id).await?;
-        let fits = |b: &Book, amount: i64| !self.cfg.enforce || b.balance - b.held >= amount;
+        let fits = |b: &Book, amount: i64| !self.cfg.enforce || b.available() >= amount;
         let mut amount = bound;
         if !fits(&book.lock(), bound) {
             // Count tokens (microseconds to milliseconds) without holding the account's lock.
@@ -167,7 +187,7 @@ impl Credits {
         }
         let mut b = book.lock();
         if !fits(&b, amount) {
-            let available = (b.balance - b.held).max(0);
+            let available = b.available().max(0);
             return Err(DomainError::new(
                 Code::InsufficientBalance,
                 format!(
@@ -180,8 +200,8 @@ impl Credits {
                 ),
             ));
         }
-        b.held += amount;
-        let after = b.balance - b.held;
+        b.held = b.held.saturating_add(amount);
+        let after = b.available();
         drop(b);
         Ok((
             Hold {
@@ -194,7 +214,10 @@ impl Credits {
     }
 
     /// Appends a grant or refund; idempotent by `idempotency_key`. Returns the entry and whether
-    /// it was new.
+    /// it was new. The one place credits are added (admin API and CLI): an amount above
+    /// `credits.max_grant_usd`, or one that would take the balance past
+    /// `credits.max_balance_usd`, is refused (param `amount`) and nothing is written. A replay of
+    /// an earlier grant (same idempotency key and amount) returns it whatever the balance is now.
     pub async fn add(
         &self,
         account_id: &str,
@@ -219,22 +242,69 @@ impl Credits {
             note,
             created_at_ms: now_ms,
         };
-        let _guard = self.load_lock.lock().await;
-        let (entry, created) =
-            self.store
-                .add_credit(entry)
-                .await
-                .map_err(|e| match e.kind {
-                    StoreErrorKind::Conflict => DomainError::new(Code::InvalidRequest, e.message)
-                        .with_param("idempotency_key"),
-                    _ => DomainError::from(e),
-                })?;
-        if created {
-            if let Some(b) = self.books.read().get(account_id) {
-                let mut b = b.lock();
-                b.balance += amount_nanos;
-                b.credited += amount_nanos;
+        let conflict = |e: StoreError| match e.kind {
+            StoreErrorKind::Conflict => {
+                DomainError::new(Code::InvalidRequest, e.message).with_param("idempotency_key")
             }
+            _ => DomainError::from(e),
+        };
+        // Loaded before taking `load_lock` (loading takes it too).
+        let book = self.book(account_id).await?;
+        let _guard = self.load_lock.lock().await;
+        if let Some(key) = &entry.idempotency_key {
+            if let Some(existing) = self.store.find_credit(account_id, key).await? {
+                if existing.kind != entry.kind || existing.amount_nanos != entry.amount_nanos {
+                    return Err(conflict(StoreError::conflict(format!(
+                        "idempotency key {key:?} was already used for a different {} of {} nano-USD",
+                        existing.kind.as_str(),
+                        existing.amount_nanos
+                    ))));
+                }
+                return Ok((existing, false));
+            }
+        }
+        let max_grant = self.cfg.max_grant_nanos();
+        if amount_nanos > max_grant {
+            return Err(DomainError::invalid(
+                "amount",
+                format!(
+                    "one {} may add at most {} {} (credits.max_grant_usd)",
+                    entry.kind.as_str(),
+                    self.cfg.max_grant_usd,
+                    self.cfg.currency
+                ),
+            ));
+        }
+        let (balance, credited) = {
+            let b = book.lock();
+            (b.balance, b.credited)
+        };
+        let max_balance = self.cfg.max_balance_nanos();
+        // `credited` (every grant and refund ever) is what the store sums: keep it in range too.
+        let fits = balance
+            .checked_add(amount_nanos)
+            .is_some_and(|after| after <= max_balance)
+            && credited
+                .checked_add(amount_nanos)
+                .is_some_and(|after| after <= LIFETIME_CREDIT_CEILING);
+        if !fits {
+            return Err(DomainError::invalid(
+                "amount",
+                format!(
+                    "this {} would take the balance past {} {} (credits.max_balance_usd); \
+                     the balance is {} nano-USD",
+                    entry.kind.as_str(),
+                    self.cfg.max_balance_usd,
+                    self.cfg.currency,
+                    balance
+                ),
+            ));
+        }
+        let (entry, created) = self.store.add_credit(entry).await.map_err(conflict)?;
+        if created {
+            let mut b = book.lock();
+            b.balance = b.balance.saturating_add(amount_nanos);
+            b.credited = b.credited.saturating_add(amount_nanos);
         }
         Ok((entry, created))
     }
@@ -262,9 +332,12 @@ impl Credits {
             b.refreshing = false;
             b.synced = std::time::Instant::now();
             if let Ok(t) = totals {
-                let delta = t.grants_nanos + t.refunds_nanos - b.credited;
-                b.balance += delta;
-                b.credited += delta;
+                let delta = t
+                    .grants_nanos
+                    .saturating_add(t.refunds_nanos)
+                    .saturating_sub(b.credited);
+                b.balance = b.balance.saturating_add(delta);
+                b.credited = b.credited.saturating_add(delta);
             }
         });
     }
@@ -298,6 +371,7 @@ impl Credits {
             held_nanos: live.map_or(0, |l| l.1),
             consistent: records == totals.charges_nanos
                 && live.is_none_or(|l| l.0 == totals.balance_nanos()),
+            anomalies: self.store.anomalies(account_id, AUDIT_ANOMALY_IDS).await?,
             entries: self.store.list_credits(account_id, 1000).await?,
         })
     }

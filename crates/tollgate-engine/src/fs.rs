@@ -15,14 +15,49 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Opens `path` for appending, creating it owner-only.
+/// Opens `path` for appending, creating it owner-only (a file left readable by an older
+/// version is made owner-only too).
 pub fn open_private_append(path: &Path) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
     o.create(true).append(true);
+    private(&mut o);
+    let f = o.open(path)?;
+    make_private(&f)?;
+    Ok(f)
+}
+
+/// Writes `bytes` to `path` (replacing it), owner-only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = OpenOptions::new();
+    o.create(true).write(true).truncate(true);
+    private(&mut o);
+    let mut f = o.open(path)?;
+    make_private(&f)?;
+    f.write_all(bytes)
+}
+
+/// Files these options create are 0600 (the mode only applies to a new file).
+fn private(o: &mut OpenOptions) {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    o.open(path)
+    #[cfg(not(unix))]
+    let _ = o;
+}
+
+/// Makes an open file 0600 unless it already is.
+fn make_private(f: &File) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if f.metadata()?.permissions().mode() & 0o777 != 0o600 {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = f;
+    Ok(())
 }

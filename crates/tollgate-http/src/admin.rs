@@ -4,11 +4,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::state::{AppState, SharedState};
+use crate::state::{AppState, RequestCtx, SharedState};
 use tollgate_core::Code;
 
 use crate::error::ApiError;
@@ -143,6 +143,7 @@ struct RequestsQuery {
 async fn list_requests(
     State(s): State<SharedState>,
     Admin(_): Admin,
+    Extension(ctx): Extension<RequestCtx>,
     query: Result<Query<RequestsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(Code::InvalidRequest, e.body_text()))?;
@@ -153,7 +154,7 @@ async fn list_requests(
             "limit must be between 1 and 10000",
         ));
     }
-    s.engine.ledger.flush().await;
+    flush(&s, &ctx).await;
     let records = s
         .engine
         .store
@@ -169,12 +170,21 @@ async fn list_requests(
 async fn get_request(
     State(s): State<SharedState>,
     Admin(_): Admin,
+    Extension(ctx): Extension<RequestCtx>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    s.engine.ledger.flush().await;
+    flush(&s, &ctx).await;
     match s.engine.store.get_usage(&id).await? {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError::new(Code::NotFound, format!("no request {id}"))),
+    }
+}
+
+/// Waits for finished requests to reach the store; if it is behind, the answer (read from what
+/// is committed) is marked `x-tollgate-stale: true`.
+async fn flush(s: &AppState, ctx: &RequestCtx) {
+    if !s.engine.ledger.flush().await {
+        ctx.mark_stale();
     }
 }
 
@@ -273,6 +283,11 @@ async fn add_credits(
             "idempotency_key must be 1 to 255 characters",
         ));
     }
+    let field = if req.amount_usd.is_some() {
+        "amount_usd"
+    } else {
+        "amount_credits"
+    };
     let (entry, created) = s
         .engine
         .credits
@@ -284,7 +299,15 @@ async fn add_credits(
             req.note,
             s.engine.clock.now_ms(),
         )
-        .await?;
+        .await
+        .map_err(|mut e| {
+            // The service names its argument; the caller gave it under one of two fields.
+            if e.param.as_deref() == Some("amount") {
+                e.message = format!("{field}: {}", e.message);
+                e.param = Some(field.into());
+            }
+            ApiError::from(e)
+        })?;
     let view = s.engine.credits.view(&id).await?;
     let status = if created {
         StatusCode::CREATED
@@ -306,10 +329,11 @@ async fn add_credits(
 async fn credit_audit(
     State(s): State<SharedState>,
     Admin(_): Admin,
+    Extension(ctx): Extension<RequestCtx>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     existing_account(&s, &id).await?;
-    s.engine.ledger.flush().await;
+    flush(&s, &ctx).await;
     Ok(Json(s.engine.credits.audit(&id).await?).into_response())
 }
 

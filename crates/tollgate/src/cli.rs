@@ -314,8 +314,8 @@ fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
         PricesCmd::Import { file } => {
             let text = std::fs::read_to_string(&file)?;
             let entries = import_litellm(&text)?;
-            std::fs::create_dir_all(&config.server.data_dir)?;
-            std::fs::write(imported_prices_path(&config), text)?;
+            tollgate_engine::fs::create_private_dir(&config.server.data_dir)?;
+            tollgate_engine::fs::write_private(&imported_prices_path(&config), text.as_bytes())?;
             println!(
                 "imported {} priced models from {}; restart the gateway to use them",
                 entries.len(),

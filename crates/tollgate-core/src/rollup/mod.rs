@@ -112,6 +112,8 @@ pub struct RollupFilter {
     /// `model_requested`.
     pub models: Vec<String>,
     pub providers: Vec<String>,
+    /// The API a request came through (OpenAI's completions usage leaves out embeddings).
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// Dimensions to group by (besides the bucket); a dimension not grouped by comes back `None`.

@@ -41,6 +41,10 @@ pub fn routes() -> Router<SharedState> {
             "/v1/organization/usage/completions",
             get(openai_org::completions),
         )
+        .route(
+            "/v1/organization/usage/embeddings",
+            get(openai_org::embeddings),
+        )
         .route("/v1/organization/costs", get(openai_org::costs))
         .route("/openapi.json", get(openapi::document))
 }

@@ -1,8 +1,10 @@
-//! OpenAI's Admin usage API, for admin keys: `GET /v1/organization/usage/completions` and
-//! `GET /v1/organization/costs`. The organization is the whole gateway; a project is an account
-//! (`project_id` = account id), `api_key_id` a tollgate key id. tollgate has no users or batch
-//! API: `user_id` is always null and `batch` false when grouped by. Usage resolution is one
-//! minute: `start_time` / `end_time` are floored to the minute.
+//! OpenAI's Admin usage API, for admin keys: `GET /v1/organization/usage/completions` (chat
+//! completions and messages), `GET /v1/organization/usage/embeddings` and
+//! `GET /v1/organization/costs` (every request). The organization is the whole gateway; a
+//! project is an account (`project_id` = account id), `api_key_id` a tollgate key id. tollgate
+//! has no users or batch API: `user_id` is always null and `batch` false when grouped by. Usage
+//! resolution is one minute: the data read runs from `start_time` floored to the minute to
+//! `end_time` rounded up to the minute, so a request made in the current minute is counted.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +19,7 @@ use crate::params::Params;
 use crate::state::{AppState, RequestCtx, SharedState};
 use tollgate_core::calendar::{Grid, Unit, MAX_MS};
 use tollgate_core::calendar::{HOUR_MS, MINUTE_MS};
+use tollgate_core::record::Endpoint;
 use tollgate_core::rollup::{Dims, GroupKey, RollupFilter, Sums};
 use tollgate_core::Code;
 
@@ -41,7 +44,19 @@ pub struct Page {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Completions,
+    Embeddings,
     Costs,
+}
+
+impl Kind {
+    /// The endpoints whose requests this report counts (empty: all).
+    fn endpoints(self) -> Vec<Endpoint> {
+        match self {
+            Kind::Completions => vec![Endpoint::ChatCompletions, Endpoint::Messages],
+            Kind::Embeddings => vec![Endpoint::Embeddings],
+            Kind::Costs => Vec::new(),
+        }
+    }
 }
 
 pub async fn completions(
@@ -51,6 +66,17 @@ pub async fn completions(
     Extension(ctx): Extension<RequestCtx>,
 ) -> Result<Json<Page>, ApiError> {
     page(&s, &ctx, Kind::Completions, &Params::parse(q.as_deref()))
+        .await
+        .map(Json)
+}
+
+pub async fn embeddings(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    RawQuery(q): RawQuery,
+    Extension(ctx): Extension<RequestCtx>,
+) -> Result<Json<Page>, ApiError> {
+    page(&s, &ctx, Kind::Embeddings, &Params::parse(q.as_deref()))
         .await
         .map(Json)
 }
@@ -70,8 +96,8 @@ pub async fn costs(
 fn width(kind: Kind, w: &str) -> Option<(Unit, i64, i64)> {
     match (kind, w) {
         (_, "1d") => Some((Unit::Day, 7, 31)),
-        (Kind::Completions, "1h") => Some((Unit::Hour, 24, 168)),
-        (Kind::Completions, "1m") => Some((Unit::Minute, 60, 1440)),
+        (Kind::Completions | Kind::Embeddings, "1h") => Some((Unit::Hour, 24, 168)),
+        (Kind::Completions | Kind::Embeddings, "1m") => Some((Unit::Minute, 60, 1440)),
         _ => None,
     }
 }
@@ -82,10 +108,9 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     let start = p.int("start_time", 0, max_secs)?.ok_or_else(|| {
         ApiError::invalid("start_time", "`start_time` (Unix seconds) is required")
     })?;
-    let now_secs = s.engine.clock.now_ms().div_euclid(1000);
-    let end = p
-        .int("end_time", 0, max_secs)?
-        .unwrap_or(now_secs.max(start + 1));
+    let now_ms = s.engine.clock.now_ms();
+    let end_given = p.int("end_time", 0, max_secs)?;
+    let end = end_given.unwrap_or(now_ms.div_euclid(1000).max(start + 1));
     if end <= start {
         return Err(ApiError::invalid(
             "end_time",
@@ -110,19 +135,19 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     for g in p.all("group_by") {
         match (kind, g.as_str()) {
             (_, "project_id") => dims.account = true,
-            (Kind::Completions, "api_key_id") => dims.key = true,
-            (Kind::Completions, "model") => dims.model = true,
-            (Kind::Completions, "user_id") => {}
+            (Kind::Completions | Kind::Embeddings, "api_key_id") => dims.key = true,
+            (Kind::Completions | Kind::Embeddings, "model") => dims.model = true,
+            (Kind::Completions | Kind::Embeddings, "user_id") => {}
             (Kind::Completions, "batch") => by_batch = true,
             (Kind::Costs, "line_item") => {
                 by_line_item = true;
                 dims.model = true;
             }
             _ => {
-                let allowed = if kind == Kind::Costs {
-                    "project_id, line_item"
-                } else {
-                    "project_id, user_id, api_key_id, model, batch"
+                let allowed = match kind {
+                    Kind::Costs => "project_id, line_item",
+                    Kind::Completions => "project_id, user_id, api_key_id, model, batch",
+                    Kind::Embeddings => "project_id, user_id, api_key_id, model",
                 };
                 return Err(ApiError::invalid(
                     "group_by",
@@ -149,19 +174,25 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
         filter.key_ids.push(k.to_string());
     }
     filter.models = p.all("models");
+    filter.endpoints = kind.endpoints();
     // No usage belongs to a user: filtering by users leaves nothing.
     let none_match = !p.all("user_ids").is_empty();
 
     // Pages are runs of `limit` buckets; `page` is where the next run starts.
     let range_start = start * 1000;
     let range_end = end * 1000;
+    // Without `end_time` the data runs to now, to the millisecond (`end_time` shows the second).
+    let data_end = match end_given {
+        Some(_) => range_end,
+        None => range_end.max(now_ms + 1),
+    };
     let page_start = match p.get("page")? {
         None => range_start,
         Some(v) => v
             .strip_prefix("page_")
             .and_then(|n| n.parse::<i64>().ok())
             .map(|secs| secs * 1000)
-            .filter(|t| (range_start..range_end).contains(t))
+            .filter(|t| (range_start..data_end).contains(t))
             .ok_or_else(|| {
                 ApiError::invalid(
                     "page",
@@ -171,7 +202,11 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     };
     let floor_min = |t: i64| t.div_euclid(MINUTE_MS) * MINUTE_MS;
     let page_start_min = floor_min(page_start);
-    let range_end_min = floor_min(range_end).max(page_start_min + MINUTE_MS);
+    // Rounded up: the minute the range ends in is read whole, so a request made a moment ago
+    // (in the current, unfinished minute) is in the last bucket. Pages split at whole minutes
+    // below this, so no minute is read by two pages.
+    let range_end_min =
+        floor_min(data_end.saturating_add(MINUTE_MS - 1)).max(page_start_min + MINUTE_MS);
     // Enough time for `limit + 1` buckets (a local day is at most 26 hours), so the grid shows
     // whether more follow without walking the whole range.
     let longest = match unit {
@@ -216,6 +251,7 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
             .filter(|(_, v)| v.requests > 0)
             .map(|(g, v)| match kind {
                 Kind::Completions => completion_result(&g, &v, by_batch),
+                Kind::Embeddings => embedding_result(&g, &v),
                 Kind::Costs => cost_result(&g, &v, by_line_item),
             })
             .collect();
@@ -250,6 +286,18 @@ fn completion_result(g: &GroupKey, v: &Sums, by_batch: bool) -> Value {
         "model": g.model,
         "batch": if by_batch { Value::Bool(false) } else { Value::Null },
         "service_tier": Value::Null,
+    })
+}
+
+fn embedding_result(g: &GroupKey, v: &Sums) -> Value {
+    serde_json::json!({
+        "object": "organization.usage.embeddings.result",
+        "input_tokens": v.input_tokens,
+        "num_model_requests": v.requests,
+        "project_id": g.account_id,
+        "user_id": Value::Null,
+        "api_key_id": g.key_id,
+        "model": g.model,
     })
 }
 

@@ -99,6 +99,8 @@ impl Db {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::unavailable(format!("{}: {e}", dir.display())))?;
         }
+        make_private(path)
+            .map_err(|e| StoreError::unavailable(format!("{}: {e}", path.display())))?;
         let writer = open(path)?;
         migrate(&writer)?;
         let reader = open(path)?;
@@ -129,6 +131,38 @@ impl Db {
             .await
             .map_err(|e| StoreError::unavailable(e.to_string()))?
     }
+}
+
+/// The database holds key hashes and provider-key ciphertext: owner-only (0600). SQLite creates
+/// its `-wal` and `-shm` files with the database file's mode, so the file is created 0600 before
+/// SQLite opens it (an empty file is an empty database); files an older version left readable
+/// are made owner-only.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let p = std::path::PathBuf::from(name);
+            match std::fs::metadata(&p) {
+                Ok(m) if m.permissions().mode() & 0o777 != 0o600 => {
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }
 
 fn migrate(conn: &Connection) -> Result<(), Fail> {

@@ -12,16 +12,16 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use tollgate_core::credit::{CreditEntry, CreditTotals};
-use tollgate_core::record::UsageRecord;
+use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{
     self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
 };
 use tollgate_core::store::{
-    AccountStore, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
+    AccountStore, AnomalyCount, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
 };
 use tollgate_core::StoreError;
 
-use self::conn::{Db, Fail};
+use self::conn::{bad_value, Db, Fail};
 use self::rows::{
     account_from_row, credit_from_row, key_from_row, record_from_row, rollup_sql, rollup_table,
     CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
@@ -187,6 +187,50 @@ impl RecordStore for SqliteStore {
                 params![key_id, since_ms],
                 |r| r.get(0),
             )?)
+        })
+        .await
+    }
+
+    async fn anomalies(
+        &self,
+        account_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AnomalyCount>, StoreError> {
+        let account_id = account_id.to_string();
+        // An admin's audit, not a hot path: a walk of the account's records.
+        self.with_reader(move |c| {
+            let mut counts: Vec<(Anomaly, i64)> = Vec::new();
+            {
+                let mut stmt = c.prepare_cached(
+                    "SELECT anomaly, COUNT(*) FROM usage_records \
+                     WHERE account_id = ?1 AND anomaly IS NOT NULL GROUP BY anomaly",
+                )?;
+                let mut rows = stmt.query([&account_id])?;
+                while let Some(r) = rows.next()? {
+                    let a: String = r.get(0)?;
+                    let kind = Anomaly::parse(&a).ok_or_else(|| bad_value(0, "anomaly", &a))?;
+                    counts.push((kind, r.get(1)?));
+                }
+            }
+            counts.sort_by_key(|(a, _)| a.as_str());
+            let mut stmt = c.prepare_cached(
+                "SELECT request_id FROM usage_records WHERE account_id = ?1 AND anomaly = ?2 \
+                 ORDER BY created_at_ms, request_id LIMIT ?3",
+            )?;
+            let mut out = Vec::with_capacity(counts.len());
+            for (anomaly, count) in counts {
+                let ids = stmt
+                    .query_map(params![account_id, anomaly.as_str(), limit as i64], |r| {
+                        r.get(0)
+                    })?
+                    .collect::<Result<Vec<String>, _>>()?;
+                out.push(AnomalyCount {
+                    anomaly,
+                    count,
+                    request_ids: ids,
+                });
+            }
+            Ok(out)
         })
         .await
     }
@@ -387,6 +431,23 @@ impl CreditStore for SqliteStore {
                 ))));
             }
             Ok((existing, false))
+        })
+        .await
+    }
+
+    async fn find_credit(
+        &self,
+        account_id: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<CreditEntry>, StoreError> {
+        let (a, k) = (account_id.to_string(), idempotency_key.to_string());
+        self.with_reader(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {CREDIT_COLUMNS} FROM credit_entries WHERE account_id = ?1 AND idempotency_key = ?2"),
+                params![a, k],
+                credit_from_row,
+            )
+            .optional()?)
         })
         .await
     }

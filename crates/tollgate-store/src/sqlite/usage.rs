@@ -93,6 +93,12 @@ fn rollup_query(
     push_in(&mut select, &mut args, "key_id", &filter.key_ids);
     push_in(&mut select, &mut args, "model", &filter.models);
     push_in(&mut select, &mut args, "provider", &filter.providers);
+    let endpoints: Vec<String> = filter
+        .endpoints
+        .iter()
+        .map(|e| e.as_str().to_string())
+        .collect();
+    push_in(&mut select, &mut args, "endpoint", &endpoints);
     let mut stmt = c.prepare_cached(&select)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     // (bucket, dims) -> position in `out`; the key buffer is reused, so a row that joins an

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, Period, Role, StoredProviderKey};
 use tollgate_core::credit::{CreditEntry, CreditKind};
-use tollgate_core::store::{RecordQuery, Store};
+use tollgate_core::store::{AnomalyCount, RecordQuery, Store};
 use tollgate_core::StoreErrorKind;
 
 use super::rollups::record;
@@ -243,4 +243,75 @@ pub async fn refused_records_are_invalid_not_transient(store: Arc<dyn Store>) {
     assert!(!err.is_transient());
     assert_eq!(store.count_usage().await.unwrap(), 0);
     assert_eq!(store.insert_usage(vec![good]).await.unwrap(), 1);
+}
+
+pub async fn credits_are_found_by_idempotency_key(store: Arc<dyn Store>) {
+    store.create_account(account("acct_a")).await.unwrap();
+    store.create_account(account("acct_b")).await.unwrap();
+    store
+        .add_credit(credit("c1", "acct_a", 100, Some("idem")))
+        .await
+        .unwrap();
+    store
+        .add_credit(credit("c2", "acct_a", 7, None))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.find_credit("acct_a", "idem").await.unwrap(),
+        Some(credit("c1", "acct_a", 100, Some("idem")))
+    );
+    assert_eq!(store.find_credit("acct_a", "other").await.unwrap(), None);
+    // Keys are per account.
+    assert_eq!(store.find_credit("acct_b", "idem").await.unwrap(), None);
+}
+
+/// Flagged records are counted per kind (ordered by name), with the ids of the oldest first,
+/// per account.
+pub async fn anomalies_are_counted_per_kind_oldest_first(store: Arc<dyn Store>) {
+    use tollgate_core::record::Anomaly;
+    let mut rng = StdRng::seed_from_u64(4);
+    assert_eq!(store.anomalies("acct_a", 10).await.unwrap(), vec![]);
+    let mut recs = Vec::new();
+    for i in 0..30 {
+        // Newest ids first in time, so order by time is not order by id.
+        let mut r = record(i, 1_700_000_000_000 - i as i64 * 1000, "acct_a", &mut rng);
+        r.anomaly = match i % 3 {
+            0 => Some(Anomaly::OverReported),
+            1 => Some(Anomaly::Clamped),
+            _ => None,
+        };
+        recs.push(r);
+    }
+    let mut other = record(99, 1_600_000_000_000, "acct_b", &mut rng);
+    other.anomaly = Some(Anomaly::Clamped);
+    recs.push(other);
+    store.insert_usage(recs.clone()).await.unwrap();
+    let got = store.anomalies("acct_a", 4).await.unwrap();
+    let oldest = |kind: Anomaly| -> Vec<String> {
+        let mut of: Vec<&tollgate_core::record::UsageRecord> = recs
+            .iter()
+            .filter(|r| r.account_id == "acct_a" && r.anomaly == Some(kind))
+            .collect();
+        of.sort_by_key(|r| (r.created_at_ms, r.request_id.clone()));
+        of.iter().take(4).map(|r| r.request_id.clone()).collect()
+    };
+    assert_eq!(
+        got,
+        vec![
+            AnomalyCount {
+                anomaly: Anomaly::Clamped,
+                count: 10,
+                request_ids: oldest(Anomaly::Clamped),
+            },
+            AnomalyCount {
+                anomaly: Anomaly::OverReported,
+                count: 10,
+                request_ids: oldest(Anomaly::OverReported),
+            },
+        ]
+    );
+    assert_eq!(got[0].request_ids[0], "req_000028");
+    let b = store.anomalies("acct_b", 100).await.unwrap();
+    assert_eq!(b.len(), 1);
+    assert_eq!(b[0].request_ids, ["req_000099"]);
 }

@@ -17,11 +17,14 @@ macro_rules! conformance_suite {
             records_are_idempotent_by_request_id,
             provider_keys_round_trip,
             key_spend_reads_the_rollups,
-            refused_records_are_invalid_not_transient
+            refused_records_are_invalid_not_transient,
+            credits_are_found_by_idempotency_key,
+            anomalies_are_counted_per_kind_oldest_first
         );
         $crate::conformance_suite!(@rollups $open;
             rollup_buckets_equal_record_sums_in_every_zone,
-            record_pages_walk_every_record_once
+            record_pages_walk_every_record_once,
+            rollups_filter_by_endpoint
         );
     };
     (@tests $open:expr; $($name:ident),*) => {

@@ -206,3 +206,69 @@ pub async fn record_pages_walk_every_record_once(store: Arc<dyn Store>) {
         recs.iter().filter(|r| r.model_requested == "m3").count()
     );
 }
+
+/// `RollupFilter::endpoints` keeps only rows of those endpoints (OpenAI's completions usage
+/// leaves out embeddings), in split and whole segments, with other filters and grouped by
+/// endpoint; empty means every endpoint.
+pub async fn rollups_filter_by_endpoint(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let start = parse_rfc3339("2028-02-28T00:00:00Z").unwrap();
+    let recs: Vec<UsageRecord> = (0..600)
+        .map(|i| {
+            let mut r = record(
+                i,
+                start + rng.gen_range(0..3 * 86_400_000),
+                "acct_a",
+                &mut rng,
+            );
+            r.endpoint = Endpoint::ALL[i % 3];
+            r
+        })
+        .collect();
+    store.insert_usage(recs.clone()).await.unwrap();
+    let end = start + 3 * 86_400_000;
+    // Hours and minutes at the edges, days in the middle, split by bucket.
+    let bounds = [start + 90 * 60_000, start + 86_400_000, end - 61 * 60_000];
+    let plan = cover::plan(&cover::align(&bounds));
+    for endpoints in [
+        vec![],
+        vec![Endpoint::Embeddings],
+        vec![Endpoint::ChatCompletions, Endpoint::Messages],
+    ] {
+        for model in [None, Some("gpt-4o")] {
+            let filter = RollupFilter {
+                accounts: Some(vec!["acct_a".into()]),
+                models: model.iter().map(|m| m.to_string()).collect(),
+                endpoints: endpoints.clone(),
+                ..RollupFilter::default()
+            };
+            let dims = Dims {
+                endpoint: true,
+                ..Dims::default()
+            };
+            let rows = store
+                .rollup_rows(filter, dims, plan.segments.clone())
+                .await
+                .unwrap();
+            let got: BTreeMap<(usize, String), Sums> = cover::fold(&plan, &bounds, rows)
+                .into_iter()
+                .map(|((i, g), v)| ((i, g.endpoint.unwrap()), v))
+                .collect();
+            let mut want: BTreeMap<(usize, String), Sums> = BTreeMap::new();
+            for r in &recs {
+                if !endpoints.is_empty() && !endpoints.contains(&r.endpoint) {
+                    continue;
+                }
+                if model.is_some_and(|m| r.model_requested != m) {
+                    continue;
+                }
+                if let Some(i) = cover::bucket_of(&bounds, r.created_at_ms) {
+                    let k = (i, r.endpoint.as_str().to_string());
+                    want.entry(k).or_default().add(&Sums::of(r));
+                }
+            }
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "{endpoints:?} {model:?}");
+        }
+    }
+}

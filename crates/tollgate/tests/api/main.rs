@@ -4,7 +4,11 @@
 
 mod credits;
 mod durability;
+mod files;
+mod grants;
 mod helpers;
+mod org_usage;
 mod proxy;
+mod stale;
 mod upstream_limits;
 mod usage;
