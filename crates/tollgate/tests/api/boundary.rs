@@ -332,3 +332,130 @@ async fn first_start_banner_prints_each_sdks_base_url() {
     assert_eq!(r.status(), 401, "{}", r.text().await.unwrap());
     child.start_kill().unwrap();
 }
+
+// ---- arithmetic on hostile numbers (found by tests/properties.rs in tollgate-core) ----
+
+/// Decimal amounts with exponents at i32's limits are refused with 400 naming the field; the
+/// exponent arithmetic used to overflow (a panic, so no answer at all, in a debug build).
+#[tokio::test]
+async fn grant_amounts_with_extreme_exponents_are_400_naming_the_field() {
+    let app = spawn_app().await;
+    for amount in [
+        "1e2147483647",
+        "1e-2147483648",
+        "0.5e2147483647",
+        "1e99999999999",
+    ] {
+        for anthropic in [false, true] {
+            let req = app
+                .http
+                .post(format!(
+                    "{}/admin/accounts/{}/credits",
+                    app.base, app.account_id
+                ))
+                .json(&json!({"amount_usd": amount}));
+            let r = authed(req, &app.admin_key, anthropic).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 400, "{amount}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("amount_usd"),
+                "{amount}: {v}"
+            );
+            if !anthropic {
+                assert_eq!(v["error"]["param"], "amount_usd", "{amount}: {v}");
+            }
+        }
+    }
+    // Nothing was granted: the balance is the setup's 100 USD.
+    let v: Value = app
+        .http
+        .get(format!("{}/v1/credits", app.base))
+        .bearer_auth(&app.user_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["balance_micro"], 100_000_000, "{v}");
+}
+
+/// An Anthropic upstream reporting `input_tokens` near 2^64 plus cache reads: the three input
+/// fields used to be added unchecked (a panic in a debug build; in release a wrap to a tiny
+/// number, i.e. a near-free request). Now the sum saturates, the request is answered and
+/// recorded, and the record's input is not the wrapped value.
+#[tokio::test]
+async fn anthropic_input_plus_cache_reads_near_u64_max_does_not_wrap() {
+    // The charge of such a record is enormous: one request per account (what a second charge
+    // does to the balance is the upstream-bounds fix's business, not this test's).
+    let app = spawn_app_with(Spawn {
+        extra_toml: "\n[credits]\nenforce = false\n".into(),
+        ..Spawn::default()
+    })
+    .await;
+    for stream in [false, true] {
+        let (_, _, key) = create_account_and_key(&app.http, &app.base, &app.admin_key).await;
+        let body = json!({"model": "claude-sonnet-4-20250514", "max_tokens": 5, "stream": stream,
+            "messages": [{"role": "user", "content": "hello there world"}],
+            "mock": {"report_input_tokens": u64::MAX, "cached_tokens": 3}});
+        let r = app
+            .http
+            .post(format!("{}/v1/messages", app.base))
+            .header("x-api-key", &key)
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "stream={stream}");
+        let id = request_id(&r);
+        let _ = r.bytes().await.unwrap();
+        let rec = app.wait_record(&id).await;
+        let input = rec["input_tokens"].as_u64().unwrap();
+        let wrapped = u64::MAX.wrapping_add(3);
+        assert!(
+            input > wrapped,
+            "stream={stream}: wrapped to {input}: {rec}"
+        );
+        assert!(rec["cost_nanos"].as_i64().unwrap() > 0, "{rec}");
+        assert!(rec["charged_nanos"].as_i64().unwrap() >= 0, "{rec}");
+    }
+}
+
+/// Absurd prices times absurd usage: the cost used to be a sum of i128 products that could
+/// overflow (a panic in a debug build, a wrap to a negative cost in release). It saturates.
+#[tokio::test]
+async fn absurd_prices_times_absurd_usage_never_overflow_the_cost() {
+    let app = spawn_app_with(Spawn {
+        extra_toml: "\n[credits]\nenforce = false\n\n[prices.\"gpt-absurd\"]\n\
+                     input = \"9223372036.854775807\"\noutput = \"9223372036.854775807\"\n"
+            .into(),
+        grant_usd: Some("1"),
+        ..Spawn::default()
+    })
+    .await;
+    let body = json!({"model": "gpt-absurd", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "hi"}],
+        "mock": {"report_input_tokens": u64::MAX, "report_output_tokens": u64::MAX}});
+    let r = app.post_bearer("/v1/chat/completions", &body).await;
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    let _ = r.bytes().await.unwrap();
+    let rec = app.wait_record(&id).await;
+    let cost = rec["cost_nanos"].as_i64().unwrap();
+    assert!(cost > 0, "{rec}");
+    assert!(rec["charged_nanos"].as_i64().unwrap() > 0, "{rec}");
+    // The account's reports still answer (an overflowed or negative sum used to break them).
+    let r = app
+        .http
+        .get(format!("{}/v1/usage", app.base))
+        .bearer_auth(&app.user_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}
