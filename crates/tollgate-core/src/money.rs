@@ -42,7 +42,8 @@ pub fn parse_decimal_scaled(text: &str, scale: i32) -> Result<i64, MoneyError> {
     // value = digits * 10^(exp - frac_len); result = value * 10^scale
     let digits = format!("{int_part}{frac_part}");
     let digits = digits.trim_start_matches('0');
-    let mut shift = exp + scale - frac_part.len() as i32;
+    // i64: an exponent near i32's limits must be out of range, not an overflow.
+    let mut shift = i64::from(exp) + i64::from(scale) - frac_part.len() as i64;
     let mut digits = digits.to_string();
     // Drop trailing zeros that a negative shift would divide away anyway.
     while shift < 0 && digits.ends_with('0') {
@@ -58,8 +59,9 @@ pub fn parse_decimal_scaled(text: &str, scale: i32) -> Result<i64, MoneyError> {
     let base: i128 = digits
         .parse()
         .map_err(|_| MoneyError::OutOfRange(text.to_string()))?;
-    let factor = 10i128
-        .checked_pow(shift as u32)
+    let factor = u32::try_from(shift)
+        .ok()
+        .and_then(|shift| 10i128.checked_pow(shift))
         .ok_or_else(|| MoneyError::OutOfRange(text.to_string()))?;
     let v = base
         .checked_mul(factor)
@@ -77,7 +79,8 @@ pub fn usd_per_mtok_to_nanos(text: &str) -> Result<i64, MoneyError> {
 pub fn div_round_half_up(numerator: i128, denominator: i128) -> i128 {
     let q = numerator / denominator;
     let r = numerator % denominator;
-    if r * 2 >= denominator {
+    // `r >= d - r` is `2r >= d` without the overflow of `2r` for divisors past i128::MAX / 2.
+    if r >= denominator - r {
         q + 1
     } else {
         q

@@ -3,8 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, put};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -13,27 +12,37 @@ use tollgate_core::Code;
 
 use crate::error::ApiError;
 use crate::extract::{Admin, LimitedBody};
+use crate::router::{Access, Routes};
 use tollgate_core::account::{KeyLimits, Role};
 use tollgate_core::credit::CreditKind;
 use tollgate_core::store::RecordQuery;
 
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/accounts", get(list_accounts).post(create_account))
-        .route("/accounts/{id}", get(get_account).patch(update_account))
-        .route("/accounts/{id}/keys", get(list_keys).post(create_key))
-        .route(
-            "/accounts/{id}/credits",
-            get(credit_audit).post(add_credits),
-        )
-        .route("/accounts/{id}/provider-keys", get(list_provider_keys))
-        .route(
+pub fn routes() -> Routes {
+    use Access::Admin;
+    Routes::new()
+        .get("/accounts", Admin, list_accounts)
+        .post("/accounts", Admin, create_account)
+        .get("/accounts/{id}", Admin, get_account)
+        .patch("/accounts/{id}", Admin, update_account)
+        .get("/accounts/{id}/keys", Admin, list_keys)
+        .post("/accounts/{id}/keys", Admin, create_key)
+        .get("/accounts/{id}/credits", Admin, credit_audit)
+        .post("/accounts/{id}/credits", Admin, add_credits)
+        .get("/accounts/{id}/provider-keys", Admin, list_provider_keys)
+        .put(
             "/accounts/{id}/provider-keys/{provider}",
-            put(put_provider_key).delete(delete_provider_key),
+            Admin,
+            put_provider_key,
         )
-        .route("/keys/{id}", delete(revoke_key).patch(update_key))
-        .route("/requests", get(list_requests))
-        .route("/requests/{id}", get(get_request))
+        .delete(
+            "/accounts/{id}/provider-keys/{provider}",
+            Admin,
+            delete_provider_key,
+        )
+        .delete("/keys/{id}", Admin, revoke_key)
+        .patch("/keys/{id}", Admin, update_key)
+        .get("/requests", Admin, list_requests)
+        .get("/requests/{id}", Admin, get_request)
 }
 
 /// Parses a JSON body, mapping failures to the caller's 400.

@@ -1,14 +1,19 @@
 //! The router: every route, the per-request context middleware, and the one place an error
 //! becomes a response in the caller's style.
+//!
+//! Routes are registered through [`Routes`], which records each one's method, path and access
+//! as it adds it; [`route_table`] is built by the same code as [`routes`], so a route cannot be
+//! served without being listed (the authorization test walks that list).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::handler::Handler;
+use axum::http::{HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::MethodRouter;
 use axum::Router;
 use tollgate_core::id::new_id;
 use tollgate_core::Code;
@@ -18,15 +23,157 @@ use crate::server::ClientAddr;
 use crate::state::{RequestCtx, SharedState};
 use crate::{admin, compat, proxy};
 
-pub fn routes(state: SharedState) -> Router {
-    Router::new()
-        .route("/v1/chat/completions", post(proxy::chat_completions))
-        .route("/v1/embeddings", post(proxy::embeddings))
-        .route("/v1/messages", post(proxy::messages))
-        .route("/v1/models", get(proxy::list_models))
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No key needed.
+    Public,
+    /// Any valid key (user or admin); a user key sees only its own account.
+    User,
+    /// Admin keys only; a user key gets 403.
+    Admin,
+}
+
+/// One served route, as recorded when it was registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: Method,
+    /// axum's path syntax, e.g. `/admin/keys/{id}`.
+    pub path: String,
+    pub access: Access,
+}
+
+/// A list of routes under construction: each `get`/`post`/… adds one method on one path and
+/// records it. Only `into_router` turns the list into an axum `Router`.
+#[must_use]
+pub struct Routes {
+    entries: Vec<(RouteInfo, MethodRouter<SharedState>)>,
+}
+
+impl Routes {
+    pub fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    pub fn get<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.add(Method::GET, path, access, axum::routing::get(handler))
+    }
+
+    pub fn post<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.add(Method::POST, path, access, axum::routing::post(handler))
+    }
+
+    pub fn put<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.add(Method::PUT, path, access, axum::routing::put(handler))
+    }
+
+    pub fn patch<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.add(Method::PATCH, path, access, axum::routing::patch(handler))
+    }
+
+    pub fn delete<H, T>(self, path: &str, access: Access, handler: H) -> Self
+    where
+        H: Handler<T, SharedState>,
+        T: 'static,
+    {
+        self.add(Method::DELETE, path, access, axum::routing::delete(handler))
+    }
+
+    fn add(
+        mut self,
+        method: Method,
+        path: &str,
+        access: Access,
+        handler: MethodRouter<SharedState>,
+    ) -> Self {
+        let info = RouteInfo {
+            method,
+            path: path.to_string(),
+            access,
+        };
+        self.entries.push((info, handler));
+        self
+    }
+
+    /// `other`'s routes under `prefix` (e.g. `/admin`).
+    pub fn nest(mut self, prefix: &str, other: Routes) -> Self {
+        for (mut info, handler) in other.entries {
+            info.path = format!("{prefix}{}", info.path);
+            self.entries.push((info, handler));
+        }
+        self
+    }
+
+    pub fn merge(mut self, other: Routes) -> Self {
+        self.entries.extend(other.entries);
+        self
+    }
+
+    pub fn table(&self) -> Vec<RouteInfo> {
+        self.entries.iter().map(|(info, _)| info.clone()).collect()
+    }
+
+    /// The axum router serving exactly the recorded routes. Several methods on one path are
+    /// merged by axum; the same method twice on one path panics at startup (a programming error).
+    pub fn into_router(self) -> Router<SharedState> {
+        self.entries
+            .into_iter()
+            .fold(Router::new(), |router, (info, handler)| {
+                router.route(&info.path, handler)
+            })
+    }
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in
+/// `compat::routes`.
+fn all_routes() -> Routes {
+    use Access::*;
+    Routes::new()
+        .post("/v1/chat/completions", User, proxy::chat_completions)
+        .post("/v1/embeddings", User, proxy::embeddings)
+        .post("/v1/messages", User, proxy::messages)
+        .get("/v1/models", User, proxy::list_models)
         .nest("/admin", admin::routes())
         .merge(compat::routes())
-        .route("/health", get(|| async { "ok" }))
+        .get("/health", Public, health)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// The routes `routes` serves, with their access, from the same list the router is built from.
+pub fn route_table() -> Vec<RouteInfo> {
+    all_routes().table()
+}
+
+pub fn routes(state: SharedState) -> Router {
+    all_routes()
+        .into_router()
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -101,4 +248,77 @@ async fn request_context(
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_listed_once_with_its_access() {
+        let table = route_table();
+        let mut seen = std::collections::HashSet::new();
+        for r in &table {
+            assert!(
+                seen.insert((r.method.clone(), r.path.clone())),
+                "listed twice: {r:?}"
+            );
+        }
+        let access = |m: Method, p: &str| {
+            table
+                .iter()
+                .find(|r| r.method == m && r.path == p)
+                .map(|r| r.access)
+        };
+        assert_eq!(access(Method::GET, "/health"), Some(Access::Public));
+        assert_eq!(
+            access(Method::POST, "/admin/accounts/{id}/credits"),
+            Some(Access::Admin)
+        );
+        assert_eq!(
+            access(Method::POST, "/v1/chat/completions"),
+            Some(Access::User)
+        );
+    }
+
+    /// The table is only the router's own if nothing builds routes around it: no module but
+    /// this one makes an axum `Router` or adds a route to one.
+    #[test]
+    fn no_route_is_added_outside_the_recording_builder() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for e in std::fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, out);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    out.push(p);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        walk(&src, &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            // This test names what it looks for; only code before it counts.
+            let text = text.split("#[cfg(test)]").next().unwrap_or_default();
+            let is_router = f.ends_with("router.rs");
+            for needle in [
+                "Router::new",
+                "Router::<",
+                ".route(\"",
+                ".route_service(",
+                ".nest_service(",
+            ] {
+                let n = text.matches(needle).count();
+                let allowed = usize::from(is_router && needle == "Router::new");
+                assert!(
+                    n <= allowed,
+                    "{} has `{needle}`: register routes through router::Routes so the \
+                     authorization test sees them",
+                    f.display()
+                );
+            }
+        }
+    }
 }

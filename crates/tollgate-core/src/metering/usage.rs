@@ -41,7 +41,11 @@ pub fn from_anthropic_usage(usage: &Value) -> Option<Usage> {
     let cached = u(usage, "cache_read_input_tokens");
     let writes = u(usage, "cache_creation_input_tokens");
     Some(Usage {
-        input_tokens: u(usage, "input_tokens") + cached + writes,
+        // Saturating: an upstream's absurd numbers must not wrap into a small bill (bounding
+        // them is the settle step's job).
+        input_tokens: u(usage, "input_tokens")
+            .saturating_add(cached)
+            .saturating_add(writes),
         output_tokens: u(usage, "output_tokens"),
         cached_tokens: cached,
         cache_write_tokens: writes,

@@ -201,10 +201,24 @@ pub fn cost_nanos(usage: &Usage, p: &UnitPrices) -> i64 {
     let cached = usage.cached_tokens.min(usage.input_tokens);
     let writes = usage.cache_write_tokens.min(usage.input_tokens - cached);
     let plain = usage.input_tokens - cached - writes;
-    let total: i128 = i128::from(plain) * i128::from(p.input)
-        + i128::from(cached) * i128::from(p.cached_input)
-        + i128::from(writes) * i128::from(p.cache_write)
-        + i128::from(usage.output_tokens) * i128::from(p.output);
+    // Each product fits i128 (u64 × i64); their sum may not when both tokens and prices are
+    // absurd, so it is checked and saturates like the conversion below. Prices are parsed from
+    // unsigned decimal text; `max(0)` keeps a cost from ever going negative regardless.
+    let total = [
+        (plain, p.input),
+        (cached, p.cached_input),
+        (writes, p.cache_write),
+        (usage.output_tokens, p.output),
+    ]
+    .into_iter()
+    .try_fold(0i128, |sum, (tokens, price)| {
+        i128::from(tokens)
+            .checked_mul(i128::from(price.max(0)))
+            .and_then(|x| sum.checked_add(x))
+    });
+    let Some(total) = total else {
+        return i64::MAX;
+    };
     let nanos = div_round_half_up(total, 1_000_000);
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }

@@ -6,16 +6,17 @@ use axum::Json;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::extract::Authed;
+use crate::extract::UsageQuery;
 use crate::state::SharedState;
 
 /// `balance_micro`: grants − charges + refunds, in micro-units of `currency` (rounded down);
 /// `uncollected_micro`: held by this account's requests in flight. Also the same in credits.
-pub async fn credits(
-    State(s): State<SharedState>,
-    Authed(caller): Authed,
-) -> Result<Response, ApiError> {
-    let v = s.engine.credits.view(&caller.account_id).await?;
+/// Scoped like every usage endpoint: an admin may name `account_id` / `key_id`; a user key
+/// naming another account's gets 404 (it used to be ignored, answering with the caller's own
+/// balance as if it were the named account's).
+pub async fn credits(State(s): State<SharedState>, q: UsageQuery) -> Result<Response, ApiError> {
+    let scope = q.scope(&s).await?;
+    let v = s.engine.credits.view(&scope.account_id).await?;
     Ok(Json(json!({
         "currency": s.engine.credits.config().currency,
         "balance_micro": v.balance_nanos.div_euclid(1000),

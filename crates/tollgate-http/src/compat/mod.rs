@@ -17,36 +17,38 @@ mod openai_org;
 mod openapi;
 mod runtype;
 
-use axum::routing::get;
-use axum::Router;
 use tollgate_core::money::{div_round_half_up, nanos_to_usd_f64};
 use tollgate_core::rollup::RecordCursor;
 
 use crate::error::ApiError;
 use crate::params::Params;
-use crate::state::{AppState, SharedState};
+use crate::router::{Access, Routes};
+use crate::state::AppState;
 
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/v1/usage", get(llmhub::usage))
-        .route("/v1/usage/models", get(llmhub::models))
-        .route("/v1/usage/export", get(export::export))
-        .route("/v1/credits", get(crossmodel::credits))
-        .route("/v1/user/models", get(electronhub::models))
-        .route("/v1/user/me", get(electronhub::me))
-        .route("/v1/user/logs", get(electronhub::logs))
-        .route("/v1/model-usage", get(runtype::stats))
-        .route("/v1/model-usage/{model_config_id}", get(runtype::details))
-        .route(
+pub fn routes() -> Routes {
+    use Access::*;
+    Routes::new()
+        .get("/v1/usage", User, llmhub::usage)
+        .get("/v1/usage/models", User, llmhub::models)
+        .get("/v1/usage/export", User, export::export)
+        .get("/v1/credits", User, crossmodel::credits)
+        .get("/v1/user/models", User, electronhub::models)
+        .get("/v1/user/me", User, electronhub::me)
+        .get("/v1/user/logs", User, electronhub::logs)
+        .get("/v1/model-usage", User, runtype::stats)
+        .get("/v1/model-usage/{model_config_id}", User, runtype::details)
+        .get(
             "/v1/organization/usage/completions",
-            get(openai_org::completions),
+            Admin,
+            openai_org::completions,
         )
-        .route(
+        .get(
             "/v1/organization/usage/embeddings",
-            get(openai_org::embeddings),
+            Admin,
+            openai_org::embeddings,
         )
-        .route("/v1/organization/costs", get(openai_org::costs))
-        .route("/openapi.json", get(openapi::document))
+        .get("/v1/organization/costs", Admin, openai_org::costs)
+        .get("/openapi.json", Public, openapi::document)
 }
 
 /// `limit` (1–1000, default 50) and `cursor` of a newest-first page of raw records; `cursor_field`

@@ -2,6 +2,8 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod authz;
+mod boundary;
 mod credits;
 mod durability;
 mod files;
