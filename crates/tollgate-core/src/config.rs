@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub journal: JournalConfig,
     pub credits: CreditsConfig,
+    pub metering: MeteringConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     /// Upstream providers by name. Each says which models it serves.
@@ -105,6 +106,30 @@ pub struct CreditsConfig {
     pub currency: String,
     /// Fee charged on bring-your-own-key requests, in basis points of their cost (0 = free).
     pub byok_fee_bps: i64,
+    /// Input tokens a credit hold assumes for each part of a request whose size its body does
+    /// not show: an image, audio, file or document part (by URL, file id or inline), a
+    /// server-side tool (e.g. web search), an MCP server. Default 4,096 (more than any image
+    /// costs at OpenAI or Anthropic; a long document or many searches can cost more).
+    pub hold_tokens_per_opaque_part: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// The most tokens of each class (input, output, cached, cache writes, reasoning) one
+    /// request is recorded with. An upstream reporting more is not believed: its counts are
+    /// clamped to this, the record is flagged `clamped`, and a warning is logged. Default
+    /// 10,000,000 (beyond any model's context window plus its output); at most
+    /// 100,000,000.
+    pub max_tokens_per_request: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens_per_request: 10_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +155,7 @@ impl Default for CreditsConfig {
             per_usd: 1_000_000,
             currency: "USD".into(),
             byok_fee_bps: 0,
+            hold_tokens_per_opaque_part: 4096,
         }
     }
 }
@@ -240,6 +266,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             journal: JournalConfig::default(),
             credits: CreditsConfig::default(),
+            metering: MeteringConfig::default(),
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
             providers,
@@ -269,6 +296,17 @@ impl Config {
             return Err(InvalidConfig(
                 "credits.byok_fee_bps must be 0 to 10000".into(),
             ));
+        }
+        let ceiling = crate::record::bounds::MAX_TOKENS_PER_REQUEST;
+        if !(1..=ceiling).contains(&self.metering.max_tokens_per_request) {
+            return Err(InvalidConfig(format!(
+                "metering.max_tokens_per_request must be 1 to {ceiling}"
+            )));
+        }
+        if self.credits.hold_tokens_per_opaque_part > ceiling {
+            return Err(InvalidConfig(format!(
+                "credits.hold_tokens_per_opaque_part must be at most {ceiling}"
+            )));
         }
         if let Some(k) = &self.security.encryption_key {
             use base64::Engine;

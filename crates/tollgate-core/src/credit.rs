@@ -39,6 +39,25 @@ pub struct CreditTotals {
     pub charges_nanos: i64,
     /// Σ charged_nanos from the raw records (filled only for audits).
     pub charges_nanos_records: Option<i64>,
+    /// Records whose upstream numbers were flagged (filled only for audits).
+    pub flagged: Option<Flagged>,
+}
+
+/// An account's records flagged for a second look (`record::Anomaly`): how many, and what they
+/// were charged (included in the charges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Flagged {
+    /// Reported beyond `metering.max_tokens_per_request`, recorded clamped.
+    pub clamped: FlaggedSum,
+    /// Reported beyond what the request could produce (its output cap or its credit hold),
+    /// recorded as reported.
+    pub over_reported: FlaggedSum,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct FlaggedSum {
+    pub records: i64,
+    pub charged_nanos: i64,
 }
 
 impl CreditTotals {

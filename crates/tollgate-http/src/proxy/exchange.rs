@@ -28,7 +28,7 @@ use tollgate_engine::routing::Provider;
 use tollgate_engine::settle::{Outcome, Ticket, Tokens};
 
 use super::sse::SseSplitter;
-use crate::error::{rate_headers, ApiError};
+use crate::error::{rate_headers, ApiError, ErrorStyle};
 use crate::state::SharedState;
 
 /// Time limits of an exchange, from `[server]`.
@@ -306,6 +306,7 @@ impl Exchange {
                 ttft_ms = i64::try_from(self.ticket.started().elapsed().as_millis()).ok();
             }
             let mut out: Vec<Bytes> = Vec::new();
+            let mut past_hold = false;
             for ev in splitter.push(&next) {
                 let (event, data) = ev.fields();
                 let action = meter.on_event(&event, &data);
@@ -313,6 +314,11 @@ impl Exchange {
                     EventAction::Forward => out.push(ev.raw),
                     EventAction::Drop => {}
                     EventAction::Terminal => terminal = Some(ev.raw),
+                }
+                // Per event: one chunk can carry the whole rest of a stream.
+                if self.past_hold(&mut meter) {
+                    past_hold = true;
+                    break;
                 }
             }
             // One event per chunk (the usual case) goes out without a copy.
@@ -329,6 +335,9 @@ impl Exchange {
             }
             if terminal.is_some() {
                 break Ok(true);
+            }
+            if past_hold {
+                break Err(HOLD_EXCEEDED);
             }
         };
         let rest = splitter.take_rest();
@@ -366,6 +375,10 @@ impl Exchange {
                         let _ = body_tx.send(Ok(rest)).await;
                     }
                 }
+                // Ended by the gateway: a clean end with an error event the client can read.
+                (None, Err(HOLD_EXCEEDED)) => {
+                    let _ = body_tx.send(Ok(self.hold_exceeded_events())).await;
+                }
                 // Break the client's stream too, rather than end it as if complete.
                 (None, Err(code)) => {
                     let _ = body_tx.send(Err(std::io::Error::other(code))).await;
@@ -373,6 +386,10 @@ impl Exchange {
             }
         }
         drop(body_tx);
+        if ended == Err(HOLD_EXCEEDED) {
+            // Dropping the connection is what stops the upstream generating (and billing).
+            return;
+        }
         // Read what follows the terminal event so the connection can go back to the pool.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             while let Some(Ok(_)) = upstream.next().await {}
@@ -385,15 +402,49 @@ impl Exchange {
         self.ticket.settle(o)
     }
 
-    /// Headers every proxied response carries: the credit left and the key's rate limits.
+    /// Headers every proxied response carries: the credit left, the output cap the gateway set
+    /// (when the hold covers less than was asked), and the key's rate limits.
     fn account_headers(&self, available_nanos: i64) -> Vec<(&'static str, String)> {
         let credits = (i128::from(available_nanos) * i128::from(self.per_usd))
             .div_euclid(i128::from(NANOS_PER_USD));
         let mut h = vec![("x-credits-remaining", credits.to_string())];
+        if let Some(cap) = self.ticket.capped() {
+            h.push(("x-tollgate-max-tokens", cap.to_string()));
+        }
         h.extend(self.rate_headers.iter().cloned());
         h
     }
+
+    /// The stream has produced more output than its credit hold covers (an upstream ignoring
+    /// the cap it was sent).
+    fn past_hold(&self, meter: &mut StreamMeter) -> bool {
+        self.ticket
+            .stream_output_limit()
+            .is_some_and(|limit| meter.output_exceeds(limit))
+    }
+
+    /// The end of a stream cut at its hold, in the stream's own wire format.
+    fn hold_exceeded_events(&self) -> Bytes {
+        let err = ApiError::new(
+            Code::CreditHoldExceeded,
+            "the stream was ended: its cost passed the credit held for it (the upstream went past \
+             the output cap it was sent)",
+        );
+        match self.api {
+            Endpoint::Messages => Bytes::from(format!(
+                "event: error\ndata: {}\n\n",
+                err.body(ErrorStyle::Anthropic)
+            )),
+            _ => Bytes::from(format!(
+                "data: {}\n\ndata: [DONE]\n\n",
+                err.body(ErrorStyle::OpenAi)
+            )),
+        }
+    }
 }
+
+/// `ended` of a stream the gateway cut because it passed its credit hold.
+const HOLD_EXCEEDED: &str = "credit_hold_exceeded";
 
 fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     for (name, value) in headers {

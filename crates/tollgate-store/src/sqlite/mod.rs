@@ -11,8 +11,8 @@ use std::path::Path;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
-use tollgate_core::credit::{CreditEntry, CreditTotals};
-use tollgate_core::record::UsageRecord;
+use tollgate_core::credit::{CreditEntry, CreditTotals, Flagged, FlaggedSum};
+use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{
     self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
 };
@@ -426,20 +426,42 @@ impl CreditStore for SqliteStore {
                 [&account_id],
                 |r| r.get(0),
             )?;
-            let records = if audit {
-                Some(c.query_row(
+            let (records, flagged) = if audit {
+                let records = c.query_row(
                     "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_records WHERE account_id = ?1",
                     [&account_id],
                     |r| r.get(0),
-                )?)
+                )?;
+                let mut flagged = Flagged::default();
+                let mut stmt = c.prepare_cached(
+                    "SELECT anomaly, COUNT(*), COALESCE(SUM(charged_nanos), 0) FROM usage_records \
+                     WHERE account_id = ?1 AND anomaly IS NOT NULL GROUP BY anomaly",
+                )?;
+                let rows = stmt.query_map([&account_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+                })?;
+                for row in rows {
+                    let (anomaly, n, charged) = row?;
+                    let sum = match Anomaly::parse(&anomaly) {
+                        Some(Anomaly::Clamped) => &mut flagged.clamped,
+                        Some(Anomaly::OverReported) => &mut flagged.over_reported,
+                        None => continue,
+                    };
+                    *sum = FlaggedSum {
+                        records: n,
+                        charged_nanos: charged,
+                    };
+                }
+                (Some(records), Some(flagged))
             } else {
-                None
+                (None, None)
             };
             Ok(CreditTotals {
                 grants_nanos: grants,
                 refunds_nanos: refunds,
                 charges_nanos: charges,
                 charges_nanos_records: records,
+                flagged,
             })
         })
         .await

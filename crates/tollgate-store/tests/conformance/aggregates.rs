@@ -169,6 +169,16 @@ pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
     let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum::<i64>() + flagged_charge;
     assert_eq!(t.charges_nanos, charged);
     assert_eq!(t.charges_nanos_records, Some(charged));
+    // The audit counts flagged records and their charges.
+    let flagged = t.flagged.unwrap();
+    assert_eq!(
+        (
+            flagged.over_reported.records,
+            flagged.over_reported.charged_nanos
+        ),
+        (1, flagged_charge)
+    );
+    assert_eq!(flagged.clamped.records, 0);
     let newest = store
         .list_usage(RecordQuery {
             account_id: Some("acct_a".into()),

@@ -2,8 +2,10 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bounds;
 mod credits;
 mod durability;
 mod helpers;
+mod holds;
 mod proxy;
 mod usage;
