@@ -26,6 +26,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub journal: JournalConfig,
     pub credits: CreditsConfig,
+    pub metering: MeteringConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     /// Upstream providers by name. Each says which models it serves.
@@ -125,6 +126,30 @@ pub struct CreditsConfig {
     /// default, balances stay ~90 times below what an i64 of nano-USD can hold, so no sum of
     /// them can overflow.
     pub max_balance_usd: i64,
+    /// Input tokens a credit hold assumes for each part of a request whose size its body does
+    /// not show: an image, audio, file or document part (by URL, file id or inline), a
+    /// server-side tool (e.g. web search), an MCP server. Default 4,096 (more than any image
+    /// costs at OpenAI or Anthropic; a long document or many searches can cost more).
+    pub hold_tokens_per_opaque_part: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// The most tokens of each class (input, output, cached, cache writes, reasoning) one
+    /// request is recorded with. An upstream reporting more is not believed: its counts are
+    /// clamped to this, the record is flagged `clamped`, and a warning is logged. Default
+    /// 10,000,000 (beyond any model's context window plus its output); at most
+    /// 100,000,000.
+    pub max_tokens_per_request: u64,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self {
+            max_tokens_per_request: 10_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -152,6 +177,7 @@ impl Default for CreditsConfig {
             byok_fee_bps: 0,
             max_grant_usd: 1_000_000,
             max_balance_usd: 100_000_000,
+            hold_tokens_per_opaque_part: 4096,
         }
     }
 }
@@ -277,6 +303,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             journal: JournalConfig::default(),
             credits: CreditsConfig::default(),
+            metering: MeteringConfig::default(),
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
             providers,
@@ -332,6 +359,17 @@ impl Config {
                 "credits.max_grant_usd must be at least 1 and at most credits.max_balance_usd"
                     .into(),
             ));
+        }
+        let ceiling = crate::record::bounds::MAX_TOKENS_PER_REQUEST;
+        if !(1..=ceiling).contains(&self.metering.max_tokens_per_request) {
+            return Err(InvalidConfig(format!(
+                "metering.max_tokens_per_request must be 1 to {ceiling}"
+            )));
+        }
+        if self.credits.hold_tokens_per_opaque_part > ceiling {
+            return Err(InvalidConfig(format!(
+                "credits.hold_tokens_per_opaque_part must be at most {ceiling}"
+            )));
         }
         if let Some(k) = &self.security.encryption_key {
             use base64::Engine;

@@ -14,6 +14,8 @@ pub enum Code {
     ApiKeyInactive,
     UserInactive,
     InsufficientBalance,
+    /// A stream was ended because its cost passed the credit held for it.
+    CreditHoldExceeded,
     PermissionDenied,
     NotFound,
     ModelNotFound,
@@ -42,6 +44,7 @@ impl Code {
             ApiKeyInactive => "api_key_inactive",
             UserInactive => "user_inactive",
             InsufficientBalance => "insufficient_balance",
+            CreditHoldExceeded => "credit_hold_exceeded",
             PermissionDenied => "permission_denied",
             NotFound => "not_found",
             ModelNotFound => "model_not_found",

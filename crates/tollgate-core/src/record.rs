@@ -2,6 +2,28 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The bounds every stored number lives within, so that no record, and no sum of records a
+/// query can meet, overflows an i64.
+pub mod bounds {
+    use crate::money::NANOS_PER_USD;
+
+    /// The highest `metering.max_tokens_per_request` a config may set: each token class of a
+    /// record is at most this (10x the largest context window offered today).
+    pub const MAX_TOKENS_PER_REQUEST: u64 = 100_000_000;
+
+    /// The highest unit price (nano-USD per million tokens) a price entry may have:
+    /// USD 10,000 per million tokens (the priciest model today is under USD 1,000).
+    pub const MAX_UNIT_PRICE: i64 = 10_000 * NANOS_PER_USD;
+
+    /// The most one record can cost: every input and output token at the highest unit price
+    /// (USD 2,000,000). An i64 holds over 4,000 such records; sums saturate beyond.
+    pub const MAX_COST_NANOS: i64 =
+        (2 * MAX_TOKENS_PER_REQUEST as i64 / 1_000_000) * MAX_UNIT_PRICE;
+
+    // Thousands of worst-case records sum within an i64.
+    const _: () = assert!(MAX_COST_NANOS < i64::MAX / 4096);
+}
+
 /// The API a request was made to; decides the wire format of its usage. Recorded as the
 /// record's `endpoint` (ElectronHub's `endpoints` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -19,12 +19,53 @@ pub struct ProxyRequest {
     pub forward: Bytes,
 }
 
+/// The fields that cap a request's output, in the wire formats the gateway speaks.
+const OUTPUT_CAPS: [&str; 3] = ["max_completion_tokens", "max_tokens", "max_output_tokens"];
+
 impl ProxyRequest {
-    /// The output cap the client set, if any.
+    /// The output cap (per choice) the client set, if any; the largest, if it set several.
     pub fn max_output_tokens(&self) -> Option<u64> {
-        ["max_completion_tokens", "max_tokens", "max_output_tokens"]
+        OUTPUT_CAPS
             .iter()
-            .find_map(|k| self.json.get(*k).and_then(Value::as_u64))
+            .filter_map(|k| self.json.get(*k).and_then(Value::as_u64))
+            .max()
+    }
+
+    /// How many choices the request asks for (OpenAI's `n`); its output cap is per choice.
+    pub fn choices(&self) -> u64 {
+        self.json
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// Caps the output of the forwarded request at `cap` tokens per choice: every cap field the
+    /// client set is lowered to it; with none, `max_tokens` is added for Anthropic messages
+    /// (always present there anyway) and `max_completion_tokens` for chat, the field OpenAI
+    /// documents for every model (its reasoning models refuse `max_tokens`) and that counts
+    /// reasoning tokens, which are billed as output.
+    pub fn cap_output(&mut self, api: Endpoint, cap: u64) -> Result<(), DomainError> {
+        let mut v: Value = serde_json::from_slice(&self.forward).map_err(DomainError::internal)?;
+        let Some(o) = v.as_object_mut() else {
+            return Err(DomainError::internal("forwarded body is not an object"));
+        };
+        let mut set = false;
+        for k in OUTPUT_CAPS {
+            if let Some(n) = o.get(k).and_then(Value::as_u64) {
+                o.insert(k.into(), json!(n.min(cap)));
+                set = true;
+            }
+        }
+        if !set {
+            let field = match api {
+                Endpoint::Messages => "max_tokens",
+                _ => "max_completion_tokens",
+            };
+            o.insert(field.into(), json!(cap));
+        }
+        self.forward = Bytes::from(serde_json::to_vec(&v).map_err(DomainError::internal)?);
+        Ok(())
     }
 
     pub fn parse(api: Endpoint, bytes: Bytes) -> Result<Self, DomainError> {
@@ -137,5 +178,56 @@ impl ProxyRequest {
             json,
             forward,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(api: Endpoint, body: Value) -> ProxyRequest {
+        ProxyRequest::parse(api, Bytes::from(body.to_string())).unwrap()
+    }
+
+    fn forwarded(r: &ProxyRequest) -> Value {
+        serde_json::from_slice(&r.forward).unwrap()
+    }
+
+    #[test]
+    fn the_output_cap_goes_into_the_clients_field_or_the_apis_own() {
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        let mut r = parse(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": msgs, "stream": true}),
+        );
+        r.cap_output(Endpoint::ChatCompletions, 7).unwrap();
+        let f = forwarded(&r);
+        assert_eq!(f["max_completion_tokens"], 7);
+        assert!(f.get("max_tokens").is_none());
+        // The usage request added for the stream is kept.
+        assert_eq!(f["stream_options"]["include_usage"], true);
+
+        let mut r = parse(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": msgs, "max_tokens": 100, "n": 3}),
+        );
+        assert_eq!((r.max_output_tokens(), r.choices()), (Some(100), 3));
+        r.cap_output(Endpoint::ChatCompletions, 7).unwrap();
+        let f = forwarded(&r);
+        assert_eq!(f["max_tokens"], 7);
+        assert!(f.get("max_completion_tokens").is_none());
+
+        let mut r = parse(
+            Endpoint::Messages,
+            json!({"model": "m", "messages": msgs, "max_tokens": 5}),
+        );
+        r.cap_output(Endpoint::Messages, 7).unwrap();
+        assert_eq!(forwarded(&r)["max_tokens"], 5, "never raised");
+        // Several caps: the hold assumes the largest.
+        let r = parse(
+            Endpoint::ChatCompletions,
+            json!({"model": "m", "messages": msgs, "max_tokens": 9, "max_completion_tokens": 4}),
+        );
+        assert_eq!(r.max_output_tokens(), Some(9));
     }
 }

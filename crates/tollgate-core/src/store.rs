@@ -24,6 +24,8 @@ pub struct RecordQuery {
 pub struct AnomalyCount {
     pub anomaly: Anomaly,
     pub count: i64,
+    /// What those records charged the account, nano-USD.
+    pub charged_nanos: i64,
     /// Oldest first (`created_at_ms`, then request id), at most the `limit` asked for.
     pub request_ids: Vec<String>,
 }

@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
+use tollgate_core::record::bounds::{MAX_TOKENS_PER_REQUEST, MAX_UNIT_PRICE};
 use serde_json::{json, Map, Value};
 use tollgate_core::metering::usage::{
     from_anthropic_usage, from_openai_usage, from_response_bytes, StreamMeter,
@@ -325,14 +326,15 @@ proptest! {
         prop_assert!(cost_nanos(&more, &p) >= cost_nanos(&u, &p));
     }
 
-    /// At realistic magnitudes the cost is exact: the sum of each class at its price, rounded
-    /// once, half up.
+    /// Within the bounds a record can have (tokens per class at most
+    /// `MAX_TOKENS_PER_REQUEST`, unit prices at most `MAX_UNIT_PRICE`) the cost is exact: the sum
+    /// of each class at its price, rounded once, half up.
     #[test]
     fn cost_is_exact_at_realistic_magnitudes(
-        input in 0u64..10_000_000_000, out in 0u64..10_000_000_000,
-        cached in 0u64..10_000_000_000, writes in 0u64..10_000_000_000,
-        pi in 0i64..1_000_000_000_000, po in 0i64..1_000_000_000_000,
-        pc in 0i64..1_000_000_000_000, pw in 0i64..1_000_000_000_000,
+        input in 0u64..=MAX_TOKENS_PER_REQUEST, out in 0u64..=MAX_TOKENS_PER_REQUEST,
+        cached in 0u64..=MAX_TOKENS_PER_REQUEST, writes in 0u64..=MAX_TOKENS_PER_REQUEST,
+        pi in 0i64..=MAX_UNIT_PRICE, po in 0i64..=MAX_UNIT_PRICE,
+        pc in 0i64..=MAX_UNIT_PRICE, pw in 0i64..=MAX_UNIT_PRICE,
     ) {
         let u = Usage { input_tokens: input, output_tokens: out, cached_tokens: cached,
                         cache_write_tokens: writes, reasoning_tokens: 0 };

@@ -15,7 +15,7 @@ use tollgate_core::request::ProxyRequest;
 use tollgate_core::{Code, DomainError};
 
 use crate::routing::Provider;
-use crate::settle::{Arrival, Ticket};
+use crate::settle::{Arrival, Bounds, HoldBound, Ticket};
 use crate::Engine;
 
 pub struct Admitted {
@@ -37,7 +37,7 @@ impl Engine {
         api: Endpoint,
         provider: &Arc<Provider>,
         price: &PriceEntry,
-        req: &ProxyRequest,
+        req: &mut ProxyRequest,
     ) -> Result<Admitted, DomainError> {
         // Who pays: the account's own key for this provider (source `user`), else the platform's.
         let (api_key, source) = match self
@@ -57,27 +57,67 @@ impl Engine {
             },
         };
         // The most this request can cost: every body byte an input token (a BPE token is at
-        // least a byte), plus the output cap at the output price. Only if that does not fit the
-        // balance is the input counted with the tokenizer (with a margin for other providers'
-        // tokenizers).
-        let max_output = match api {
+        // least a byte), plus a fixed allowance for each part whose size the body does not show
+        // (media, files, server-side tools), plus the output cap (per choice, times `n`) at the
+        // output price. Only if that does not fit the balance is the input counted with the
+        // tokenizer (with a margin for other providers' tokenizers).
+        let choices = req.choices();
+        let client_max = match api {
             Endpoint::Embeddings => Some(0),
             _ => req.max_output_tokens(),
         };
+        let per_choice = client_max.unwrap_or(price.max_output_tokens);
+        let max_output = per_choice.saturating_mul(choices);
         let fee = self.config.credits.byok_fee_bps;
-        let body_bound = req.forward.len() as u64;
-        let bound = price.max_cost(body_bound, max_output);
+        let opaque = tokenizer::opaque_input_parts(&req.json)
+            .saturating_mul(self.config.credits.hold_tokens_per_opaque_part);
+        let body_bytes = req.forward.len() as u64;
+        let body_bound = body_bytes.saturating_add(opaque);
+        let bound = price.max_cost(body_bound, Some(max_output));
+        // The input the hold was computed with: the refined count, if it was needed.
+        let mut held_input = body_bound;
         let refine = || {
             let counted = tokenizer::count_request_input(&req.json);
-            let input = counted.saturating_mul(2).saturating_add(16).min(body_bound);
-            charge(source, price.max_cost(input, max_output), fee)
+            let input = counted
+                .saturating_mul(2)
+                .saturating_add(16)
+                .min(body_bytes)
+                .saturating_add(opaque);
+            held_input = input;
+            let full = charge(source, price.max_cost(input, Some(max_output)), fee);
+            // The least: the input and one token per choice (below that, 402).
+            let least = charge(
+                source,
+                price.max_cost(input, Some(choices.min(max_output))),
+                fee,
+            );
+            (full, least)
         };
         let (hold, available) = self
             .credits
             .hold(&caller.account_id, charge(source, bound, fee), refine)
             .await?;
+        let enforce = self.config.credits.enforce;
+        let allowance = price
+            .max_output_within(hold.amount(), held_input, source, fee)
+            .unwrap_or(0);
+        // The hold covers less output than asked: the request goes upstream capped to it.
+        let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(1));
+        if let Some(cap) = capped {
+            req.cap_output(api, cap)?;
+        }
         let mut permit = self.limiter.admit(caller, &req.model, bound).await?;
         let rate = std::mem::take(&mut permit.rate);
+        let bounds = Bounds {
+            output_cap: capped.or(client_max.filter(|_| api != Endpoint::Embeddings)),
+            capped,
+            choices,
+            hold: enforce.then(|| HoldBound {
+                amount: hold.amount(),
+                output_allowance: allowance,
+            }),
+            max_tokens: self.config.metering.max_tokens_per_request,
+        };
         let ticket = Ticket::new(
             self.ledger.clone(),
             arrival,
@@ -91,6 +131,7 @@ impl Engine {
             hold,
             permit,
             available,
+            bounds,
         );
         Ok(Admitted {
             api_key,

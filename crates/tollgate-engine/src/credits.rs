@@ -72,6 +72,11 @@ pub struct Hold {
 }
 
 impl Hold {
+    /// nano-USD held.
+    pub fn amount(&self) -> i64 {
+        self.amount
+    }
+
     /// Releases the hold and debits `charge`. Returns what the account has available after.
     pub fn settle(mut self, charge: i64) -> i64 {
         self.done = true;
@@ -169,36 +174,46 @@ impl Credits {
         Ok(book)
     }
 
-    /// Holds up to `bound` for a request. `refine` gives a tighter bound (local token count),
-    /// computed only when the cheap one does not fit. Returns the hold and what is available
-    /// after it.
+    /// Holds up to `bound` for a request. `refine` gives a tighter bound (local token count)
+    /// and the least the request can be held at (with its output capped), computed only when
+    /// the cheap bound does not fit. When credits are enforced and the tighter bound does not
+    /// fit either, what is available is held if it is at least that least (the caller caps the
+    /// request to it: `Hold::amount`); below that the request is refused. Returns the hold and
+    /// what is available after it.
     pub async fn hold(
         &self,
         account_id: &str,
         bound: i64,
-        refine: impl FnOnce() -> i64,
+        refine: impl FnOnce() -> (i64, i64),
     ) -> Result<(Hold, i64), DomainError> {
         let book = self.book(account_id).await?;
         let fits = |b: &Book, amount: i64| !self.cfg.enforce || b.available() >= amount;
-        let mut amount = bound;
+        let (mut amount, mut least) = (bound, bound);
         if !fits(&book.lock(), bound) {
             // Count tokens (microseconds to milliseconds) without holding the account's lock.
-            amount = refine().min(bound);
+            let (refined, at_least) = refine();
+            amount = refined.min(bound);
+            least = at_least.min(amount);
         }
         let mut b = book.lock();
         if !fits(&b, amount) {
             let available = b.available().max(0);
-            return Err(DomainError::new(
-                Code::InsufficientBalance,
-                format!(
-                    "insufficient balance: this request may cost up to {} credits and {} are available \
-                     (a credit is 1/{} {}); lower max_tokens or add credits",
-                    self.nanos_to_credits(amount),
-                    self.nanos_to_credits(available),
-                    self.cfg.per_usd,
-                    self.cfg.currency,
-                ),
-            ));
+            if available < least {
+                return Err(DomainError::new(
+                    Code::InsufficientBalance,
+                    format!(
+                        "insufficient balance: this request may cost up to {} credits ({} with its \
+                         output capped to what the balance covers) and {} are available (a credit \
+                         is 1/{} {}); shorten the input or add credits",
+                        self.nanos_to_credits(amount),
+                        self.nanos_to_credits(least),
+                        self.nanos_to_credits(available),
+                        self.cfg.per_usd,
+                        self.cfg.currency,
+                    ),
+                ));
+            }
+            amount = available;
         }
         b.held = b.held.saturating_add(amount);
         let after = b.available();

@@ -7,8 +7,7 @@ use std::time::Instant;
 use tollgate_core::account::Caller;
 use tollgate_core::metering::{tokenizer, Usage};
 use tollgate_core::pricing::PriceEntry;
-use tollgate_core::record::Provenance;
-use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
+use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
 use tollgate_core::request::ProxyRequest;
 
 use crate::credits::Hold;
@@ -48,6 +47,29 @@ pub struct Outcome {
     pub ttft_ms: Option<i64>,
 }
 
+/// What admission allowed a request to produce, so its end can tell an upstream that reported
+/// more (`Anomaly::OverReported`) and a stream can be stopped at its hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bounds {
+    /// The output cap per choice the upstream was sent (the client's, or the gateway's), if any.
+    pub output_cap: Option<u64>,
+    /// Set when the gateway lowered (or set) the cap to what the hold covers.
+    pub capped: Option<u64>,
+    /// Choices requested (`n`); the cap is per choice.
+    pub choices: u64,
+    /// Credits enforced: the amount held, and the output tokens (all choices) it covers at
+    /// the held input.
+    pub hold: Option<HoldBound>,
+    /// `metering.max_tokens_per_request`: no token class is recorded above it.
+    pub max_tokens: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HoldBound {
+    pub amount: i64,
+    pub output_allowance: u64,
+}
+
 /// An admitted request's claim on its account: the hold and permit taken at admission and the
 /// facts its record needs. Settled once; dropped unsettled, the hold and permit are released.
 pub struct Ticket {
@@ -66,6 +88,7 @@ pub struct Ticket {
     byok_fee_bps: i64,
     settlement: Option<(Hold, Permit)>,
     available_after_hold: i64,
+    bounds: Bounds,
 }
 
 impl Ticket {
@@ -83,6 +106,7 @@ impl Ticket {
         hold: Hold,
         permit: Permit,
         available_after_hold: i64,
+        bounds: Bounds,
     ) -> Self {
         Self {
             ledger,
@@ -99,7 +123,20 @@ impl Ticket {
             byok_fee_bps,
             settlement: Some((hold, permit)),
             available_after_hold,
+            bounds,
         }
+    }
+
+    /// The output cap the gateway set because the hold covers no more (`x-tollgate-max-tokens`).
+    pub fn capped(&self) -> Option<u64> {
+        self.bounds.capped
+    }
+
+    /// The most output (tokens, all choices) a stream may be seen to produce before it is ended
+    /// for passing its hold (`with_margin` of what the hold covers); `None` when credits are not
+    /// enforced. An honest upstream stops at its cap, well before this.
+    pub fn stream_output_limit(&self) -> Option<u64> {
+        self.bounds.hold.map(|h| with_margin(h.output_allowance))
     }
 
     pub fn started(&self) -> Instant {
@@ -134,7 +171,31 @@ impl Ticket {
             ),
             Tokens::None => (Usage::default(), Provenance::Provider),
         };
+        // The one place upstream numbers are bounded: no class above the per-request ceiling.
+        let (usage, clamped) = usage.clamped(self.bounds.max_tokens);
         let priced = self.price.price(&usage, self.source, self.byok_fee_bps);
+        let anomaly = if clamped {
+            tracing::warn!(
+                request_id = %self.arrival.request_id,
+                provider = %self.provider,
+                ceiling = self.bounds.max_tokens,
+                "upstream reported more tokens than metering.max_tokens_per_request; clamped"
+            );
+            Some(Anomaly::Clamped)
+        } else if self.over_reported(&usage, priced.charged_nanos, provenance) {
+            tracing::warn!(
+                request_id = %self.arrival.request_id,
+                provider = %self.provider,
+                output_tokens = usage.output_tokens,
+                output_cap = ?self.bounds.output_cap,
+                charged_nanos = priced.charged_nanos,
+                held_nanos = ?self.bounds.hold.map(|h| h.amount),
+                "upstream reported more than the request could produce; recorded as reported"
+            );
+            Some(Anomaly::OverReported)
+        } else {
+            None
+        };
         let elapsed = i64::try_from(self.arrival.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let now = self.arrival.started_ms.saturating_add(elapsed);
         permit.settle(usage.total_tokens(), priced.cost_nanos, now);
@@ -170,10 +231,31 @@ impl Ticket {
             ttft_ms: o.ttft_ms,
             streamed: self.streamed,
             provenance,
-            anomaly: None,
+            anomaly,
         });
         available
     }
+
+    /// More output than the cap the upstream was sent (times the choices), or a charge past
+    /// the hold: the request could not have produced it. Tokens counted locally (with another
+    /// tokenizer than the provider's) count as over only past the margin a stream is cut at.
+    fn over_reported(&self, usage: &Usage, charged: i64, provenance: Provenance) -> bool {
+        let b = &self.bounds;
+        let most = b.output_cap.map(|cap| cap.saturating_mul(b.choices.max(1)));
+        match provenance {
+            Provenance::Provider => {
+                most.is_some_and(|m| usage.output_tokens > m)
+                    || b.hold.is_some_and(|h| charged > h.amount)
+            }
+            Provenance::Estimated => most.is_some_and(|m| usage.output_tokens > with_margin(m)),
+        }
+    }
+}
+
+/// `tokens` and an eighth (and 16 tokens) more: room for the local count of another provider's
+/// tokens to run high.
+fn with_margin(tokens: u64) -> u64 {
+    tokens.saturating_add(tokens / 8).saturating_add(16)
 }
 
 fn to_i64(v: u64) -> i64 {

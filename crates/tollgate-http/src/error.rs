@@ -42,7 +42,7 @@ pub fn status(code: Code) -> StatusCode {
     let s = match code {
         InvalidJson | InvalidRequest | UnsupportedParameter => 400,
         MissingApiKey | InvalidApiKey | ApiKeyInactive | UserInactive => 401,
-        InsufficientBalance => 402,
+        InsufficientBalance | CreditHoldExceeded => 402,
         PermissionDenied => 403,
         NotFound | ModelNotFound => 404,
         MethodNotAllowed => 405,

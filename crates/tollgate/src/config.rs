@@ -179,6 +179,41 @@ mod tests {
     }
 
     #[test]
+    fn metering_ceiling_and_opaque_allowance_are_validated() {
+        let c = load_from(None, &[]).unwrap();
+        assert_eq!(c.metering.max_tokens_per_request, 10_000_000);
+        assert_eq!(c.credits.hold_tokens_per_opaque_part, 4096);
+        for (var, value, key) in [
+            (
+                "TOLLGATE_METERING__MAX_TOKENS_PER_REQUEST",
+                "0",
+                "metering.max_tokens_per_request",
+            ),
+            (
+                "TOLLGATE_METERING__MAX_TOKENS_PER_REQUEST",
+                "100000001",
+                "metering.max_tokens_per_request",
+            ),
+            (
+                "TOLLGATE_CREDITS__HOLD_TOKENS_PER_OPAQUE_PART",
+                "100000001",
+                "credits.hold_tokens_per_opaque_part",
+            ),
+        ] {
+            let err = load_from(None, &env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{err}");
+        }
+        let c = load_from(
+            None,
+            &env(&[("TOLLGATE_METERING__MAX_TOKENS_PER_REQUEST", "2000000")]),
+        )
+        .unwrap();
+        assert_eq!(c.metering.max_tokens_per_request, 2_000_000);
+    }
+
+    #[test]
     fn configured_providers_replace_the_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.toml");

@@ -23,4 +23,16 @@ impl Usage {
     pub fn total_tokens(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)
     }
+
+    /// Each token class bounded by `max` (the per-request ceiling), and whether any was over.
+    pub fn clamped(self, max: u64) -> (Usage, bool) {
+        let c = Usage {
+            input_tokens: self.input_tokens.min(max),
+            output_tokens: self.output_tokens.min(max),
+            cached_tokens: self.cached_tokens.min(max),
+            cache_write_tokens: self.cache_write_tokens.min(max),
+            reasoning_tokens: self.reasoning_tokens.min(max),
+        };
+        (c, c != self)
+    }
 }

@@ -56,7 +56,35 @@ pub fn count_request_input(body: &Value) -> u64 {
     if let Some(input) = body.get("input") {
         total += count_content(input);
     }
+    // Other fields the provider reads as input: structured-output schemas, legacy functions.
+    for key in ["response_format", "functions", "tool_choice"] {
+        if let Some(v) = body.get(key).filter(|v| v.is_object() || v.is_array()) {
+            total += count_text(&v.to_string());
+        }
+    }
     total
+}
+
+/// Content part types whose input tokens the body does not show: media and files (by URL, by
+/// file id, or inline, where the provider's count follows pixels or pages, not bytes).
+const OPAQUE_PARTS: [&str; 11] = [
+    "image_url",
+    "input_image",
+    "image",
+    "file",
+    "input_file",
+    "document",
+    "input_audio",
+    "audio",
+    "video",
+    "video_url",
+    "container_upload",
+];
+
+fn is_opaque_part(part: &Value) -> bool {
+    part.get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| OPAQUE_PARTS.contains(&t))
 }
 
 fn count_content(c: &Value) -> u64 {
@@ -66,15 +94,72 @@ fn count_content(c: &Value) -> u64 {
             .iter()
             .map(|p| match p {
                 Value::String(s) => count_text(s),
-                other => other
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map(count_text)
-                    .unwrap_or(0),
+                // Held by its own rule (`opaque_input_parts`).
+                p if is_opaque_part(p) => 0,
+                other => match (
+                    other.get("text").and_then(Value::as_str),
+                    other.get("content"),
+                ) {
+                    (Some(text), _) => count_text(text),
+                    // A tool result: its own content, which may hold parts of its own.
+                    (None, Some(inner)) => count_content(inner),
+                    // A tool call or another part shown as JSON: its text.
+                    (None, None) => count_text(&other.to_string()),
+                },
             })
             .sum(),
         _ => 0,
     }
+}
+
+/// How many parts of a request carry input whose size its body does not show: image, audio,
+/// file and document parts (in messages, tool results and the system prompt), server-side tools
+/// (a `tools` entry whose `type` is not `function` or `custom`, e.g. Anthropic's
+/// `web_search_*`), MCP servers and OpenAI's `web_search_options`. A credit hold assumes a fixed
+/// number of tokens for each (`credits.hold_tokens_per_opaque_part`).
+pub fn opaque_input_parts(body: &Value) -> u64 {
+    fn in_content(c: &Value) -> u64 {
+        let Value::Array(parts) = c else { return 0 };
+        parts
+            .iter()
+            .map(|p| {
+                if is_opaque_part(p) {
+                    1
+                } else {
+                    p.get("content").map_or(0, in_content)
+                }
+            })
+            .sum()
+    }
+    let mut n = 0u64;
+    for m in body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        n = n.saturating_add(m.get("content").map_or(0, in_content));
+    }
+    n = n.saturating_add(body.get("system").map_or(0, in_content));
+    let server_tools = body
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|ty| ty != "function" && ty != "custom")
+        })
+        .count() as u64;
+    let mcp = body
+        .get("mcp_servers")
+        .and_then(Value::as_array)
+        .map_or(0, |a| a.len() as u64);
+    let search = u64::from(body.get("web_search_options").is_some());
+    n.saturating_add(server_tools)
+        .saturating_add(mcp)
+        .saturating_add(search)
 }
 
 #[cfg(test)]
@@ -90,5 +175,40 @@ mod tests {
         assert_eq!(count_request_input(&body), 3 + 2 + 3);
         let parts = serde_json::json!({"system": "be brief", "messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]}]});
         assert_eq!(count_request_input(&parts), 3 + 2 + 3 + 2);
+    }
+
+    #[test]
+    fn parts_the_body_cannot_size_are_counted_apart() {
+        let body = serde_json::json!({
+            "system": [{"type": "text", "text": "be brief"}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "hello world"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}
+                ]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [
+                        {"type": "image", "source": {"type": "url", "url": "https://example.com/b.png"}}
+                    ]}
+                ]}
+            ],
+            "tools": [
+                {"type": "function", "function": {"name": "f"}},
+                {"name": "custom_tool", "input_schema": {}},
+                {"type": "web_search_20250305", "name": "web_search"}
+            ]
+        });
+        assert_eq!(opaque_input_parts(&body), 4);
+        // The URLs are not counted as text: the parts are held by their own rule.
+        let text_only = serde_json::json!({"system": [{"type": "text", "text": "be brief"}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hello world"}]},
+                         {"role": "user", "content": [{"type": "tool_result", "content": []}]}]});
+        let tools_len = count_text(&body["tools"].to_string());
+        assert_eq!(
+            count_request_input(&body),
+            count_request_input(&text_only) + tools_len
+        );
+        assert_eq!(opaque_input_parts(&serde_json::json!({"messages": []})), 0);
     }
 }

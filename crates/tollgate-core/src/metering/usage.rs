@@ -6,8 +6,17 @@ use super::tokenizer;
 use super::Usage;
 use crate::record::Endpoint;
 
+/// A token count as the upstream wrote it. A number past u64 (parsed as a float) or a float
+/// saturates rather than reading as 0, so an absurd report is clamped and flagged later
+/// (`Usage::clamped`) instead of vanishing; negatives and non-numbers are 0.
 fn u(v: &Value, key: &str) -> u64 {
-    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+    match v.get(key) {
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f > 0.0).map(|f| f as u64))
+            .unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// OpenAI's `usage` object (chat or embeddings). `prompt_tokens` already includes cached tokens.
@@ -137,10 +146,19 @@ pub struct StreamMeter {
     content: String,
     model: Option<String>,
     pub saw_error_event: bool,
+    /// Running count of output so far (`running_output`): bytes of `content` counted, tokens.
+    counted_bytes: usize,
+    counted_tokens: u64,
+    /// Content past `MAX_CONTENT`, not kept: bytes.
+    dropped_bytes: usize,
 }
 
 /// Content kept for local counting is capped; beyond it the estimate undercounts.
 const MAX_CONTENT: usize = 8 * 1024 * 1024;
+
+/// The running count of a stream's output is brought up to date every this many bytes of
+/// content events (tokenizing a few KiB takes well under a millisecond).
+const COUNT_EVERY: usize = 4 * 1024;
 
 #[derive(serde::Deserialize)]
 struct OpenAiChunk {
@@ -197,6 +215,9 @@ impl StreamMeter {
             content: String::new(),
             model: None,
             saw_error_event: false,
+            counted_bytes: 0,
+            counted_tokens: 0,
+            dropped_bytes: 0,
         }
     }
 
@@ -271,10 +292,10 @@ impl StreamMeter {
                 let delta = serde_json::from_str::<AnthropicDelta>(data).ok();
                 if let Some(d) = delta.and_then(|d| d.usage).filter(Value::is_object) {
                     let mut usage = self.usage.unwrap_or_default();
-                    if let Some(o) = d.get("output_tokens").and_then(Value::as_u64) {
-                        usage.output_tokens = o;
+                    if d.get("output_tokens").is_some_and(Value::is_number) {
+                        usage.output_tokens = u(&d, "output_tokens");
                     }
-                    if d.get("input_tokens").and_then(Value::as_u64).is_some() {
+                    if d.get("input_tokens").is_some_and(Value::is_number) {
                         if let Some(full) = from_anthropic_usage(&d) {
                             usage.input_tokens = full.input_tokens;
                             usage.cached_tokens = full.cached_tokens;
@@ -294,7 +315,37 @@ impl StreamMeter {
         if self.content.len() + data.len() < MAX_CONTENT {
             self.content.push_str(data);
             self.content.push('\n');
+        } else {
+            self.dropped_bytes = self.dropped_bytes.saturating_add(data.len());
         }
+    }
+
+    /// The output counted so far passes `limit` tokens. Tokenizes only when it could: a token
+    /// is at least a byte of event data, so while the count plus the bytes not yet counted stay
+    /// within `limit`, nothing is counted.
+    pub fn output_exceeds(&mut self, limit: u64) -> bool {
+        let pending = (self.content.len() - self.counted_bytes) as u64;
+        let most = self
+            .counted_tokens
+            .saturating_add(self.dropped_bytes as u64 / 4)
+            .saturating_add(pending);
+        most > limit && self.running_output() > limit
+    }
+
+    /// Output tokens generated so far, counted locally as the stream goes (brought up to date
+    /// every `COUNT_EVERY` bytes of content events, so it lags by at most that). Content past
+    /// the kept maximum counts a token per 4 bytes of event data. (Usage the stream reports
+    /// comes with its last events, too late to stop anything, so it is left to the record.)
+    pub fn running_output(&mut self) -> u64 {
+        if self.content.len() - self.counted_bytes >= COUNT_EVERY {
+            let fresh = &self.content[self.counted_bytes..];
+            self.counted_tokens = self
+                .counted_tokens
+                .saturating_add(tokenizer::count_text(&self.text_of(fresh)));
+            self.counted_bytes = self.content.len();
+        }
+        self.counted_tokens
+            .saturating_add(self.dropped_bytes as u64 / 4)
     }
 
     /// The upstream's own final usage, if it reported it.
@@ -315,8 +366,13 @@ impl StreamMeter {
 
     /// Output tokens counted locally from the content events kept.
     pub fn estimate_output(&self) -> u64 {
+        tokenizer::count_text(&self.text_of(&self.content))
+    }
+
+    /// The generated text in `content` lines (one event's data each).
+    fn text_of(&self, content: &str) -> String {
         let mut text = String::new();
-        for line in self.content.lines() {
+        for line in content.lines() {
             let Ok(v) = serde_json::from_str::<Value>(line) else {
                 continue;
             };
@@ -348,7 +404,7 @@ impl StreamMeter {
                 }
             }
         }
-        tokenizer::count_text(&text)
+        text
     }
 }
 
@@ -403,6 +459,52 @@ mod tests {
         let mut m = StreamMeter::new(Endpoint::ChatCompletions, true);
         m.on_event("", content);
         assert_eq!(m.on_event("", usage_chunk), EventAction::Forward);
+    }
+
+    #[test]
+    fn absurd_numbers_saturate_instead_of_vanishing_or_wrapping() {
+        let u = from_openai_usage(&json!({
+            "prompt_tokens": 1e30, "completion_tokens": u64::MAX, "prompt_tokens_details": {"cached_tokens": -5}
+        }))
+        .unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.cached_tokens),
+            (u64::MAX, u64::MAX, 0)
+        );
+        let u = from_anthropic_usage(&json!({
+            "input_tokens": u64::MAX, "cache_read_input_tokens": u64::MAX, "output_tokens": 3
+        }))
+        .unwrap();
+        assert_eq!(u.input_tokens, u64::MAX);
+        let (c, clamped) = u.clamped(1000);
+        assert!(clamped);
+        assert_eq!(
+            (c.input_tokens, c.cached_tokens, c.output_tokens),
+            (1000, 1000, 3)
+        );
+        assert!(!c.clamped(1000).1);
+    }
+
+    #[test]
+    fn running_output_is_counted_as_the_stream_goes() {
+        let mut m = StreamMeter::new(Endpoint::ChatCompletions, false);
+        m.on_event(
+            "",
+            r#"{"model":"gpt-4o","choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+        );
+        let delta = r#"{"choices":[{"index":0,"delta":{"content":"hello "}}]}"#;
+        let mut events = 0;
+        while m.running_output() == 0 {
+            m.on_event("", delta);
+            events += 1;
+            assert!(events < 1000);
+        }
+        // Counted once 4 KiB of events had arrived (about a token an event), as a full count
+        // of the same content would.
+        assert!(events > 40, "{events}");
+        assert!(m.running_output() >= events);
+        assert_eq!(m.running_output(), m.estimate_output());
+        assert!(m.output_exceeds(events - 1) && !m.output_exceeds(10_000));
     }
 
     #[test]

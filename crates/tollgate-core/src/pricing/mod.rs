@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Code, DomainError};
 use crate::metering::Usage;
 use crate::money::{div_round_half_up, parse_decimal_scaled, usd_per_mtok_to_nanos, MoneyError};
-use crate::record::Source;
+use crate::record::{bounds, Source};
 
 const BUNDLED: &str = include_str!("prices.json");
 
@@ -76,13 +76,27 @@ struct BundledEntry {
 }
 
 fn value_to_nanos(v: &toml::Value) -> Result<i64, MoneyError> {
-    match v {
+    let nanos = match v {
         toml::Value::String(s) => usd_per_mtok_to_nanos(s),
         toml::Value::Integer(i) => usd_per_mtok_to_nanos(&i.to_string()),
         // A TOML float is printed in its shortest round-trip form and parsed as decimal text.
         toml::Value::Float(f) => usd_per_mtok_to_nanos(&f.to_string()),
         other => Err(MoneyError::NotANumber(other.to_string())),
+    }?;
+    within_price_bound(nanos, || v.to_string())
+}
+
+/// A unit price above `bounds::MAX_UNIT_PRICE` is refused: with it, the cost of a request at
+/// the token ceiling would no longer fit the record's bounds.
+fn within_price_bound(nanos: i64, text: impl FnOnce() -> String) -> Result<i64, MoneyError> {
+    if nanos > bounds::MAX_UNIT_PRICE {
+        return Err(MoneyError::OutOfRange(format!(
+            "{} (at most {} USD per million tokens)",
+            text(),
+            bounds::MAX_UNIT_PRICE / crate::money::NANOS_PER_USD
+        )));
     }
+    Ok(nanos)
 }
 
 impl PriceEntry {
@@ -197,30 +211,27 @@ impl PriceTable {
 /// The cost of one request in nano-USD: each token class at its own unit price, summed exactly
 /// and rounded once. `usage.input_tokens` includes cached reads and cache writes, so those are
 /// taken out of the full-price input rather than counted twice.
+///
+/// Within the record bounds (tokens clamped to the per-request ceiling, prices at most
+/// `bounds::MAX_UNIT_PRICE`) the result is at most `bounds::MAX_COST_NANOS`; outside them the
+/// i128 arithmetic saturates and the result is held to that ceiling, never wrapped.
 pub fn cost_nanos(usage: &Usage, p: &UnitPrices) -> i64 {
     let cached = usage.cached_tokens.min(usage.input_tokens);
     let writes = usage.cache_write_tokens.min(usage.input_tokens - cached);
     let plain = usage.input_tokens - cached - writes;
-    // Each product fits i128 (u64 × i64); their sum may not when both tokens and prices are
-    // absurd, so it is checked and saturates like the conversion below. Prices are parsed from
-    // unsigned decimal text; `max(0)` keeps a cost from ever going negative regardless.
-    let total = [
-        (plain, p.input),
-        (cached, p.cached_input),
-        (writes, p.cache_write),
-        (usage.output_tokens, p.output),
-    ]
-    .into_iter()
-    .try_fold(0i128, |sum, (tokens, price)| {
-        i128::from(tokens)
-            .checked_mul(i128::from(price.max(0)))
-            .and_then(|x| sum.checked_add(x))
-    });
-    let Some(total) = total else {
-        return i64::MAX;
-    };
-    let nanos = div_round_half_up(total, 1_000_000);
-    i64::try_from(nanos).unwrap_or(i64::MAX)
+    // Each product fits i128 (u64 × i64); the sum saturates rather than overflow when both
+    // tokens and prices are absurd, and the result is bounded (`bounds::MAX_COST_NANOS`), so a
+    // cost is never negative and every sum of costs stays far from i64::MAX.
+    let class =
+        |tokens: u64, price: i64| i128::from(tokens).saturating_mul(i128::from(price.max(0)));
+    let total: i128 = class(plain, p.input)
+        .saturating_add(class(cached, p.cached_input))
+        .saturating_add(class(writes, p.cache_write))
+        .saturating_add(class(usage.output_tokens, p.output));
+    let nanos = div_round_half_up(total.max(0), 1_000_000);
+    i64::try_from(nanos)
+        .unwrap_or(i64::MAX)
+        .min(bounds::MAX_COST_NANOS)
 }
 
 impl PriceEntry {
@@ -230,13 +241,61 @@ impl PriceEntry {
     }
 
     /// The most a request with `input_tokens` of input and an output cap of `max_output` (the
-    /// model's own cap when the client set none) can cost.
+    /// model's own cap when the client set none) can cost. Every input token is priced at the
+    /// dearest input class (a cache write costs more than plain input at Anthropic), so no split
+    /// of the input the upstream reports can cost more.
     pub fn max_cost(&self, input_tokens: u64, max_output: Option<u64>) -> i64 {
-        self.cost(&Usage {
-            input_tokens,
-            output_tokens: max_output.unwrap_or(self.max_output_tokens),
-            ..Usage::default()
-        })
+        let p = &self.prices;
+        let dearest = UnitPrices {
+            input: p.input.max(p.cached_input).max(p.cache_write),
+            ..*p
+        };
+        cost_nanos(
+            &Usage {
+                input_tokens,
+                output_tokens: max_output.unwrap_or(self.max_output_tokens),
+                ..Usage::default()
+            },
+            &dearest,
+        )
+    }
+
+    /// The most output tokens (all choices together) a request with `input_tokens` of input can
+    /// produce for its account's charge to stay within `budget`: the largest N with
+    /// `charge(max_cost(input, N)) <= budget` (`u64::MAX` when output is free to the account,
+    /// e.g. bring-your-own-key without a fee). `None` when even the input alone is charged more
+    /// than `budget`.
+    pub fn max_output_within(
+        &self,
+        budget: i64,
+        input_tokens: u64,
+        source: Source,
+        byok_fee_bps: i64,
+    ) -> Option<u64> {
+        let charged = |output: u64| {
+            charge(
+                source,
+                self.max_cost(input_tokens, Some(output)),
+                byok_fee_bps,
+            )
+        };
+        if charged(0) > budget {
+            return None;
+        }
+        // The charge only grows with the output: bisect for the last N that fits.
+        let (mut lo, mut hi) = (0u64, u64::MAX);
+        if charged(hi) <= budget {
+            return Some(hi);
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if charged(mid) <= budget {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
     }
 
     /// What a request that used `usage` costs and what its account is charged.
@@ -296,6 +355,15 @@ pub fn import_litellm(json: &str) -> Result<Vec<PriceEntry>, anyhow::Error> {
         ) else {
             continue;
         };
+        let cached_input = per_token("cache_read_input_token_cost")?.unwrap_or(input);
+        let cache_write = per_token("cache_creation_input_token_cost")?.unwrap_or(input);
+        // An entry priced beyond the record bounds is skipped like one without prices.
+        if [input, output, cached_input, cache_write]
+            .iter()
+            .any(|p| *p > bounds::MAX_UNIT_PRICE)
+        {
+            continue;
+        }
         let owned_by = v
             .get("litellm_provider")
             .and_then(|p| p.as_str())
@@ -313,8 +381,8 @@ pub fn import_litellm(json: &str) -> Result<Vec<PriceEntry>, anyhow::Error> {
             prices: UnitPrices {
                 input,
                 output,
-                cached_input: per_token("cache_read_input_token_cost")?.unwrap_or(input),
-                cache_write: per_token("cache_creation_input_token_cost")?.unwrap_or(input),
+                cached_input,
+                cache_write,
             },
             max_output_tokens,
         });
@@ -386,6 +454,97 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(cost_nanos(&u, &p), 500 * 1000 + 400 * 100 + 100 * 1250);
+    }
+
+    #[test]
+    fn cost_never_wraps_and_stays_within_the_record_bounds() {
+        let p = UnitPrices {
+            input: i64::MAX,
+            output: i64::MAX,
+            cached_input: i64::MAX,
+            cache_write: i64::MAX,
+        };
+        let u = Usage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cached_tokens: 1,
+            cache_write_tokens: 1,
+            ..Usage::default()
+        };
+        assert_eq!(cost_nanos(&u, &p), bounds::MAX_COST_NANOS);
+        // At the ceilings the cost is exact and below the bound.
+        let top = UnitPrices {
+            input: bounds::MAX_UNIT_PRICE,
+            output: bounds::MAX_UNIT_PRICE,
+            cached_input: bounds::MAX_UNIT_PRICE,
+            cache_write: bounds::MAX_UNIT_PRICE,
+        };
+        let n = bounds::MAX_TOKENS_PER_REQUEST;
+        assert_eq!(cost_nanos(&usage(n, n, 0), &top), bounds::MAX_COST_NANOS);
+    }
+
+    #[test]
+    fn prices_above_the_bound_are_refused() {
+        let over = PriceOverride {
+            input: toml::Value::String("10000.000000001".into()),
+            output: toml::Value::String("1".into()),
+            cached_input: None,
+            cache_write: None,
+            owned_by: None,
+            display_name: None,
+            max_output_tokens: None,
+        };
+        assert!(matches!(
+            PriceEntry::from_override("m", &over),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        let json = r#"{"absurd": {"input_cost_per_token": 1, "output_cost_per_token": 1}}"#;
+        assert!(import_litellm(json).unwrap().is_empty());
+    }
+
+    #[test]
+    fn max_output_within_a_budget_is_the_last_token_that_fits() {
+        let e = PriceTable::bundled()
+            .unwrap()
+            .get("gpt-4o")
+            .unwrap()
+            .clone();
+        // 24 input at $2.50/M = 60,000; $10/M output = 10,000 a token.
+        assert_eq!(
+            e.max_output_within(1_000_000, 24, Source::Platform, 0),
+            Some(94)
+        );
+        assert_eq!(e.max_output_within(59_999, 24, Source::Platform, 0), None);
+        assert_eq!(
+            e.max_output_within(60_000, 24, Source::Platform, 0),
+            Some(0)
+        );
+        for budget in [70_000, 123_456, 9_999_999] {
+            let n = e
+                .max_output_within(budget, 24, Source::Platform, 0)
+                .unwrap();
+            assert!(e.max_cost(24, Some(n)) <= budget);
+            assert!(e.max_cost(24, Some(n + 1)) > budget);
+        }
+        // Bring-your-own-key: only the fee counts; without one, output is free to the account.
+        assert_eq!(e.max_output_within(0, 24, Source::User, 0), Some(u64::MAX));
+        let n = e.max_output_within(1_000, 24, Source::User, 100).unwrap();
+        assert!(charge(Source::User, e.max_cost(24, Some(n)), 100) <= 1_000);
+        assert!(charge(Source::User, e.max_cost(24, Some(n + 1)), 100) > 1_000);
+    }
+
+    #[test]
+    fn max_cost_prices_input_at_the_dearest_input_class() {
+        let t = PriceTable::bundled().unwrap();
+        let e = t.get("claude-sonnet-4-20250514").unwrap();
+        // 1000 input at the cache-write price ($3.75/M), no output.
+        assert_eq!(e.max_cost(1000, Some(0)), 3_750_000);
+        let written = Usage {
+            input_tokens: 1000,
+            cache_write_tokens: 1000,
+            ..Usage::default()
+        };
+        assert!(e.cost(&written) <= e.max_cost(1000, Some(0)));
     }
 
     #[test]

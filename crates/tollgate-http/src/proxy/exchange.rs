@@ -399,6 +399,7 @@ impl Exchange {
                 }
             };
             let mut out: Vec<Bytes> = Vec::new();
+            let mut past_hold = false;
             for ev in events {
                 let (event, data) = ev.fields();
                 let action = meter.on_event(&event, &data);
@@ -406,6 +407,11 @@ impl Exchange {
                     EventAction::Forward => out.push(ev.raw),
                     EventAction::Drop => {}
                     EventAction::Terminal => terminal = Some(ev.raw),
+                }
+                // Per event: one chunk can carry the whole rest of a stream.
+                if self.past_hold(&mut meter) {
+                    past_hold = true;
+                    break;
                 }
             }
             // One event per chunk (the usual case) goes out without a copy.
@@ -422,6 +428,16 @@ impl Exchange {
             }
             if terminal.is_some() {
                 break Ok(true);
+            }
+            if past_hold {
+                stopped = Some(error_event(
+                    self.api,
+                    Code::CreditHoldExceeded,
+                    HOLD_EXCEEDED,
+                    "the stream was ended: its cost passed the credit held for it (the upstream \
+                     went past the output cap it was sent)",
+                ));
+                break Err(HOLD_EXCEEDED);
             }
         };
         let rest = splitter.take_rest();
@@ -488,15 +504,30 @@ impl Exchange {
         self.ticket.settle(o)
     }
 
-    /// Headers every proxied response carries: the credit left and the key's rate limits.
+    /// Headers every proxied response carries: the credit left, the output cap the gateway set
+    /// (when the hold covers less than was asked), and the key's rate limits.
     fn account_headers(&self, available_nanos: i64) -> Vec<(&'static str, String)> {
         let credits = (i128::from(available_nanos) * i128::from(self.per_usd))
             .div_euclid(i128::from(NANOS_PER_USD));
         let mut h = vec![("x-credits-remaining", credits.to_string())];
+        if let Some(cap) = self.ticket.capped() {
+            h.push(("x-tollgate-max-tokens", cap.to_string()));
+        }
         h.extend(self.rate_headers.iter().cloned());
         h
     }
+
+    /// The stream has produced more output than its credit hold covers (an upstream ignoring
+    /// the cap it was sent).
+    fn past_hold(&self, meter: &mut StreamMeter) -> bool {
+        self.ticket
+            .stream_output_limit()
+            .is_some_and(|limit| meter.output_exceeds(limit))
+    }
 }
+
+/// `ended` of a stream the gateway cut because it passed its credit hold.
+const HOLD_EXCEEDED: &str = "credit_hold_exceeded";
 
 fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     for (name, value) in headers {

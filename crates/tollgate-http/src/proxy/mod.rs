@@ -61,7 +61,7 @@ async fn proxy(
     api: Endpoint,
 ) -> Result<Response, ApiError> {
     let bytes = read_body(body, &headers, s.engine.config.server.max_body_bytes).await?;
-    let req = ProxyRequest::parse(api, bytes)?;
+    let mut req = ProxyRequest::parse(api, bytes)?;
     let provider = s.engine.router.resolve(&req.model, api)?.clone();
     let price = s.engine.prices.lookup(&req.model)?.clone();
     let arrival = Arrival {
@@ -71,7 +71,7 @@ async fn proxy(
     };
     let admitted = s
         .engine
-        .admit(arrival, &caller, api, &provider, &price, &req)
+        .admit(arrival, &caller, api, &provider, &price, &mut req)
         .await?;
     exchange::Exchange::new(s.clone(), api, provider, &headers, req, admitted)
         .run()

@@ -199,26 +199,26 @@ impl RecordStore for SqliteStore {
         let account_id = account_id.to_string();
         // An admin's audit, not a hot path: a walk of the account's records.
         self.with_reader(move |c| {
-            let mut counts: Vec<(Anomaly, i64)> = Vec::new();
+            let mut counts: Vec<(Anomaly, i64, i64)> = Vec::new();
             {
                 let mut stmt = c.prepare_cached(
-                    "SELECT anomaly, COUNT(*) FROM usage_records \
+                    "SELECT anomaly, COUNT(*), COALESCE(SUM(charged_nanos), 0) FROM usage_records \
                      WHERE account_id = ?1 AND anomaly IS NOT NULL GROUP BY anomaly",
                 )?;
                 let mut rows = stmt.query([&account_id])?;
                 while let Some(r) = rows.next()? {
                     let a: String = r.get(0)?;
                     let kind = Anomaly::parse(&a).ok_or_else(|| bad_value(0, "anomaly", &a))?;
-                    counts.push((kind, r.get(1)?));
+                    counts.push((kind, r.get(1)?, r.get(2)?));
                 }
             }
-            counts.sort_by_key(|(a, _)| a.as_str());
+            counts.sort_by_key(|(a, _, _)| a.as_str());
             let mut stmt = c.prepare_cached(
                 "SELECT request_id FROM usage_records WHERE account_id = ?1 AND anomaly = ?2 \
                  ORDER BY created_at_ms, request_id LIMIT ?3",
             )?;
             let mut out = Vec::with_capacity(counts.len());
-            for (anomaly, count) in counts {
+            for (anomaly, count, charged_nanos) in counts {
                 let ids = stmt
                     .query_map(params![account_id, anomaly.as_str(), limit as i64], |r| {
                         r.get(0)
@@ -227,6 +227,7 @@ impl RecordStore for SqliteStore {
                 out.push(AnomalyCount {
                     anomaly,
                     count,
+                    charged_nanos,
                     request_ids: ids,
                 });
             }

@@ -169,6 +169,21 @@ pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
     let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum::<i64>() + flagged_charge;
     assert_eq!(t.charges_nanos, charged);
     assert_eq!(t.charges_nanos_records, Some(charged));
+    // The audit counts flagged records and their charges.
+    let flagged = store.anomalies("acct_a", 10).await.unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(
+        (
+            flagged[0].anomaly,
+            flagged[0].count,
+            flagged[0].charged_nanos
+        ),
+        (
+            tollgate_core::record::Anomaly::OverReported,
+            1,
+            flagged_charge
+        )
+    );
     let newest = store
         .list_usage(RecordQuery {
             account_id: Some("acct_a".into()),
@@ -295,17 +310,25 @@ pub async fn anomalies_are_counted_per_kind_oldest_first(store: Arc<dyn Store>) 
         of.sort_by_key(|r| (r.created_at_ms, r.request_id.clone()));
         of.iter().take(4).map(|r| r.request_id.clone()).collect()
     };
+    let charged = |kind: Anomaly| -> i64 {
+        recs.iter()
+            .filter(|r| r.account_id == "acct_a" && r.anomaly == Some(kind))
+            .map(|r| r.charged_nanos)
+            .sum()
+    };
     assert_eq!(
         got,
         vec![
             AnomalyCount {
                 anomaly: Anomaly::Clamped,
                 count: 10,
+                charged_nanos: charged(Anomaly::Clamped),
                 request_ids: oldest(Anomaly::Clamped),
             },
             AnomalyCount {
                 anomaly: Anomaly::OverReported,
                 count: 10,
+                charged_nanos: charged(Anomaly::OverReported),
                 request_ids: oldest(Anomaly::OverReported),
             },
         ]

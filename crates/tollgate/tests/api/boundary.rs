@@ -431,8 +431,9 @@ async fn anthropic_input_plus_cache_reads_near_u64_max_does_not_wrap() {
 #[tokio::test]
 async fn absurd_prices_times_absurd_usage_never_overflow_the_cost() {
     let app = spawn_app_with(Spawn {
+        // The dearest price a config may set (an absurd one is refused at load: `pricing`).
         extra_toml: "\n[credits]\nenforce = false\n\n[prices.\"gpt-absurd\"]\n\
-                     input = \"9223372036.854775807\"\noutput = \"9223372036.854775807\"\n"
+                     input = \"10000\"\noutput = \"10000\"\n"
             .into(),
         grant_usd: Some("1"),
         ..Spawn::default()

@@ -228,9 +228,10 @@ async fn the_audit_counts_flagged_records_per_kind_with_their_ids() {
     assert_eq!(
         audit["anomalies"],
         json!([
-            {"anomaly": "clamped", "count": 105, "request_ids": clamped},
+            {"anomaly": "clamped", "count": 105, "charged_nanos": 0, "request_ids": clamped},
             // Oldest first.
-            {"anomaly": "over_reported", "count": 2, "request_ids": ["req_over_1", "req_over_0"]},
+            {"anomaly": "over_reported", "count": 2, "charged_nanos": 0,
+             "request_ids": ["req_over_1", "req_over_0"]},
         ]),
         "{audit}"
     );

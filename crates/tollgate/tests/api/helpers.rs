@@ -251,3 +251,17 @@ pub async fn grant(
     assert_eq!(r.status(), 201);
     r.json().await.unwrap()
 }
+
+/// From a credit audit: how many of the account's records are flagged `kind` and what they
+/// charged (0, 0 when none are).
+pub fn flagged(audit: &Value, kind: &str) -> (i64, i64) {
+    audit["anomalies"]
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["anomaly"] == kind))
+        .map_or((0, 0), |a| {
+            (
+                a["count"].as_i64().unwrap(),
+                a["charged_nanos"].as_i64().unwrap(),
+            )
+        })
+}

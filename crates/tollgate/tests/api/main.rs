@@ -4,11 +4,13 @@
 
 mod authz;
 mod boundary;
+mod bounds;
 mod credits;
 mod durability;
 mod files;
 mod grants;
 mod helpers;
+mod holds;
 mod org_usage;
 mod proxy;
 mod stale;
