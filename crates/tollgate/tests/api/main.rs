@@ -6,4 +6,5 @@ mod credits;
 mod durability;
 mod helpers;
 mod proxy;
+mod refused;
 mod usage;
