@@ -147,7 +147,10 @@ def test_unknown_model_is_not_found_error(ant, gateway, mock):
     assert err.body["type"] == "error"
     assert err.body["error"]["type"] == "not_found_error"
     assert "claude-nonexistent-9" in err.body["error"]["message"]
-    assert gateway.record_for(err.request_id) is None
+    # Counted as refused, charged nothing, never forwarded.
+    rec = gateway.record_for(err.request_id)
+    assert rec["status"] == "refused" and rec["http_status"] == 404, rec
+    assert rec["model_requested"] == "claude-nonexistent-9" and rec["charged_nanos"] == 0, rec
     assert len(mock.ledger()) == before
 
 

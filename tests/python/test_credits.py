@@ -141,6 +141,10 @@ def test_unfunded_account_gets_402(gateway, mock, path, body, headers_of, shape)
     else:
         assert err == {"type": "error", "error": {"type": "billing_error",
                                                   "message": err["error"]["message"]}}
-    assert gateway.record_for(r.headers["x-request-id"]) is None
-    assert gateway.records(account_id=account_id) == []
+    # The answer says what the account has (nothing); the request is counted, charged nothing.
+    assert r.headers["x-credits-remaining"] == "0"
+    rec = gateway.record_for(r.headers["x-request-id"])
+    assert rec["status"] == "refused" and rec["http_status"] == 402, rec
+    assert rec["error_code"] == "insufficient_balance" and rec["charged_nanos"] == 0, rec
+    assert gateway.records(account_id=account_id) == [rec]
     assert len(mock.ledger()) == ledger_before

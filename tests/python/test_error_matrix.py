@@ -110,7 +110,8 @@ def check_error(resp, shape, status, code, *, param=None, message_contains=None)
 
 
 class Snapshot:
-    """Record and ledger counts, to prove that a refused request left no trace."""
+    """Record and ledger counts, to prove that a request refused before authentication left no
+    trace, and that one refused after it left exactly one `refused` record, charged nothing."""
 
     def __init__(self, gw, mock):
         self.gw, self.mock = gw, mock
@@ -120,6 +121,16 @@ class Snapshot:
     def assert_untouched(self, rid):
         assert self.gw.record_for(rid) is None
         assert self.gw.record_count() == self.records, "a refused request was recorded"
+        assert len(self.mock.ledger()) == self.ledger, "a refused request reached the upstream"
+        assert self.mock.ledger_for(rid) is None
+
+    def assert_refused(self, rid, status):
+        rec = self.gw.record_for(rid)
+        assert rec is not None, "an authenticated refused request was not counted"
+        assert rec["status"] == "refused" and rec["http_status"] == status, rec
+        for field in ("input_tokens", "output_tokens", "cost_nanos", "charged_nanos"):
+            assert rec[field] == 0, (field, rec)
+        assert self.gw.record_count() == self.records + 1, "one record per refused request"
         assert len(self.mock.ledger()) == self.ledger, "a refused request reached the upstream"
         assert self.mock.ledger_for(rid) is None
 
@@ -185,7 +196,7 @@ def test_invalid_json(gw, mock, http, style, endpoint):
         headers={**auth_headers(style, gw.key), "content-type": "application/json"},
     )
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_json")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_body_not_an_object(gw, mock, http, style, endpoint):
@@ -193,7 +204,7 @@ def test_body_not_an_object(gw, mock, http, style, endpoint):
     snap = Snapshot(gw, mock)
     r = http.post(gw.url + path, json=[1, 2], headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_json")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_missing_model(gw, mock, http, style, endpoint):
@@ -203,7 +214,7 @@ def test_missing_model(gw, mock, http, style, endpoint):
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_request", param="model",
                       message_contains="model")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 @pytest.mark.parametrize("messages", [None, []], ids=["absent", "empty"])
@@ -216,7 +227,7 @@ def test_missing_messages(gw, mock, http, style, endpoint, messages):
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_request",
                       param="messages", message_contains="messages")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_messages_without_max_tokens(gw, mock, http, style):
@@ -226,7 +237,7 @@ def test_messages_without_max_tokens(gw, mock, http, style):
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_request",
                       param="max_tokens")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_embeddings_without_input(gw, mock, http, style):
@@ -235,7 +246,7 @@ def test_embeddings_without_input(gw, mock, http, style):
                   headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, "/v1/embeddings", True), 400, "invalid_request",
                       param="input")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_unknown_model(gw, mock, http, style, endpoint):
@@ -246,7 +257,7 @@ def test_unknown_model(gw, mock, http, style, endpoint):
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 404, "model_not_found", param="model",
                       message_contains=model)
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 404)
 
 
 def test_unrouted_model(gw, mock, http, style):
@@ -256,7 +267,7 @@ def test_unrouted_model(gw, mock, http, style):
     r = http.post(gw.url + path, json={**body, "model": "gemini-2.5-pro"},
                   headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 404, "model_not_found", param="model")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 404)
 
 
 def padded(body: dict, size: int) -> bytes:
@@ -275,7 +286,7 @@ def test_body_over_limit(gw, mock, http, style, endpoint):
     )
     rid = check_error(r, expected_shape(style, path, True), 413, "request_too_large",
                       message_contains=str(MAX_BODY))
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 413)
 
 
 def test_chunked_body_over_limit(gw, mock, http, style, endpoint):
@@ -295,7 +306,7 @@ def test_chunked_body_over_limit(gw, mock, http, style, endpoint):
     )
     assert "content-length" not in r.request.headers
     rid = check_error(r, expected_shape(style, path, True), 413, "request_too_large")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 413)
 
 
 def test_body_exactly_at_limit_is_accepted(gw, mock, http, style, endpoint):
@@ -387,7 +398,7 @@ def test_embeddings_cannot_stream(gw, mock, http, style):
     )
     rid = check_error(r, expected_shape(style, "/v1/embeddings", True), 400,
                       "unsupported_parameter", param="stream")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_stream_must_be_boolean(gw, mock, http, style, endpoint):
@@ -396,7 +407,7 @@ def test_stream_must_be_boolean(gw, mock, http, style, endpoint):
     r = http.post(gw.url + path, json={**body, "stream": "yes"},
                   headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_request", param="stream")
-    snap.assert_untouched(rid)
+    snap.assert_refused(rid, 400)
 
 
 def test_wrong_method(gw, http, style, endpoint):

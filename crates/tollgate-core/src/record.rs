@@ -90,14 +90,30 @@ pub enum Status {
     Error,
     /// The client went away before the response completed.
     Cancelled,
+    /// The gateway died while the request was at the upstream; recorded at the next start from
+    /// the request's journaled start, with estimated tokens.
+    Interrupted,
+    /// The gateway answered the (authenticated) request itself, without forwarding it: a bad
+    /// body, an unknown or forbidden model, no balance, a limit. Zero tokens, zero cost.
+    Refused,
 }
 
 impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Success,
+        Status::Error,
+        Status::Cancelled,
+        Status::Interrupted,
+        Status::Refused,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Success => "success",
             Status::Error => "error",
             Status::Cancelled => "cancelled",
+            Status::Interrupted => "interrupted",
+            Status::Refused => "refused",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -105,6 +121,8 @@ impl Status {
             "success" => Some(Status::Success),
             "error" => Some(Status::Error),
             "cancelled" => Some(Status::Cancelled),
+            "interrupted" => Some(Status::Interrupted),
+            "refused" => Some(Status::Refused),
             _ => None,
         }
     }
@@ -209,5 +227,22 @@ impl Provenance {
             "estimated" => Some(Provenance::Estimated),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_serde_and_parse_agree() {
+        for s in Status::ALL {
+            assert_eq!(Status::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::from(s.as_str())
+            );
+        }
+        assert_eq!(Status::parse("unknown"), None);
     }
 }

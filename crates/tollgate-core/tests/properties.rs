@@ -8,7 +8,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
-use tollgate_core::record::bounds::{MAX_TOKENS_PER_REQUEST, MAX_UNIT_PRICE};
 use serde_json::{json, Map, Value};
 use tollgate_core::metering::usage::{
     from_anthropic_usage, from_openai_usage, from_response_bytes, StreamMeter,
@@ -18,6 +17,7 @@ use tollgate_core::money::{
     div_round_half_up, nanos_to_usd_string, parse_decimal_scaled, usd_per_mtok_to_nanos,
 };
 use tollgate_core::pricing::{charge, cost_nanos, UnitPrices};
+use tollgate_core::record::bounds::{MAX_TOKENS_PER_REQUEST, MAX_UNIT_PRICE};
 use tollgate_core::record::{Endpoint, Source};
 
 fn config() -> ProptestConfig {

@@ -75,6 +75,7 @@ impl Engine {
                 dead_letter_path: config.server.data_dir.join("dead-letter.ndjson"),
             },
             sinks,
+            settle::interrupted_record,
         )
         .await?;
         let keys = KeyService::new(

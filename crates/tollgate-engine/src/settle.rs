@@ -1,18 +1,26 @@
 //! The end of a request's life, in one place: its tokens (reported, or counted locally and
 //! marked `estimated`) are priced, the credit hold and the key's permit are settled to the
 //! real cost, and exactly one usage record is built and written to the ledger.
+//!
+//! Besides the records of requests that ran their course (`Ticket::settle`), records are built
+//! here for requests that never reached an upstream (`Engine::record_refused`) and for requests
+//! the process died serving (`interrupted_record`, from the start journaled when the request
+//! was sent: `Ticket::on_sent`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use tollgate_core::account::Caller;
 use tollgate_core::metering::{tokenizer, Usage};
-use tollgate_core::pricing::PriceEntry;
+use tollgate_core::pricing::{charge, cost_nanos, PriceEntry, Priced, UnitPrices};
 use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
 use tollgate_core::request::ProxyRequest;
 
 use crate::credits::Hold;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RequestStart, StartPin};
 use crate::limits::Permit;
+use crate::Engine;
 
 /// When and as what the request arrived.
 #[derive(Debug, Clone)]
@@ -89,6 +97,8 @@ pub struct Ticket {
     settlement: Option<(Hold, Permit)>,
     available_after_hold: i64,
     bounds: Bounds,
+    /// The start journaled when the request is sent (`on_sent`), closed by `settle`.
+    start: Arc<Mutex<StartState>>,
 }
 
 impl Ticket {
@@ -108,7 +118,25 @@ impl Ticket {
         available_after_hold: i64,
         bounds: Bounds,
     ) -> Self {
+        let start = RequestStart {
+            request_id: arrival.request_id.clone(),
+            created_at_ms: arrival.started_ms,
+            sent_at_ms: arrival.started_ms,
+            account_id: caller.account_id.clone(),
+            key_id: caller.key_id.clone(),
+            endpoint: api,
+            model: req.model.clone(),
+            provider: provider.clone(),
+            owned_by: price.owned_by.clone(),
+            source,
+            prices: price.prices,
+            byok_fee_bps,
+            streamed: req.stream,
+            // Not the BPE: this is paid by every request, and used only if the process dies.
+            input_tokens: tokenizer::quick_count_request_input(&req.json),
+        };
         Self {
+            start: Arc::new(Mutex::new(StartState::Pending(Box::new(start)))),
             ledger,
             arrival,
             account_id: caller.account_id.clone(),
@@ -158,6 +186,8 @@ impl Ticket {
         let Some((hold, permit)) = self.settlement.take() else {
             return self.available_after_hold;
         };
+        // Kept to the end of this function: the start's segment may go once the record is in.
+        let _start = self.close_start();
         let (usage, provenance) = match o.tokens {
             Tokens::Reported(u) => (u, Provenance::Provider),
             Tokens::Estimate { output, input } => (
@@ -256,6 +286,240 @@ impl Ticket {
 /// tokens to run high.
 fn with_margin(tokens: u64) -> u64 {
     tokens.saturating_add(tokens / 8).saturating_add(16)
+}
+
+/// Where a request's journaled start stands.
+enum StartState {
+    /// Not sent yet; nothing journaled.
+    Pending(Box<RequestStart>),
+    /// Sent: the start is in the journal (no pin if the journal write failed). The pin is held
+    /// for its drop, which lets the start's segment go.
+    Sent { _pin: Option<StartPin> },
+    /// The record is written, or the request ended unsent: nothing more to journal.
+    Closed,
+}
+
+/// Given to the code that sends a request upstream: `sent` journals the request's start.
+#[derive(Clone)]
+pub struct SentSignal {
+    ledger: Ledger,
+    started: Instant,
+    state: Arc<Mutex<StartState>>,
+}
+
+impl SentSignal {
+    /// The request has gone to the upstream. Journals its start the first time; a request
+    /// already settled journals nothing.
+    pub fn sent(&self) {
+        let mut state = self.state.lock();
+        if let StartState::Pending(start) = &mut *state {
+            start.sent_at_ms = start.created_at_ms.saturating_add(elapsed_ms(self.started));
+            let pin = self.ledger.begin(start);
+            *state = StartState::Sent { _pin: pin };
+        }
+    }
+}
+
+impl Ticket {
+    /// What the sending code calls once the request has gone upstream (not before: a request the
+    /// process dies before sending was not served, and is not charged).
+    pub fn on_sent(&self) -> SentSignal {
+        SentSignal {
+            ledger: self.ledger.clone(),
+            started: self.arrival.started,
+            state: self.start.clone(),
+        }
+    }
+
+    fn close_start(&self) -> StartState {
+        std::mem::replace(&mut *self.start.lock(), StartState::Closed)
+    }
+}
+
+/// A ticket dropped unsettled after its request was sent (the exchange panicked, or the runtime
+/// is shutting down under it) is recorded as interrupted now, as a restart would record it; one
+/// never sent just releases its hold and permit.
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.settlement.is_none() {
+            return;
+        }
+        let sent = matches!(*self.start.lock(), StartState::Sent { .. });
+        if sent {
+            self.settle(Outcome {
+                status: Status::Interrupted,
+                http_status: 0,
+                error_code: Some("exchange_aborted".to_string()),
+                tokens: Tokens::Estimate {
+                    output: 0,
+                    input: None,
+                },
+                model_served: None,
+                ttft_ms: None,
+            });
+        }
+    }
+}
+
+/// How a request without a settled ticket ended.
+struct End {
+    status: Status,
+    http_status: u16,
+    error_code: Option<String>,
+    finished_at_ms: i64,
+    provenance: Provenance,
+}
+
+/// A record from a request's start facts and its end. (`Ticket::settle` builds its own from the
+/// ticket, which holds the same facts.)
+fn record_of(s: &RequestStart, usage: &Usage, priced: Priced, end: End) -> UsageRecord {
+    UsageRecord {
+        request_id: s.request_id.clone(),
+        created_at_ms: s.created_at_ms,
+        finished_at_ms: end.finished_at_ms,
+        account_id: s.account_id.clone(),
+        key_id: s.key_id.clone(),
+        endpoint: s.endpoint,
+        model_requested: s.model.clone(),
+        model_served: s.model.clone(),
+        provider: s.provider.clone(),
+        owned_by: s.owned_by.clone(),
+        source: s.source,
+        input_tokens: to_i64(usage.input_tokens),
+        output_tokens: to_i64(usage.output_tokens),
+        cached_tokens: to_i64(usage.cached_tokens),
+        cache_write_tokens: to_i64(usage.cache_write_tokens),
+        reasoning_tokens: to_i64(usage.reasoning_tokens),
+        cost_nanos: priced.cost_nanos,
+        charged_nanos: priced.charged_nanos,
+        price_input: s.prices.input,
+        price_output: s.prices.output,
+        price_cached_input: s.prices.cached_input,
+        price_cache_write: s.prices.cache_write,
+        status: end.status,
+        http_status: end.http_status,
+        error_code: end.error_code,
+        latency_ms: end.finished_at_ms.saturating_sub(s.created_at_ms).max(0),
+        ttft_ms: None,
+        streamed: s.streamed,
+        provenance: end.provenance,
+        anomaly: None,
+    }
+}
+
+/// The record of a request the process died serving: its start was journaled, its record never
+/// was. `last_alive_ms` is the latest moment the journal shows the process alive.
+///
+/// Tokens are estimated: the input as counted when the request was admitted; the output as 0.
+/// The upstream produced somewhere between nothing and the request's output cap, and the client
+/// never received a complete response: the gateway charges what it can show was sent (the
+/// input, which every provider bills once a request is accepted), never output it cannot show,
+/// and marks the record `estimated` for reconciliation against the provider's bill.
+pub fn interrupted_record(start: &RequestStart, last_alive_ms: i64) -> UsageRecord {
+    let usage = Usage {
+        input_tokens: start.input_tokens,
+        ..Usage::default()
+    };
+    let cost = cost_nanos(&usage, &start.prices);
+    let priced = Priced {
+        cost_nanos: cost,
+        charged_nanos: charge(start.source, cost, start.byok_fee_bps),
+    };
+    record_of(
+        start,
+        &usage,
+        priced,
+        End {
+            status: Status::Interrupted,
+            http_status: 0,
+            error_code: Some("gateway_restarted".to_string()),
+            finished_at_ms: last_alive_ms.max(start.created_at_ms),
+            provenance: Provenance::Estimated,
+        },
+    )
+}
+
+/// Longest model name a refused record keeps of one that is not configured (the name is the
+/// client's, and every distinct name is a rollup row).
+const REFUSED_MODEL_MAX: usize = 128;
+
+impl Engine {
+    /// Records an authenticated request the gateway answered itself without forwarding it (bad
+    /// body, unknown or forbidden model, no balance, a limit): status `refused`, zero tokens and
+    /// cost, the answer's status and code. Like every record it goes through the journal and the
+    /// batch writer: one JSON line, no transaction of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_refused(
+        &self,
+        arrival: &Arrival,
+        caller: &Caller,
+        api: Endpoint,
+        model: Option<&str>,
+        streamed: bool,
+        http_status: u16,
+        error_code: &str,
+    ) {
+        let model = match model {
+            Some(m) if self.prices.get(m).is_some() => m.to_string(),
+            Some(m) if !m.is_empty() => truncate(m, REFUSED_MODEL_MAX).to_string(),
+            _ => "unknown".to_string(),
+        };
+        let finished_at_ms = arrival
+            .started_ms
+            .saturating_add(elapsed_ms(arrival.started));
+        let start = RequestStart {
+            request_id: arrival.request_id.clone(),
+            created_at_ms: arrival.started_ms,
+            sent_at_ms: finished_at_ms,
+            account_id: caller.account_id.clone(),
+            key_id: caller.key_id.clone(),
+            endpoint: api,
+            provider: self
+                .router
+                .route(&model)
+                .map(|p| p.name.clone())
+                .unwrap_or_default(),
+            owned_by: self
+                .prices
+                .get(&model)
+                .map(|p| p.owned_by.clone())
+                .unwrap_or_default(),
+            model,
+            source: Source::Platform,
+            prices: UnitPrices::default(),
+            byok_fee_bps: 0,
+            streamed,
+            input_tokens: 0,
+        };
+        self.ledger.record(record_of(
+            &start,
+            &Usage::default(),
+            Priced {
+                cost_nanos: 0,
+                charged_nanos: 0,
+            },
+            End {
+                status: Status::Refused,
+                http_status,
+                error_code: Some(error_code.to_string()),
+                finished_at_ms,
+                provenance: Provenance::Provider,
+            },
+        ));
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn elapsed_ms(since: Instant) -> i64 {
+    i64::try_from(since.elapsed().as_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_i64(v: u64) -> i64 {

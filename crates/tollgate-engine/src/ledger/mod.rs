@@ -10,10 +10,16 @@
 //!                         │ committed(seq) → journal drops covered segments
 //!                         └─▶ RecordSink(s): what else wants each committed record
 //! ```
+//!
+//! A forwarded request also journals its start (`begin`) once it has gone upstream; a start
+//! with no record after it when the process died becomes an `interrupted` record at the next
+//! start (see `start.rs`).
 
 mod journal;
+mod start;
 mod writer;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,8 +30,14 @@ use tokio::sync::oneshot;
 use tollgate_core::record::UsageRecord;
 use tollgate_core::store::Store;
 
-use self::journal::Journal;
+use self::journal::{Entry, Journal};
 use self::writer::{Writer, WriterMsg};
+
+pub use self::start::{RequestStart, StartPin};
+
+/// Builds the record of a request whose start was journaled but whose record never was (the
+/// process died first), given the last moment the journal shows the process alive.
+pub type InterruptedRecord = fn(&RequestStart, i64) -> UsageRecord;
 
 /// Something that wants every record once it is committed to the store (metrics, the webhook
 /// outbox). Called from the writer task: keep it cheap and non-blocking.
@@ -62,21 +74,42 @@ pub struct LedgerStats {
 }
 
 impl Ledger {
-    /// Replays what a previous process left in the journal, then starts the writer.
+    /// Replays what a previous process left in the journal, then starts the writer. Starts with
+    /// no record after them become records (`interrupted`), written after every journaled
+    /// record, so that a request's real record, in the journal or already in the store, wins
+    /// (records are insert-once by request id).
     pub async fn start(
         store: Arc<dyn Store>,
         opts: LedgerOptions,
         sinks: Vec<Arc<dyn RecordSink>>,
+        interrupted: InterruptedRecord,
     ) -> anyhow::Result<Self> {
         let stats = Arc::new(LedgerStats::default());
         let mut writer = Writer::new(store, opts.dead_letter_path.clone(), sinks, stats.clone());
+        let batch_max = opts.batch_max.max(1);
         let leftover = journal::segments(&opts.journal_dir)?;
         let mut next_no = 1;
+        // Starts not (yet) followed by their record; a start is always journaled before it.
+        let mut open: HashMap<String, RequestStart> = HashMap::new();
+        let mut last_alive_ms = i64::MIN;
         for (no, path) in &leftover {
-            let records = journal::read_segment(path)?;
+            let mut records = Vec::new();
+            for entry in journal::read_segment(path)? {
+                match entry {
+                    Entry::Record(r) => {
+                        open.remove(&r.request_id);
+                        last_alive_ms = last_alive_ms.max(r.finished_at_ms);
+                        records.push(r);
+                    }
+                    Entry::Start(s) => {
+                        last_alive_ms = last_alive_ms.max(s.sent_at_ms);
+                        open.insert(s.request_id.clone(), s);
+                    }
+                }
+            }
             let count = records.len();
             let mut inserted = 0;
-            for chunk in records.chunks(opts.batch_max.max(1)) {
+            for chunk in records.chunks(batch_max) {
                 inserted += writer.write(chunk.to_vec()).await?;
             }
             tracing::info!(
@@ -85,8 +118,30 @@ impl Ledger {
                 new = inserted,
                 "replayed journal segment"
             );
-            std::fs::remove_file(path)?;
             next_no = no + 1;
+        }
+        if !open.is_empty() {
+            let mut starts: Vec<RequestStart> = open.into_values().collect();
+            starts.sort_by(|a, b| {
+                (a.created_at_ms, &a.request_id).cmp(&(b.created_at_ms, &b.request_id))
+            });
+            let records: Vec<UsageRecord> = starts
+                .iter()
+                .map(|s| interrupted(s, last_alive_ms.max(s.sent_at_ms)))
+                .collect();
+            let mut inserted = 0;
+            for chunk in records.chunks(batch_max) {
+                inserted += writer.write(chunk.to_vec()).await?;
+            }
+            tracing::warn!(
+                requests = records.len(),
+                new = inserted,
+                "recorded requests the previous process died serving as interrupted"
+            );
+        }
+        // Only now: a crash during the replay replays it again, harmlessly.
+        for (_, path) in &leftover {
+            std::fs::remove_file(path)?;
         }
         let (tx, rx) = unbounded_channel();
         let journal = Arc::new(Journal::create(
@@ -119,6 +174,22 @@ impl Ledger {
         });
         if let Err(e) = appended {
             tracing::error!(error = %e, "journal write failed; the record is only in memory");
+        }
+    }
+
+    /// Journals the start of a request that has gone to its upstream. The returned
+    /// pin keeps the start's segment until dropped: drop it once the request's record has been
+    /// journaled. `None` if the journal could not be written (logged).
+    pub fn begin(&self, start: &RequestStart) -> Option<StartPin> {
+        match self.journal.append_start(start) {
+            Ok(segment) => Some(StartPin {
+                journal: self.journal.clone(),
+                segment,
+            }),
+            Err(e) => {
+                tracing::error!(request_id = %start.request_id, error = %e, "journal write failed; the request's start is not journaled");
+                None
+            }
         }
     }
 
@@ -169,4 +240,72 @@ pub fn journal_segments(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .into_iter()
         .map(|(_, p)| p)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use tollgate_core::record::{Provenance, Status};
+    use tollgate_core::store::RecordStore;
+    use tollgate_store::SqliteStore;
+
+    use super::journal::tests::{record, start};
+    use super::*;
+
+    #[tokio::test]
+    async fn replay_records_unfinished_starts_as_interrupted_and_real_records_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join("journal");
+        let store = Arc::new(SqliteStore::open(&dir.path().join("db.sqlite")).unwrap());
+        // Finished, committed, and its record's segment gone: only its start is left.
+        store
+            .insert_usage(vec![record("req_stored")])
+            .await
+            .unwrap();
+        {
+            let j = Journal::create(&journal_dir, 1, 1 << 20).unwrap();
+            j.append_start(&start("req_cut")).unwrap();
+            j.append_start(&start("req_done")).unwrap();
+            j.append_start(&start("req_stored")).unwrap();
+            j.append(record("req_done"), |_, _| {}).unwrap();
+            // The process dies here.
+        }
+        let opts = LedgerOptions {
+            journal_dir: journal_dir.clone(),
+            segment_bytes: 1 << 20,
+            batch_max: 100,
+            fsync_interval: Duration::ZERO,
+            dead_letter_path: dir.path().join("dead.ndjson"),
+        };
+        let ledger = Ledger::start(
+            store.clone(),
+            opts.clone(),
+            Vec::new(),
+            crate::settle::interrupted_record,
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.count_usage().await.unwrap(), 3);
+        for id in ["req_done", "req_stored"] {
+            let r = store.get_usage(id).await.unwrap().unwrap();
+            assert_eq!(r, record(id), "the finished record wins");
+        }
+        let cut = store.get_usage("req_cut").await.unwrap().unwrap();
+        assert_eq!(cut.status, Status::Interrupted);
+        assert_eq!(cut.provenance, Provenance::Estimated);
+        assert_eq!((cut.input_tokens, cut.output_tokens), (7, 0));
+        // 7 input tokens at $2.50 per million.
+        assert_eq!((cut.cost_nanos, cut.charged_nanos), (17_500, 17_500));
+        // Alive at least until its last journaled line (the record finished at 1,500 ms).
+        assert_eq!((cut.finished_at_ms, cut.latency_ms), (1_500, 500));
+        ledger.close().await;
+        drop(ledger);
+
+        // Replayed once: a second start finds nothing to add.
+        let _again = Ledger::start(store.clone(), opts, Vec::new(), |_, _| {
+            panic!("nothing is left to interrupt")
+        })
+        .await
+        .unwrap();
+        assert_eq!(store.count_usage().await.unwrap(), 3);
+    }
 }

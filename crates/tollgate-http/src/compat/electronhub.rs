@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::extract::UsageQuery;
 use crate::state::SharedState;
 use tollgate_core::calendar::{self as time, day_start, local_date, Grid, Unit, MAX_MS, MIN_MS};
+use tollgate_core::record::Status;
 use tollgate_core::rollup::{Dims, RecordFilter, Sums};
 
 #[derive(Debug, Serialize)]
@@ -220,6 +221,16 @@ pub struct Logs {
     pub next_cursor: Option<String>,
 }
 
+/// ElectronHub's log statuses are success, cancelled and error: a request the gateway refused, or
+/// died serving, is an error there (the export and Runtype keep the exact status).
+fn log_status(s: Status) -> &'static str {
+    match s {
+        Status::Success => "success",
+        Status::Cancelled => "cancelled",
+        Status::Error | Status::Interrupted | Status::Refused => "error",
+    }
+}
+
 /// `GET /v1/user/logs`: the account's requests, newest first, `limit` (1–1000, default 50) per
 /// page, continued with `cursor`; optional `start`/`end`, `model`, `key_id`.
 pub async fn logs(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Logs>, ApiError> {
@@ -259,7 +270,7 @@ pub async fn logs(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Lo
                 key: keys.get(&r.key_id).cloned().unwrap_or_default(),
                 credits: usd(r.charged_nanos),
                 timestamp: r.created_at_ms.div_euclid(1000),
-                status: r.status.as_str().to_string(),
+                status: log_status(r.status).to_string(),
                 ip: None,
                 input_tokens: r.input_tokens,
                 output_tokens: r.output_tokens,

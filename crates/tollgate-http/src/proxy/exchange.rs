@@ -33,6 +33,7 @@ use tollgate_engine::routing::Provider;
 use tollgate_engine::settle::{Outcome, Ticket, Tokens};
 
 use super::sse::{error_event, EventTooLarge, SseSplitter};
+use super::upstream;
 use crate::error::{rate_headers, ApiError};
 use crate::state::SharedState;
 
@@ -137,7 +138,9 @@ impl Exchange {
             _ => rb.bearer_auth(&self.api_key),
         };
         let timeout = self.timeouts.upstream;
-        let sent = tokio::time::timeout(timeout, rb.body(self.req.forward.clone()).send()).await;
+        let body = self.req.forward.clone();
+        let sent =
+            tokio::time::timeout(timeout, upstream::send(rb, body, self.ticket.on_sent())).await;
         let resp = match sent {
             Err(_) => {
                 let err = ApiError::new(

@@ -2,22 +2,28 @@
 //! Anthropic wire formats) and `/v1/models`. A request goes through named phases:
 //! authenticate (extractor) → read and check the body → route → price → admit (engine) →
 //! exchange (forward, pass the answer back, `Ticket::settle` exactly once at the end).
+//! An authenticated request refused before the exchange is recorded too (status `refused`), so
+//! request counts include it; an unauthenticated one leaves nothing.
 
 pub mod exchange;
 pub mod sse;
+pub mod upstream;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
+use serde::Deserialize;
 use serde_json::json;
+use tollgate_core::account::Caller;
 use tollgate_core::record::Endpoint;
 use tollgate_core::request::ProxyRequest;
+use tollgate_core::Code;
 use tollgate_engine::settle::Arrival;
 
 use crate::body::read_body;
-use crate::error::{ApiError, ErrorStyle};
+use crate::error::{status, ApiError, ErrorStyle};
 use crate::extract::Authed;
 use crate::state::{RequestCtx, SharedState};
 
@@ -60,22 +66,87 @@ async fn proxy(
     body: Body,
     api: Endpoint,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(body, &headers, s.engine.config.server.max_body_bytes).await?;
-    let mut req = ProxyRequest::parse(api, bytes)?;
-    let provider = s.engine.router.resolve(&req.model, api)?.clone();
-    let price = s.engine.prices.lookup(&req.model)?.clone();
-    let arrival = Arrival {
+    let bytes = match read_body(body, &headers, s.engine.config.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return Err(refused(&s, &ctx, &caller, api, None, false, e).await),
+    };
+    let mut req = match ProxyRequest::parse(api, bytes.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            let model = model_of(&bytes);
+            return Err(refused(&s, &ctx, &caller, api, model.as_deref(), false, e.into()).await);
+        }
+    };
+    let admitted = async {
+        let provider = s.engine.router.resolve(&req.model, api)?.clone();
+        let price = s.engine.prices.lookup(&req.model)?;
+        let admitted = s
+            .engine
+            .admit(arrival(&ctx), &caller, api, &provider, price, &mut req)
+            .await?;
+        Ok::<_, ApiError>((provider, admitted))
+    }
+    .await;
+    match admitted {
+        Ok((provider, admitted)) => {
+            exchange::Exchange::new(s.clone(), api, provider, &headers, req, admitted)
+                .run()
+                .await
+        }
+        Err(e) => {
+            let (model, stream) = (Some(req.model.as_str()), req.stream);
+            Err(refused(&s, &ctx, &caller, api, model, stream, e).await)
+        }
+    }
+}
+
+fn arrival(ctx: &RequestCtx) -> Arrival {
+    Arrival {
         request_id: ctx.request_id.clone(),
         started: ctx.started,
         started_ms: ctx.started_ms,
-    };
-    let admitted = s
-        .engine
-        .admit(arrival, &caller, api, &provider, &price, &mut req)
-        .await?;
-    exchange::Exchange::new(s.clone(), api, provider, &headers, req, admitted)
-        .run()
-        .await
+    }
+}
+
+/// An authenticated request answered here, without an exchange: record it (`refused`, zero
+/// tokens and cost) and give a 402 the balance the account has available.
+async fn refused(
+    s: &SharedState,
+    ctx: &RequestCtx,
+    caller: &Caller,
+    api: Endpoint,
+    model: Option<&str>,
+    streamed: bool,
+    mut err: ApiError,
+) -> ApiError {
+    let http_status = status(err.code).as_u16();
+    s.engine.record_refused(
+        &arrival(ctx),
+        caller,
+        api,
+        model,
+        streamed,
+        http_status,
+        err.code.as_str(),
+    );
+    if err.code == Code::InsufficientBalance {
+        if let Ok(view) = s.engine.credits.view(&caller.account_id).await {
+            let available = view.balance_nanos.saturating_sub(view.held_nanos);
+            let credits = s.engine.credits.nanos_to_credits(available);
+            err.headers
+                .push(("x-credits-remaining", credits.to_string()));
+        }
+    }
+    err
+}
+
+/// The model a body names, for the record of a body refused as invalid.
+fn model_of(bytes: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct ModelOnly {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelOnly>(bytes).ok()?.model
 }
 
 /// `GET /v1/models`: every priced model some provider routes, in the caller's format.

@@ -235,3 +235,157 @@ async fn requests_are_served_and_kept_while_the_database_is_locked() {
     }
     assert_eq!(stored.len(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_requests_at_the_upstream_records_each_once_as_interrupted_and_charged() {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.toml");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    // Slow requests must still be at the upstream when the process dies.
+    let toml = config_toml(
+        &dir.path().join("data"),
+        &mock.base_url(),
+        &format!("127.0.0.1:{port}"),
+    )
+    .replace("upstream_timeout_secs = 2", "upstream_timeout_secs = 60");
+    std::fs::write(&config, toml).unwrap();
+    let (mut child, base, admin) = start_binary(&config).await;
+    let admin = admin.expect("first start prints the admin key");
+    let http = reqwest::Client::new();
+    let (account, _, key) = create_account_and_key(&http, &base, &admin).await;
+    grant(&http, &base, &admin, &account, "10").await;
+    let chat = |stream: bool, mock: Value| {
+        json!({"model": "gpt-4o-mini", "stream": stream, "max_tokens": 100, "mock": mock,
+               "messages": [{"role": "user", "content": "a question that takes a while to answer"}]})
+    };
+
+    // Finished before the kill: each must keep its one, real record.
+    let mut finished = std::collections::HashSet::new();
+    for stream in [false, true, false, true] {
+        let r = http
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat(stream, json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        finished.insert(request_id(&r));
+        r.text().await.unwrap();
+    }
+    // In flight at the kill: 4 waiting for an answer that never comes, 4 streams half way through.
+    let mut slow = Vec::new();
+    for i in 0..8 {
+        let (http, base, key) = (http.clone(), base.clone(), key.clone());
+        let body = if i % 2 == 0 {
+            chat(false, json!({"hang": true}))
+        } else {
+            chat(true, json!({"chunk_delay_ms": 500, "output_tokens": 100}))
+        };
+        slow.push(tokio::spawn(async move {
+            let r = http
+                .post(format!("{base}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&body)
+                .send()
+                .await;
+            if let Ok(r) = r {
+                let _ = r.text().await;
+            }
+        }));
+    }
+    let in_flight = |ledger: Vec<mock_upstream::LedgerEntry>| -> Vec<String> {
+        ledger
+            .into_iter()
+            .filter_map(|e| e.request_id)
+            .filter(|id| !finished.contains(id))
+            .collect()
+    };
+    for _ in 0..200 {
+        if in_flight(mock.ledger()).len() == 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Let the streams send a few events.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let interrupted = in_flight(mock.ledger());
+    assert_eq!(
+        interrupted.len(),
+        8,
+        "the slow requests did not all reach the upstream"
+    );
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    for t in slow {
+        t.await.unwrap();
+    }
+
+    let (_child, base, _) = start_binary(&config).await;
+    let get = |path: String| {
+        let (http, admin) = (http.clone(), admin.clone());
+        async move {
+            let r = http.get(path).bearer_auth(&admin).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let records = get(format!("{base}/admin/requests?limit=1000")).await;
+    let records = records["data"].as_array().unwrap();
+    // Exactly one record per request the upstream saw, the finished ones not doubled.
+    assert_eq!(records.len(), 12, "{records:#?}");
+    let by_id: std::collections::HashMap<&str, &Value> = records
+        .iter()
+        .map(|r| (r["request_id"].as_str().unwrap(), r))
+        .collect();
+    assert_eq!(by_id.len(), 12);
+    for id in &finished {
+        let r = by_id[id.as_str()];
+        assert_eq!(
+            (&r["status"], &r["provenance"]),
+            (&json!("success"), &json!("provider")),
+            "{r}"
+        );
+    }
+    for id in &interrupted {
+        let r = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("no record for {id}, in flight at the kill"));
+        assert_eq!(r["status"], "interrupted", "{r}");
+        assert_eq!(r["provenance"], "estimated", "{r}");
+        assert_eq!(r["error_code"], "gateway_restarted", "{r}");
+        assert!(r["input_tokens"].as_i64().unwrap() > 0, "{r}");
+        assert_eq!(r["output_tokens"], 0, "{r}");
+        assert!(r["charged_nanos"].as_i64().unwrap() > 0, "charged: {r}");
+        assert_eq!(r["charged_nanos"], r["cost_nanos"], "{r}");
+    }
+    // Charged: the balance is the grant less every record's charge, and the audit agrees.
+    let audit = get(format!("{base}/admin/accounts/{account}/credits")).await;
+    let charged: i64 = records
+        .iter()
+        .map(|r| r["charged_nanos"].as_i64().unwrap())
+        .sum();
+    assert_eq!(audit["consistent"], json!(true), "{audit}");
+    assert_eq!(audit["charges_nanos"], json!(charged), "{audit}");
+    assert_eq!(
+        audit["balance_nanos"],
+        json!(10_000_000_000 - charged),
+        "{audit}"
+    );
+    // And the usage APIs count them.
+    let usage: Value = http
+        .get(format!("{base}/v1/usage"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["monthly"]["request_count"], 12, "{usage}");
+    assert_eq!(usage["monthly"]["success_count"], 4, "{usage}");
+}

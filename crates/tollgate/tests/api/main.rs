@@ -13,6 +13,7 @@ mod helpers;
 mod holds;
 mod org_usage;
 mod proxy;
+mod refused;
 mod stale;
 mod upstream_limits;
 mod usage;

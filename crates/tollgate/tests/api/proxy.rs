@@ -195,7 +195,7 @@ type Case<'a> = (
 );
 
 #[tokio::test]
-async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing() {
+async fn hostile_input_gets_its_status_in_the_callers_shape_and_charges_nothing() {
     let app = spawn_app().await;
     let revoked = {
         let (_, key_id, key) = create_account_and_key(&app.http, &app.base, &app.admin_key).await;
@@ -305,10 +305,21 @@ async fn hostile_input_gets_its_status_in_the_callers_shape_and_leaves_nothing()
             }
         }
     }
-    assert!(
-        app.records().await.is_empty(),
-        "a rejected request left a record"
-    );
+    // An authenticated caller's refused requests are counted (status `refused`, nothing
+    // charged: 4 cases in each style); unauthenticated ones leave nothing.
+    let records = app.records().await;
+    assert_eq!(records.len(), 8, "{records:?}");
+    for r in &records {
+        assert_eq!(r["status"], "refused", "{r}");
+        assert_eq!(r["charged_nanos"], 0, "{r}");
+        assert_eq!(r["cost_nanos"], 0, "{r}");
+        assert_eq!(r["input_tokens"], 0, "{r}");
+        assert_eq!(r["account_id"], json!(app.account_id), "{r}");
+        assert!(
+            [400, 404, 413].contains(&r["http_status"].as_u64().unwrap()),
+            "{r}"
+        );
+    }
     assert!(
         app.mock.ledger().is_empty(),
         "a rejected request reached the upstream"

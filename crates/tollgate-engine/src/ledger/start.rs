@@ -1,0 +1,51 @@
+//! A forwarded request's start, journaled once the request has gone to the upstream.
+//! If the process dies before the request's record is written, the next start finds the start
+//! with no record after it and records the request as `interrupted` (`settle::interrupted_record`),
+//! so a request the upstream served (and will bill) is never without a record.
+//!
+//! A start keeps its journal segment alive (`StartPin`) until the request's record is in the
+//! journal, so a long request's start cannot be dropped with its segment before its end.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tollgate_core::pricing::UnitPrices;
+use tollgate_core::record::{Endpoint, Source};
+
+use super::journal::Journal;
+
+/// What an `interrupted` record needs: everything known when the request was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestStart {
+    pub request_id: String,
+    /// When the request arrived (ms since the Unix epoch).
+    pub created_at_ms: i64,
+    /// When it was journaled as sent.
+    pub sent_at_ms: i64,
+    pub account_id: String,
+    pub key_id: String,
+    pub endpoint: Endpoint,
+    pub model: String,
+    pub provider: String,
+    pub owned_by: String,
+    pub source: Source,
+    pub prices: UnitPrices,
+    pub byok_fee_bps: i64,
+    pub streamed: bool,
+    /// The request's input, counted without the BPE at admission
+    /// (`tokenizer::quick_count_request_input`).
+    pub input_tokens: u64,
+}
+
+/// Keeps the segment holding a request's start from being deleted; dropped once the request's
+/// record is journaled (or the request ends without one).
+pub struct StartPin {
+    pub(super) journal: Arc<Journal>,
+    pub(super) segment: u64,
+}
+
+impl Drop for StartPin {
+    fn drop(&mut self) {
+        self.journal.release_start(self.segment);
+    }
+}
