@@ -15,7 +15,7 @@ use tollgate_core::request::ProxyRequest;
 use tollgate_core::{Code, DomainError};
 
 use crate::routing::Provider;
-use crate::settle::{Arrival, Bounds, HoldBound, Ticket};
+use crate::settle::{refused_record, Arrival, Bounds, HoldBound, Ticket};
 use crate::Engine;
 
 pub struct Admitted {
@@ -139,5 +139,37 @@ impl Engine {
             rate,
             ticket,
         })
+    }
+
+    /// Records an authenticated request the gateway answered itself without forwarding it
+    /// (`settle::refused_record`). Like every record it goes through the journal and the batch
+    /// writer: one JSON line, no transaction of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_refused(
+        &self,
+        arrival: &Arrival,
+        caller: &Caller,
+        api: Endpoint,
+        model: Option<&str>,
+        streamed: bool,
+        http_status: u16,
+        error_code: &str,
+    ) {
+        let known = |m: &str| {
+            (
+                self.router.route(m).map(|p| p.name.clone()),
+                self.prices.get(m).map(|p| p.owned_by.clone()),
+            )
+        };
+        self.ledger.record(refused_record(
+            arrival,
+            caller,
+            api,
+            model,
+            known,
+            streamed,
+            http_status,
+            error_code,
+        ));
     }
 }

@@ -20,7 +20,6 @@ use tollgate_core::request::ProxyRequest;
 use crate::credits::Hold;
 use crate::ledger::{Ledger, RequestStart, StartPin};
 use crate::limits::Permit;
-use crate::Engine;
 
 /// When and as what the request arrived.
 #[derive(Debug, Clone)]
@@ -443,70 +442,62 @@ pub fn interrupted_record(start: &RequestStart, last_alive_ms: i64) -> UsageReco
 /// client's, and every distinct name is a rollup row).
 const REFUSED_MODEL_MAX: usize = 128;
 
-impl Engine {
-    /// Records an authenticated request the gateway answered itself without forwarding it (bad
-    /// body, unknown or forbidden model, no balance, a limit): status `refused`, zero tokens and
-    /// cost, the answer's status and code. Like every record it goes through the journal and the
-    /// batch writer: one JSON line, no transaction of its own.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_refused(
-        &self,
-        arrival: &Arrival,
-        caller: &Caller,
-        api: Endpoint,
-        model: Option<&str>,
-        streamed: bool,
-        http_status: u16,
-        error_code: &str,
-    ) {
-        let model = match model {
-            Some(m) if self.prices.get(m).is_some() => m.to_string(),
-            Some(m) if !m.is_empty() => truncate(m, REFUSED_MODEL_MAX).to_string(),
-            _ => "unknown".to_string(),
-        };
-        let finished_at_ms = arrival
-            .started_ms
-            .saturating_add(elapsed_ms(arrival.started));
-        let start = RequestStart {
-            request_id: arrival.request_id.clone(),
-            created_at_ms: arrival.started_ms,
-            sent_at_ms: finished_at_ms,
-            account_id: caller.account_id.clone(),
-            key_id: caller.key_id.clone(),
-            endpoint: api,
-            provider: self
-                .router
-                .route(&model)
-                .map(|p| p.name.clone())
-                .unwrap_or_default(),
-            owned_by: self
-                .prices
-                .get(&model)
-                .map(|p| p.owned_by.clone())
-                .unwrap_or_default(),
-            model,
-            source: Source::Platform,
-            prices: UnitPrices::default(),
-            byok_fee_bps: 0,
-            streamed,
-            input_tokens: 0,
-        };
-        self.ledger.record(record_of(
-            &start,
-            &Usage::default(),
-            Priced {
-                cost_nanos: 0,
-                charged_nanos: 0,
-            },
-            End {
-                status: Status::Refused,
-                http_status,
-                error_code: Some(error_code.to_string()),
-                finished_at_ms,
-                provenance: Provenance::Provider,
-            },
-        ));
-    }
+/// The record of an authenticated request the gateway answered itself without forwarding it
+/// (bad body, unknown or forbidden model, no balance, a limit): status `refused`, zero tokens
+/// and cost, the answer's status and code. `model` is the one asked for, if any (`"unknown"`
+/// otherwise; an unconfigured name is cut to 128 bytes); `provider` and `owned_by` are empty
+/// when no route or price knows it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn refused_record(
+    arrival: &Arrival,
+    caller: &Caller,
+    api: Endpoint,
+    model: Option<&str>,
+    known: impl Fn(&str) -> (Option<String>, Option<String>),
+    streamed: bool,
+    http_status: u16,
+    error_code: &str,
+) -> UsageRecord {
+    let model = match model {
+        Some(m) if known(m).1.is_some() => m.to_string(),
+        Some(m) if !m.is_empty() => truncate(m, REFUSED_MODEL_MAX).to_string(),
+        _ => "unknown".to_string(),
+    };
+    let (provider, owned_by) = known(&model);
+    let finished_at_ms = arrival
+        .started_ms
+        .saturating_add(elapsed_ms(arrival.started));
+    let start = RequestStart {
+        request_id: arrival.request_id.clone(),
+        created_at_ms: arrival.started_ms,
+        sent_at_ms: finished_at_ms,
+        account_id: caller.account_id.clone(),
+        key_id: caller.key_id.clone(),
+        endpoint: api,
+        provider: provider.unwrap_or_default(),
+        owned_by: owned_by.unwrap_or_default(),
+        model,
+        source: Source::Platform,
+        prices: UnitPrices::default(),
+        byok_fee_bps: 0,
+        streamed,
+        input_tokens: 0,
+    };
+    record_of(
+        &start,
+        &Usage::default(),
+        Priced {
+            cost_nanos: 0,
+            charged_nanos: 0,
+        },
+        End {
+            status: Status::Refused,
+            http_status,
+            error_code: Some(error_code.to_string()),
+            finished_at_ms,
+            provenance: Provenance::Provider,
+        },
+    )
 }
 
 /// `s` cut to at most `max` bytes, at a character boundary.

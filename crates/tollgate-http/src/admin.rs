@@ -12,7 +12,7 @@ use tollgate_core::Code;
 
 use crate::error::ApiError;
 use crate::extract::{Admin, LimitedBody};
-use crate::router::{Access, Routes};
+use crate::routes::{Access, Routes};
 use tollgate_core::account::{KeyLimits, Role};
 use tollgate_core::credit::CreditKind;
 use tollgate_core::store::RecordQuery;

@@ -1,6 +1,7 @@
 //! tollgate-http: the HTTP boundary, on top of the engine.
 //!
 //! - `router`: every route, the request-context middleware, errors rendered once
+//! - `routes`: the recording route builder (the route table the authorization test walks)
 //! - `body`: request bodies read under `server.max_body_bytes`
 //! - `extract`: authentication as extractors (`Authed`, `Admin`, `UsageQuery`)
 //! - `error`: `ApiError`, mapped from `DomainError` once, in the caller's error shape
@@ -18,6 +19,7 @@ pub mod extract;
 pub mod params;
 pub mod proxy;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod state;
 

@@ -1,152 +1,26 @@
 //! The router: every route, the per-request context middleware, and the one place an error
 //! becomes a response in the caller's style.
 //!
-//! Routes are registered through [`Routes`], which records each one's method, path and access
-//! as it adds it; [`route_table`] is built by the same code as [`routes`], so a route cannot be
-//! served without being listed (the authorization test walks that list).
+//! Routes are registered through `routes::Routes`, which records each one's method, path and
+//! access as it adds it; [`route_table`] is built by the same code as [`routes`], so a route
+//! cannot be served without being listed (the authorization test walks that list).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::Request;
-use axum::handler::Handler;
-use axum::http::{HeaderValue, Method};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use axum::Router;
 use tollgate_core::id::new_id;
 use tollgate_core::Code;
 
 use crate::error::{ApiError, ErrorStyle};
+use crate::routes::{Access, RouteInfo, Routes};
 use crate::server::ClientAddr;
 use crate::state::{RequestCtx, SharedState};
 use crate::{admin, compat, proxy};
-
-/// Who may call a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// No key needed.
-    Public,
-    /// Any valid key (user or admin); a user key sees only its own account.
-    User,
-    /// Admin keys only; a user key gets 403.
-    Admin,
-}
-
-/// One served route, as recorded when it was registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteInfo {
-    pub method: Method,
-    /// axum's path syntax, e.g. `/admin/keys/{id}`.
-    pub path: String,
-    pub access: Access,
-}
-
-/// A list of routes under construction: each `get`/`post`/… adds one method on one path and
-/// records it. Only `into_router` turns the list into an axum `Router`.
-#[must_use]
-pub struct Routes {
-    entries: Vec<(RouteInfo, MethodRouter<SharedState>)>,
-}
-
-impl Routes {
-    pub fn new() -> Self {
-        Self {
-            entries: Vec::new(),
-        }
-    }
-
-    pub fn get<H, T>(self, path: &str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        self.add(Method::GET, path, access, axum::routing::get(handler))
-    }
-
-    pub fn post<H, T>(self, path: &str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        self.add(Method::POST, path, access, axum::routing::post(handler))
-    }
-
-    pub fn put<H, T>(self, path: &str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        self.add(Method::PUT, path, access, axum::routing::put(handler))
-    }
-
-    pub fn patch<H, T>(self, path: &str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        self.add(Method::PATCH, path, access, axum::routing::patch(handler))
-    }
-
-    pub fn delete<H, T>(self, path: &str, access: Access, handler: H) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        self.add(Method::DELETE, path, access, axum::routing::delete(handler))
-    }
-
-    fn add(
-        mut self,
-        method: Method,
-        path: &str,
-        access: Access,
-        handler: MethodRouter<SharedState>,
-    ) -> Self {
-        let info = RouteInfo {
-            method,
-            path: path.to_string(),
-            access,
-        };
-        self.entries.push((info, handler));
-        self
-    }
-
-    /// `other`'s routes under `prefix` (e.g. `/admin`).
-    pub fn nest(mut self, prefix: &str, other: Routes) -> Self {
-        for (mut info, handler) in other.entries {
-            info.path = format!("{prefix}{}", info.path);
-            self.entries.push((info, handler));
-        }
-        self
-    }
-
-    pub fn merge(mut self, other: Routes) -> Self {
-        self.entries.extend(other.entries);
-        self
-    }
-
-    pub fn table(&self) -> Vec<RouteInfo> {
-        self.entries.iter().map(|(info, _)| info.clone()).collect()
-    }
-
-    /// The axum router serving exactly the recorded routes. Several methods on one path are
-    /// merged by axum; the same method twice on one path panics at startup (a programming error).
-    pub fn into_router(self) -> Router<SharedState> {
-        self.entries
-            .into_iter()
-            .fold(Router::new(), |router, (info, handler)| {
-                router.route(&info.path, handler)
-            })
-    }
-}
-
-impl Default for Routes {
-    fn default() -> Self {
-        Self::new()
-    }
-}
 
 /// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in
 /// `compat::routes`.
@@ -252,6 +126,8 @@ async fn request_context(
 
 #[cfg(test)]
 mod tests {
+    use axum::http::Method;
+
     use super::*;
 
     #[test]
@@ -302,7 +178,7 @@ mod tests {
             let text = std::fs::read_to_string(&f).unwrap();
             // This test names what it looks for; only code before it counts.
             let text = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let is_router = f.ends_with("router.rs");
+            let is_builder = f.ends_with("routes.rs");
             for needle in [
                 "Router::new",
                 "Router::<",
@@ -311,10 +187,10 @@ mod tests {
                 ".nest_service(",
             ] {
                 let n = text.matches(needle).count();
-                let allowed = usize::from(is_router && needle == "Router::new");
+                let allowed = usize::from(is_builder && needle == "Router::new");
                 assert!(
                     n <= allowed,
-                    "{} has `{needle}`: register routes through router::Routes so the \
+                    "{} has `{needle}`: register routes through routes::Routes so the \
                      authorization test sees them",
                     f.display()
                 );

@@ -251,6 +251,19 @@ fn open_segment(dir: &Path, no: u64) -> std::io::Result<File> {
     crate::fs::open_private_append(&segment_path(dir, no))
 }
 
+/// Keeps the segment holding a request's start from being deleted; dropped once the request's
+/// record is journaled (or the request ends without one).
+pub struct StartPin {
+    pub(super) journal: Arc<Journal>,
+    pub(super) segment: u64,
+}
+
+impl Drop for StartPin {
+    fn drop(&mut self) {
+        self.journal.release_start(self.segment);
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use tollgate_core::pricing::UnitPrices;

@@ -33,7 +33,8 @@ use tollgate_core::store::Store;
 use self::journal::{Entry, Journal};
 use self::writer::{Writer, WriterMsg};
 
-pub use self::start::{RequestStart, StartPin};
+pub use self::journal::StartPin;
+pub use self::start::RequestStart;
 
 /// Builds the record of a request whose start was journaled but whose record never was (the
 /// process died first), given the last moment the journal shows the process alive.

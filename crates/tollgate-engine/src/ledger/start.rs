@@ -3,16 +3,12 @@
 //! with no record after it and records the request as `interrupted` (`settle::interrupted_record`),
 //! so a request the upstream served (and will bill) is never without a record.
 //!
-//! A start keeps its journal segment alive (`StartPin`) until the request's record is in the
-//! journal, so a long request's start cannot be dropped with its segment before its end.
-
-use std::sync::Arc;
+//! A start keeps its journal segment alive (`journal::StartPin`) until the request's record is
+//! in the journal, so a long request's start cannot be dropped with its segment before its end.
 
 use serde::{Deserialize, Serialize};
 use tollgate_core::pricing::UnitPrices;
 use tollgate_core::record::{Endpoint, Source};
-
-use super::journal::Journal;
 
 /// What an `interrupted` record needs: everything known when the request was sent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,17 +31,4 @@ pub struct RequestStart {
     /// The request's input, counted without the BPE at admission
     /// (`tokenizer::quick_count_request_input`).
     pub input_tokens: u64,
-}
-
-/// Keeps the segment holding a request's start from being deleted; dropped once the request's
-/// record is journaled (or the request ends without one).
-pub struct StartPin {
-    pub(super) journal: Arc<Journal>,
-    pub(super) segment: u64,
-}
-
-impl Drop for StartPin {
-    fn drop(&mut self) {
-        self.journal.release_start(self.segment);
-    }
 }

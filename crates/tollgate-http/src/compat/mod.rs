@@ -22,7 +22,7 @@ use tollgate_core::rollup::RecordCursor;
 
 use crate::error::ApiError;
 use crate::params::Params;
-use crate::router::{Access, Routes};
+use crate::routes::{Access, Routes};
 use crate::state::AppState;
 
 pub fn routes() -> Routes {

@@ -6,7 +6,8 @@
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use tollgate_http::router::{route_table, Access, RouteInfo};
+use tollgate_http::router::route_table;
+use tollgate_http::routes::{Access, RouteInfo};
 
 use crate::helpers::*;
 

@@ -8,7 +8,8 @@ use mock_upstream::{MockConfig, MockServer};
 use reqwest::Method;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tollgate_http::router::{route_table, Access};
+use tollgate_http::router::route_table;
+use tollgate_http::routes::Access;
 
 use crate::helpers::*;
 
