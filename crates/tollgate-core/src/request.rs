@@ -2,6 +2,8 @@
 //! stream, output cap) and the bytes to forward upstream. Invalid bodies get a 400 naming the
 //! parameter before anything is held or forwarded.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -14,7 +16,9 @@ pub struct ProxyRequest {
     pub stream: bool,
     /// The client asked for the usage chunk of an OpenAI stream.
     pub client_wants_usage: bool,
-    pub json: Value,
+    /// Shared: the record keeps it (for a local count if the upstream reports no usage)
+    /// without copying the tree.
+    pub json: Arc<Value>,
     /// Sent upstream: the client's bytes, untouched unless usage had to be requested.
     pub forward: Bytes,
 }
@@ -175,7 +179,7 @@ impl ProxyRequest {
             model,
             stream,
             client_wants_usage,
-            json,
+            json: Arc::new(json),
             forward,
         })
     }

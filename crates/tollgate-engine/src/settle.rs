@@ -88,7 +88,7 @@ pub struct Ticket {
     model: String,
     streamed: bool,
     /// The request's input, counted only if the upstream reports no usage.
-    request_json: serde_json::Value,
+    request_json: Arc<serde_json::Value>,
     provider: String,
     price: PriceEntry,
     source: Source,
@@ -143,7 +143,7 @@ impl Ticket {
             api,
             model: req.model.clone(),
             streamed: req.stream,
-            request_json: req.json.clone(),
+            request_json: Arc::clone(&req.json),
             provider,
             price,
             source,
