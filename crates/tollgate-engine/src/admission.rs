@@ -93,14 +93,18 @@ impl Engine {
             );
             (full, least)
         };
-        let (hold, available) = self
-            .credits
-            .hold(&caller.account_id, charge(source, bound, fee), refine)
-            .await?;
+        let full = charge(source, bound, fee);
+        let (hold, available) = self.credits.hold(&caller.account_id, full, refine).await?;
         let enforce = self.config.credits.enforce;
-        let allowance = price
-            .max_output_within(hold.amount(), held_input, source, fee)
-            .unwrap_or(0);
+        // The usual case, a hold of the whole bound, covers the output cap by construction; only
+        // a smaller hold needs the search for how much output it covers.
+        let allowance = if hold.amount() >= full {
+            max_output
+        } else {
+            price
+                .max_output_within(hold.amount(), held_input, source, fee)
+                .unwrap_or(0)
+        };
         // The hold covers less output than asked: the request goes upstream capped to it.
         let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(1));
         if let Some(cap) = capped {

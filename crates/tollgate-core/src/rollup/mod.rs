@@ -186,27 +186,28 @@ impl RecordCursor {
 
 /// The key of one rollup row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RollupKey {
+/// Borrowed from the records: a batch's deltas allocate no strings.
+pub struct RollupKey<'a> {
     pub bucket_ms: i64,
-    pub account_id: String,
-    pub key_id: String,
-    pub model: String,
-    pub provider: String,
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
     pub source: Source,
     pub endpoint: Endpoint,
 }
 
 /// Increments for each rollup table, keyed by row.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Deltas {
-    pub minute: HashMap<RollupKey, Sums>,
-    pub hour: HashMap<RollupKey, Sums>,
-    pub day: HashMap<RollupKey, Sums>,
+pub struct Deltas<'a> {
+    pub minute: HashMap<RollupKey<'a>, Sums>,
+    pub hour: HashMap<RollupKey<'a>, Sums>,
+    pub day: HashMap<RollupKey<'a>, Sums>,
 }
 
-impl Deltas {
+impl<'a> Deltas<'a> {
     /// Each grain with its increments.
-    pub fn grains(&self) -> [(Grain, &HashMap<RollupKey, Sums>); 3] {
+    pub fn grains(&self) -> [(Grain, &HashMap<RollupKey<'a>, Sums>); 3] {
         [
             (Grain::Minute, &self.minute),
             (Grain::Hour, &self.hour),
@@ -218,7 +219,7 @@ impl Deltas {
 /// The rollup increments of `records` (pass only the records that were newly stored, so a
 /// replayed record is not counted twice). A batch of many requests from a few keys and models
 /// becomes a few rows per grain rather than one per record.
-pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas {
+pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas<'a> {
     let mut d = Deltas::default();
     for r in records {
         let sums = Sums::of(r);
@@ -230,10 +231,10 @@ pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas 
             let w = grain.width_ms();
             let key = RollupKey {
                 bucket_ms: r.created_at_ms.div_euclid(w) * w,
-                account_id: r.account_id.clone(),
-                key_id: r.key_id.clone(),
-                model: r.model_requested.clone(),
-                provider: r.provider.clone(),
+                account_id: &r.account_id,
+                key_id: &r.key_id,
+                model: &r.model_requested,
+                provider: &r.provider,
                 source: r.source,
                 endpoint: r.endpoint,
             };
