@@ -100,6 +100,13 @@ pub fn nanos_to_usd_f64(nanos: i64) -> f64 {
     nanos as f64 / NANOS_PER_USD as f64
 }
 
+/// nano-USD in credits at `per_usd` credits per USD, rounded down (toward −∞).
+pub fn nanos_to_credits(nanos: i64, per_usd: i64) -> i64 {
+    let credits = (i128::from(nanos) * i128::from(per_usd)).div_euclid(i128::from(NANOS_PER_USD));
+    // `per_usd` ≤ 10^9 (a divisor of it), so |credits| ≤ |nanos| and this always fits.
+    i64::try_from(credits).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

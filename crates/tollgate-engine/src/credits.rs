@@ -139,10 +139,7 @@ impl Credits {
 
     /// nano-USD in credits (rounded down).
     pub fn nanos_to_credits(&self, nanos: i64) -> i64 {
-        let credits = (i128::from(nanos) * i128::from(self.cfg.per_usd))
-            .div_euclid(i128::from(NANOS_PER_USD));
-        // `per_usd` ≤ 10^9, so |credits| ≤ |nanos| and this always fits.
-        i64::try_from(credits).unwrap_or(if nanos < 0 { i64::MIN } else { i64::MAX })
+        tollgate_core::money::nanos_to_credits(nanos, self.cfg.per_usd)
     }
 
     /// Credits in nano-USD (exact: `per_usd` divides 10^9).

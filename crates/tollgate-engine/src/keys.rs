@@ -179,15 +179,20 @@ impl KeyService {
     }
 
     pub async fn revoke(&self, key_id: &str) -> Result<ApiKeyRecord, DomainError> {
-        if !self.store.revoke_key(key_id, self.clock.now_ms()).await? {
-            return Err(DomainError::new(Code::NotFound, format!("no key {key_id}")));
+        let found = self.store.revoke_key(key_id, self.clock.now_ms()).await?;
+        self.changed(key_id, found).await
+    }
+
+    /// After a key was changed in the store (`found`: it existed): drop it from the cache at
+    /// once, so this process applies the change from the next request on, and return it as
+    /// stored (404 if there was no such key).
+    async fn changed(&self, key_id: &str, found: bool) -> Result<ApiKeyRecord, DomainError> {
+        let no_key = || DomainError::new(Code::NotFound, format!("no key {key_id}"));
+        if !found {
+            return Err(no_key());
         }
-        // Drop it from the cache at once so this process refuses it from the next request on.
         self.cache.write().retain(|_, c| c.key.id != key_id);
-        self.store
-            .get_key(key_id)
-            .await?
-            .ok_or_else(|| DomainError::new(Code::NotFound, format!("no key {key_id}")))
+        self.store.get_key(key_id).await?.ok_or_else(no_key)
     }
 
     /// First start: when no admin key exists, create an admin account and key.
@@ -222,14 +227,8 @@ impl KeyService {
         limits: KeyLimits,
     ) -> Result<ApiKeyRecord, DomainError> {
         validate_limits(&limits)?;
-        if !self.store.update_key_limits(key_id, limits).await? {
-            return Err(DomainError::new(Code::NotFound, format!("no key {key_id}")));
-        }
-        self.cache.write().retain(|_, c| c.key.id != key_id);
-        self.store
-            .get_key(key_id)
-            .await?
-            .ok_or_else(|| DomainError::new(Code::NotFound, format!("no key {key_id}")))
+        let found = self.store.update_key_limits(key_id, limits).await?;
+        self.changed(key_id, found).await
     }
 
     pub async fn set_account_disabled(

@@ -13,7 +13,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tollgate_core::account::Caller;
 use tollgate_core::metering::{tokenizer, Usage};
-use tollgate_core::pricing::{charge, cost_nanos, PriceEntry, Priced, UnitPrices};
+use tollgate_core::pricing::{price, PriceEntry, Priced, UnitPrices};
 use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
 use tollgate_core::request::ProxyRequest;
 
@@ -82,17 +82,12 @@ pub struct HoldBound {
 pub struct Ticket {
     ledger: Ledger,
     arrival: Arrival,
-    account_id: String,
-    key_id: String,
-    api: Endpoint,
-    model: String,
-    streamed: bool,
-    /// The request's input, counted only if the upstream reports no usage.
+    /// Who, what and at which prices: the facts every record of this request is built from
+    /// (the settled one, or the interrupted one a restart builds from the journaled start).
+    facts: Arc<RequestStart>,
+    /// The request's input, counted only if the upstream reports no usage (or it is sent and
+    /// its start journaled).
     request_json: Arc<serde_json::Value>,
-    provider: String,
-    price: PriceEntry,
-    source: Source,
-    byok_fee_bps: i64,
     settlement: Option<(Hold, Permit)>,
     available_after_hold: i64,
     bounds: Bounds,
@@ -117,7 +112,7 @@ impl Ticket {
         available_after_hold: i64,
         bounds: Bounds,
     ) -> Self {
-        let start = RequestStart {
+        let facts = RequestStart {
             request_id: arrival.request_id.clone(),
             created_at_ms: arrival.started_ms,
             sent_at_ms: arrival.started_ms,
@@ -125,29 +120,21 @@ impl Ticket {
             key_id: caller.key_id.clone(),
             endpoint: api,
             model: req.model.clone(),
-            provider: provider.clone(),
-            owned_by: price.owned_by.clone(),
+            provider,
+            owned_by: price.owned_by,
             source,
             prices: price.prices,
             byok_fee_bps,
             streamed: req.stream,
-            // Not the BPE: this is paid by every request, and used only if the process dies.
-            input_tokens: tokenizer::quick_count_request_input(&req.json),
+            // Counted when the start is journaled (`SentSignal::sent`), not for every request.
+            input_tokens: 0,
         };
         Self {
-            start: Arc::new(Mutex::new(StartState::Pending(Box::new(start)))),
+            start: Arc::new(Mutex::new(StartState::Pending)),
             ledger,
             arrival,
-            account_id: caller.account_id.clone(),
-            key_id: caller.key_id.clone(),
-            api,
-            model: req.model.clone(),
-            streamed: req.stream,
+            facts: Arc::new(facts),
             request_json: Arc::clone(&req.json),
-            provider,
-            price,
-            source,
-            byok_fee_bps,
             settlement: Some((hold, permit)),
             available_after_hold,
             bounds,
@@ -202,11 +189,12 @@ impl Ticket {
         };
         // The one place upstream numbers are bounded: no class above the per-request ceiling.
         let (usage, clamped) = usage.clamped(self.bounds.max_tokens);
-        let priced = self.price.price(&usage, self.source, self.byok_fee_bps);
+        let f = &self.facts;
+        let priced = price(&usage, &f.prices, f.source, f.byok_fee_bps);
         let anomaly = if clamped {
             tracing::warn!(
                 request_id = %self.arrival.request_id,
-                provider = %self.provider,
+                provider = %f.provider,
                 ceiling = self.bounds.max_tokens,
                 "upstream reported more tokens than metering.max_tokens_per_request; clamped"
             );
@@ -214,7 +202,7 @@ impl Ticket {
         } else if self.over_reported(&usage, priced.charged_nanos, provenance) {
             tracing::warn!(
                 request_id = %self.arrival.request_id,
-                provider = %self.provider,
+                provider = %f.provider,
                 output_tokens = usage.output_tokens,
                 output_cap = ?self.bounds.output_cap,
                 charged_nanos = priced.charged_nanos,
@@ -229,39 +217,24 @@ impl Ticket {
         let now = self.arrival.started_ms.saturating_add(elapsed);
         permit.settle(usage.total_tokens(), priced.cost_nanos, now);
         let available = hold.settle(priced.charged_nanos);
-        let p = &self.price.prices;
-        self.ledger.record(UsageRecord {
-            request_id: self.arrival.request_id.clone(),
-            created_at_ms: self.arrival.started_ms,
-            finished_at_ms: now,
-            account_id: self.account_id.clone(),
-            key_id: self.key_id.clone(),
-            endpoint: self.api,
-            model_requested: self.model.clone(),
-            model_served: o.model_served.unwrap_or_else(|| self.model.clone()),
-            provider: self.provider.clone(),
-            owned_by: self.price.owned_by.clone(),
-            source: self.source,
-            input_tokens: to_i64(usage.input_tokens),
-            output_tokens: to_i64(usage.output_tokens),
-            cached_tokens: to_i64(usage.cached_tokens),
-            cache_write_tokens: to_i64(usage.cache_write_tokens),
-            reasoning_tokens: to_i64(usage.reasoning_tokens),
-            cost_nanos: priced.cost_nanos,
-            charged_nanos: priced.charged_nanos,
-            price_input: p.input,
-            price_output: p.output,
-            price_cached_input: p.cached_input,
-            price_cache_write: p.cache_write,
-            status: o.status,
-            http_status: o.http_status,
-            error_code: o.error_code,
-            latency_ms: elapsed,
-            ttft_ms: o.ttft_ms,
-            streamed: self.streamed,
-            provenance,
-            anomaly,
-        });
+        let mut record = record_of(
+            f,
+            &usage,
+            priced,
+            End {
+                status: o.status,
+                http_status: o.http_status,
+                error_code: o.error_code,
+                finished_at_ms: now,
+                provenance,
+            },
+        );
+        if let Some(served) = o.model_served {
+            record.model_served = served;
+        }
+        record.ttft_ms = o.ttft_ms;
+        record.anomaly = anomaly;
+        self.ledger.record(record);
         available
     }
 
@@ -290,7 +263,7 @@ fn with_margin(tokens: u64) -> u64 {
 /// Where a request's journaled start stands.
 enum StartState {
     /// Not sent yet; nothing journaled.
-    Pending(Box<RequestStart>),
+    Pending,
     /// Sent: the start is in the journal (no pin if the journal write failed). The pin is held
     /// for its drop, which lets the start's segment go.
     Sent { _pin: Option<StartPin> },
@@ -303,6 +276,8 @@ enum StartState {
 pub struct SentSignal {
     ledger: Ledger,
     started: Instant,
+    facts: Arc<RequestStart>,
+    request_json: Arc<serde_json::Value>,
     state: Arc<Mutex<StartState>>,
 }
 
@@ -311,9 +286,12 @@ impl SentSignal {
     /// already settled journals nothing.
     pub fn sent(&self) {
         let mut state = self.state.lock();
-        if let StartState::Pending(start) = &mut *state {
+        if let StartState::Pending = *state {
+            let mut start = RequestStart::clone(&self.facts);
             start.sent_at_ms = start.created_at_ms.saturating_add(elapsed_ms(self.started));
-            let pin = self.ledger.begin(start);
+            // Not the BPE: paid by every journaled start, used only if the process dies.
+            start.input_tokens = tokenizer::quick_count_request_input(&self.request_json);
+            let pin = self.ledger.begin(&start);
             *state = StartState::Sent { _pin: pin };
         }
     }
@@ -326,6 +304,8 @@ impl Ticket {
         SentSignal {
             ledger: self.ledger.clone(),
             started: self.arrival.started,
+            facts: Arc::clone(&self.facts),
+            request_json: Arc::clone(&self.request_json),
             state: self.start.clone(),
         }
     }
@@ -369,8 +349,8 @@ struct End {
     provenance: Provenance,
 }
 
-/// A record from a request's start facts and its end. (`Ticket::settle` builds its own from the
-/// ticket, which holds the same facts.)
+/// A record from a request's facts and its end: the one builder of every record (settled,
+/// interrupted, refused).
 fn record_of(s: &RequestStart, usage: &Usage, priced: Priced, end: End) -> UsageRecord {
     UsageRecord {
         request_id: s.request_id.clone(),
@@ -419,11 +399,7 @@ pub fn interrupted_record(start: &RequestStart, last_alive_ms: i64) -> UsageReco
         input_tokens: start.input_tokens,
         ..Usage::default()
     };
-    let cost = cost_nanos(&usage, &start.prices);
-    let priced = Priced {
-        cost_nanos: cost,
-        charged_nanos: charge(start.source, cost, start.byok_fee_bps),
-    };
+    let priced = price(&usage, &start.prices, start.source, start.byok_fee_bps);
     record_of(
         start,
         &usage,

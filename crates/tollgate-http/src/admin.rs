@@ -163,7 +163,7 @@ async fn list_requests(
             "limit must be between 1 and 10000",
         ));
     }
-    flush(&s, &ctx).await;
+    ctx.read_your_writes(&s).await;
     let records = s
         .engine
         .store
@@ -182,18 +182,10 @@ async fn get_request(
     Extension(ctx): Extension<RequestCtx>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    flush(&s, &ctx).await;
+    ctx.read_your_writes(&s).await;
     match s.engine.store.get_usage(&id).await? {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError::new(Code::NotFound, format!("no request {id}"))),
-    }
-}
-
-/// Waits for finished requests to reach the store; if it is behind, the answer (read from what
-/// is committed) is marked `x-tollgate-stale: true`.
-async fn flush(s: &AppState, ctx: &RequestCtx) {
-    if !s.engine.ledger.flush().await {
-        ctx.mark_stale();
     }
 }
 
@@ -342,7 +334,7 @@ async fn credit_audit(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     existing_account(&s, &id).await?;
-    flush(&s, &ctx).await;
+    ctx.read_your_writes(&s).await;
     Ok(Json(s.engine.credits.audit(&id).await?).into_response())
 }
 

@@ -100,9 +100,10 @@ impl UsageQuery {
     /// Waits until the caller's finished requests are in the store; if the store is behind, the
     /// response is marked stale.
     pub async fn read_your_writes(&self, s: &SharedState) {
-        if !s.engine.read_your_writes().await {
-            if let Some(ctx) = &self.ctx {
-                ctx.mark_stale();
+        match &self.ctx {
+            Some(ctx) => ctx.read_your_writes(s).await,
+            None => {
+                s.engine.read_your_writes().await;
             }
         }
     }

@@ -35,4 +35,12 @@ impl RequestCtx {
     pub fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
+
+    /// Waits until finished requests are in the store (read-your-writes); if the store is
+    /// behind, the answer, read from what is committed, is marked stale.
+    pub async fn read_your_writes(&self, s: &AppState) {
+        if !s.engine.read_your_writes().await {
+            self.mark_stale();
+        }
+    }
 }

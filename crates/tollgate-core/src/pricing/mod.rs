@@ -300,11 +300,7 @@ impl PriceEntry {
 
     /// What a request that used `usage` costs and what its account is charged.
     pub fn price(&self, usage: &Usage, source: Source, byok_fee_bps: i64) -> Priced {
-        let cost_nanos = self.cost(usage);
-        Priced {
-            cost_nanos,
-            charged_nanos: charge(source, cost_nanos, byok_fee_bps),
-        }
+        price(usage, &self.prices, source, byok_fee_bps)
     }
 }
 
@@ -314,6 +310,16 @@ impl PriceEntry {
 pub struct Priced {
     pub cost_nanos: i64,
     pub charged_nanos: i64,
+}
+
+/// What a request that used `usage` at unit prices `prices` costs, and what its account is
+/// charged (for records whose prices were kept without their table entry).
+pub fn price(usage: &Usage, prices: &UnitPrices, source: Source, byok_fee_bps: i64) -> Priced {
+    let cost_nanos = cost_nanos(usage, prices);
+    Priced {
+        cost_nanos,
+        charged_nanos: charge(source, cost_nanos, byok_fee_bps),
+    }
 }
 
 /// What the account's credits are charged for a request of this `cost`: all of it when the

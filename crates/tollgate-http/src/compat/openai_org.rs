@@ -220,9 +220,7 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     let n = grid.len().min(limit);
     let has_more = grid.len() > limit;
     let bounds: Vec<i64> = grid.bounds[..=n].to_vec();
-    if !s.engine.read_your_writes().await {
-        ctx.mark_stale();
-    }
+    ctx.read_your_writes(s).await;
     let rows = if none_match {
         BTreeMap::new()
     } else {

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tollgate_core::config::ProviderKind;
 use tollgate_core::metering::tokenizer;
 use tollgate_core::metering::usage::{self, EventAction, StreamMeter};
-use tollgate_core::money::NANOS_PER_USD;
+use tollgate_core::money::nanos_to_credits;
 use tollgate_core::record::{Endpoint, Status};
 use tollgate_core::request::ProxyRequest;
 use tollgate_core::Code;
@@ -510,8 +510,7 @@ impl Exchange {
     /// Headers every proxied response carries: the credit left, the output cap the gateway set
     /// (when the hold covers less than was asked), and the key's rate limits.
     fn account_headers(&self, available_nanos: i64) -> Vec<(&'static str, String)> {
-        let credits = (i128::from(available_nanos) * i128::from(self.per_usd))
-            .div_euclid(i128::from(NANOS_PER_USD));
+        let credits = nanos_to_credits(available_nanos, self.per_usd);
         let mut h = vec![("x-credits-remaining", credits.to_string())];
         if let Some(cap) = self.ticket.capped() {
             h.push(("x-tollgate-max-tokens", cap.to_string()));

@@ -130,8 +130,7 @@ async fn refused(
         err.code.as_str(),
     );
     if err.code == Code::InsufficientBalance {
-        if let Ok(view) = s.engine.credits.view(&caller.account_id).await {
-            let available = view.balance_nanos.saturating_sub(view.held_nanos);
+        if let Ok(available) = s.engine.spendable_nanos(&caller.account_id).await {
             let credits = s.engine.credits.nanos_to_credits(available);
             err.headers
                 .push(("x-credits-remaining", credits.to_string()));
