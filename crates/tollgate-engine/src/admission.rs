@@ -129,7 +129,7 @@ impl Engine {
             api,
             req,
             provider.name.clone(),
-            price.clone(),
+            price,
             source,
             fee,
             hold,
