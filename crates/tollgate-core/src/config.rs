@@ -70,10 +70,21 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// `sqlite` (default, embedded). PostgreSQL comes later.
+    /// `sqlite` (default, embedded, one process) or `postgres` (several replicas).
     pub kind: StoreKind,
     /// Defaults to `<data_dir>/tollgate.db`.
     pub sqlite_path: Option<PathBuf>,
+    /// `postgres://user@host:port/db` for `kind = "postgres"`.
+    pub url: Option<String>,
+    /// Connections each replica keeps to PostgreSQL.
+    pub pool_size: usize,
+    /// This replica's name, unique among the replicas sharing one PostgreSQL: its credit
+    /// leases are held under it. Default: an id generated once and kept in `data_dir`.
+    pub replica_id: Option<String>,
+    /// How long a replica's lease of an account's balance lasts without renewal (seconds). A
+    /// replica that dies strands its unspent lease this long; a replica cut off from the
+    /// database keeps spending its leases this long, then refuses paid requests.
+    pub lease_secs: u64,
     /// Most records written in one transaction. The writer commits whatever has arrived as
     /// soon as the previous commit ends, so batches grow with load and stay small when idle.
     pub batch_max: usize,
@@ -85,12 +96,15 @@ pub struct StoreConfig {
 pub enum StoreKind {
     /// Embedded SQLite (one process).
     Sqlite,
+    /// PostgreSQL, shared by several replicas.
+    Postgres,
 }
 
 impl StoreKind {
     pub fn as_str(self) -> &'static str {
         match self {
             StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
         }
     }
 }
@@ -252,6 +266,10 @@ impl Default for StoreConfig {
         Self {
             kind: StoreKind::Sqlite,
             sqlite_path: None,
+            url: None,
+            pool_size: 16,
+            replica_id: None,
+            lease_secs: 120,
             batch_max: 1024,
         }
     }
@@ -384,6 +402,29 @@ impl Config {
         }
         if self.store.batch_max == 0 {
             return Err(InvalidConfig("store.batch_max must be at least 1".into()));
+        }
+        if self.store.kind == StoreKind::Postgres && self.store.url.is_none() {
+            return Err(InvalidConfig(
+                "store.kind = \"postgres\" needs store.url (e.g. postgres://tollgate@127.0.0.1/tollgate, \
+                 or TOLLGATE_STORE__URL)"
+                    .into(),
+            ));
+        }
+        if self.store.pool_size == 0 || self.store.pool_size > 1000 {
+            return Err(InvalidConfig("store.pool_size must be 1 to 1000".into()));
+        }
+        if !(5..=86_400).contains(&self.store.lease_secs) {
+            return Err(InvalidConfig("store.lease_secs must be 5 to 86400".into()));
+        }
+        if let Some(id) = &self.store.replica_id {
+            if id.is_empty()
+                || id.len() > 64
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(InvalidConfig(
+                    "store.replica_id must be 1 to 64 letters, digits, '-' or '_'".into(),
+                ));
+            }
         }
         for (name, p) in &self.providers {
             if !(p.base_url.starts_with("http://") || p.base_url.starts_with("https://")) {

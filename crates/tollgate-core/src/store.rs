@@ -1,5 +1,5 @@
 //! The store traits: one per aggregate, and `Store`, the supertrait a backend implements in
-//! full (SQLite in tollgate-store; PostgreSQL later). Signatures are backend-neutral; every
+//! full (SQLite and PostgreSQL in tollgate-store). Signatures are backend-neutral; every
 //! backend runs the same conformance suite (crates/tollgate-store/tests/conformance).
 
 use async_trait::async_trait;
@@ -111,6 +111,48 @@ pub trait CreditStore: Send + Sync + 'static {
         account_id: &str,
         audit: bool,
     ) -> Result<CreditTotals, StoreError>;
+    /// Balance leases, when the backend is shared by several replicas (None: one process owns
+    /// every balance, as with SQLite).
+    fn leases(&self) -> Option<&dyn LeaseStore> {
+        None
+    }
+}
+
+/// An account's balance split between replicas. The store keeps, per account, the unleased
+/// part (`available`) and one lease per replica; balance = available + Σ leases = grants +
+/// refunds − charges. A replica spends only from its own lease, in memory, and takes more with
+/// one conditional update when it runs low, so no two replicas can spend the same nano-USD.
+/// Each charge a replica's records carry is taken from that replica's lease in the same
+/// transaction as the records (from `available` when the lease is gone).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Moves up to `want` nano-USD of the account's unleased balance into this replica's lease
+    /// (first returning every lease that expired before `now_ms`), and sets the lease to expire
+    /// at `expires_at_ms`. Returns what was moved: `0..=want`.
+    async fn take_lease(
+        &self,
+        account_id: &str,
+        want: i64,
+        now_ms: i64,
+        expires_at_ms: i64,
+    ) -> Result<i64, StoreError>;
+    /// Gives `amount` of this replica's lease back to the account (at most what the lease
+    /// holds).
+    async fn return_lease(&self, account_id: &str, amount: i64) -> Result<(), StoreError>;
+    /// Extends every lease this replica holds; returns the accounts it still holds one for (a
+    /// lease that expired and was returned by another replica is gone).
+    async fn renew_leases(&self, expires_at_ms: i64) -> Result<Vec<String>, StoreError>;
+    /// The account's unleased balance and the sum of its leases, nano-USD.
+    async fn lease_totals(&self, account_id: &str) -> Result<LeaseTotals, StoreError>;
+}
+
+/// How an account's balance is split, nano-USD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct LeaseTotals {
+    pub available_nanos: i64,
+    pub leased_nanos: i64,
+    /// Leases held by this replica.
+    pub own_nanos: i64,
 }
 
 #[async_trait]

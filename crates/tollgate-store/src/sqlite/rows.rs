@@ -7,16 +7,9 @@ use tollgate_core::account::{Account, ApiKeyRecord, Role};
 use tollgate_core::credit::{CreditEntry, CreditKind};
 use tollgate_core::record::Provenance;
 use tollgate_core::record::{Anomaly, Endpoint, Source, Status, UsageRecord};
-use tollgate_core::rollup::Grain;
 
 use super::conn::bad_value;
-
-pub(crate) const RECORD_COLUMNS: &str =
-    "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
-    model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
-    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
-    price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos, anomaly";
+pub(crate) use crate::columns::{rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS};
 
 pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let endpoint: String = r.get(5)?;
@@ -92,9 +85,6 @@ pub(crate) fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
     })
 }
 
-pub(crate) const KEY_COLUMNS: &str =
-    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
-
 pub(crate) fn rollup_sql(table: &str) -> String {
     format!(
         "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
@@ -111,17 +101,6 @@ pub(crate) fn rollup_sql(table: &str) -> String {
          charged_nanos = charged_nanos + excluded.charged_nanos"
     )
 }
-
-pub(crate) fn rollup_table(g: Grain) -> &'static str {
-    match g {
-        Grain::Minute => "usage_rollup_minute",
-        Grain::Hour => "usage_rollup_hour",
-        Grain::Day => "usage_rollup_day",
-    }
-}
-
-pub(crate) const CREDIT_COLUMNS: &str =
-    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
 
 pub(crate) fn credit_from_row(r: &Row<'_>) -> rusqlite::Result<CreditEntry> {
     let kind: String = r.get(2)?;

@@ -1,0 +1,26 @@
+//! What both backends' schemas share: the column lists, in the order the row readers expect,
+//! and the rollup table of each grain.
+
+use tollgate_core::rollup::Grain;
+
+pub(crate) const RECORD_COLUMNS: &str =
+    "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
+    model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
+    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
+    price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
+    streamed, provenance, charged_nanos, anomaly";
+
+pub(crate) const KEY_COLUMNS: &str =
+    "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
+
+pub(crate) const CREDIT_COLUMNS: &str =
+    "id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms";
+
+pub(crate) fn rollup_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "usage_rollup_minute",
+        Grain::Hour => "usage_rollup_hour",
+        Grain::Day => "usage_rollup_day",
+    }
+}
+

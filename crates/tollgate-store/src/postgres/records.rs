@@ -1,0 +1,276 @@
+//! Writing a batch of records: their monthly partitions first (created once, by whichever
+//! replica needs one first), then in one transaction the records (`UNNEST`, `ON CONFLICT DO
+//! NOTHING`), the rollup deltas of the ones that were new, and their charges.
+
+use std::collections::{BTreeMap, HashSet};
+
+use chrono::{Datelike, TimeZone, Utc};
+use tokio_postgres::Transaction;
+use tollgate_core::record::UsageRecord;
+use tollgate_core::rollup::{self, RollupKey, Sums};
+use tollgate_core::StoreError;
+
+use super::conn::classify;
+use super::rows::{rollup_table, RECORD_COLUMNS};
+use super::PgStore;
+
+/// The UTC month holding `ms`: `[start, end)` in ms, and the partition's name.
+pub(crate) fn month_of(ms: i64) -> Result<(i64, i64, String), StoreError> {
+    let t = Utc
+        .timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::invalid(format!("created_at_ms {ms} is not a time")))?;
+    let (y, m) = (t.year(), t.month());
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let at = |y: i32, m: u32| {
+        Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0)
+            .single()
+            .map(|t| t.timestamp_millis())
+            .ok_or_else(|| StoreError::invalid(format!("created_at_ms {ms} is out of range")))
+    };
+    Ok((at(y, m)?, at(ny, nm)?, format!("usage_records_{y:04}{m:02}")))
+}
+
+impl PgStore {
+    /// Makes sure every month the batch touches has its partition.
+    async fn ensure_partitions(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        let mut missing = BTreeMap::new();
+        {
+            let known = self.partitions.lock();
+            for r in batch {
+                let (lo, hi, name) = month_of(r.created_at_ms)?;
+                if !known.contains(&lo) {
+                    missing.insert(lo, (hi, name));
+                }
+            }
+        }
+        for (lo, (hi, name)) in missing {
+            let mut c = self.client().await?;
+            let tx = c.transaction().await.map_err(classify)?;
+            // Two replicas creating the same partition would collide in the catalog: one at a
+            // time (the lock ends with the transaction).
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lo])
+                .await
+                .map_err(classify)?;
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS \"{name}\" PARTITION OF usage_records \
+                 FOR VALUES FROM ({lo}) TO ({hi})"
+            ))
+            .await
+            .map_err(classify)?;
+            tx.commit().await.map_err(classify)?;
+            self.partitions.lock().insert(lo);
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn insert_batch(
+    store: &PgStore,
+    batch: &[UsageRecord],
+) -> Result<usize, StoreError> {
+    if batch.is_empty() {
+        return Ok(0);
+    }
+    store.ensure_partitions(batch).await?;
+    let mut c = store.client().await?;
+    let tx = c.transaction().await.map_err(classify)?;
+    let inserted = insert_records(&tx, batch).await?;
+    // Rollups grow only with records that are new, so a replayed journal entry is not counted
+    // twice. A request id twice in one batch counts once.
+    let mut fresh: HashSet<String> = inserted.into_iter().collect();
+    let new: Vec<&UsageRecord> = batch
+        .iter()
+        .filter(|r| fresh.remove(&r.request_id))
+        .collect();
+    let deltas = rollup::deltas(new.iter().copied());
+    for (grain, rows) in deltas.grains() {
+        upsert_rollups(&tx, rollup_table(grain), rows).await?;
+    }
+    charge(&tx, &store.replica_id, &new).await?;
+    tx.commit().await.map_err(classify)?;
+    Ok(new.len())
+}
+
+/// Inserts the records; returns the request ids that were new.
+async fn insert_records(
+    tx: &Transaction<'_>,
+    batch: &[UsageRecord],
+) -> Result<Vec<String>, StoreError> {
+    macro_rules! col {
+        ($f:expr) => {
+            batch.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let request_id = col!(|r| r.request_id.as_str());
+    let created = col!(|r| r.created_at_ms);
+    let finished = col!(|r| r.finished_at_ms);
+    let account = col!(|r| r.account_id.as_str());
+    let key = col!(|r| r.key_id.as_str());
+    let endpoint = col!(|r| r.endpoint.as_str());
+    let model_requested = col!(|r| r.model_requested.as_str());
+    let model_served = col!(|r| r.model_served.as_str());
+    let provider = col!(|r| r.provider.as_str());
+    let owned_by = col!(|r| r.owned_by.as_str());
+    let source = col!(|r| r.source.as_str());
+    let input = col!(|r| r.input_tokens);
+    let output = col!(|r| r.output_tokens);
+    let cached = col!(|r| r.cached_tokens);
+    let cache_write = col!(|r| r.cache_write_tokens);
+    let reasoning = col!(|r| r.reasoning_tokens);
+    let cost = col!(|r| r.cost_nanos);
+    let p_in = col!(|r| r.price_input);
+    let p_out = col!(|r| r.price_output);
+    let p_cached = col!(|r| r.price_cached_input);
+    let p_write = col!(|r| r.price_cache_write);
+    let status = col!(|r| r.status.as_str());
+    let http_status = col!(|r| i32::from(r.http_status));
+    let error_code = col!(|r| r.error_code.as_deref());
+    let latency = col!(|r| r.latency_ms);
+    let ttft = col!(|r| r.ttft_ms);
+    let streamed = col!(|r| r.streamed);
+    let provenance = col!(|r| r.provenance.as_str());
+    let charged = col!(|r| r.charged_nanos);
+    let anomaly = col!(|r| r.anomaly.map(|a| a.as_str()));
+    let rows = tx
+        .query(
+            &format!(
+                "INSERT INTO usage_records ({RECORD_COLUMNS}) SELECT * FROM UNNEST(\
+                 $1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], \
+                 $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
+                 $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], \
+                 $23::int[], $24::text[], $25::bigint[], $26::bigint[], $27::bool[], $28::text[], \
+                 $29::bigint[], $30::text[]) \
+                 ON CONFLICT (request_id, created_at_ms) DO NOTHING RETURNING request_id"
+            ),
+            &[
+                &request_id,
+                &created,
+                &finished,
+                &account,
+                &key,
+                &endpoint,
+                &model_requested,
+                &model_served,
+                &provider,
+                &owned_by,
+                &source,
+                &input,
+                &output,
+                &cached,
+                &cache_write,
+                &reasoning,
+                &cost,
+                &p_in,
+                &p_out,
+                &p_cached,
+                &p_write,
+                &status,
+                &http_status,
+                &error_code,
+                &latency,
+                &ttft,
+                &streamed,
+                &provenance,
+                &charged,
+                &anomaly,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    rows.iter().map(|r| super::rows::get(r, 0)).collect()
+}
+
+/// Adds deltas to one rollup table. Rows go in key order, so two replicas updating the same
+/// rows lock them in the same order (no deadlock between their transactions).
+async fn upsert_rollups(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &std::collections::HashMap<RollupKey<'_>, Sums>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sorted: Vec<(&RollupKey<'_>, &Sums)> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    macro_rules! col {
+        ($f:expr) => {
+            sorted.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let bucket = col!(|(k, _)| k.bucket_ms);
+    let account = col!(|(k, _)| k.account_id);
+    let key = col!(|(k, _)| k.key_id);
+    let model = col!(|(k, _)| k.model);
+    let provider = col!(|(k, _)| k.provider);
+    let source = col!(|(k, _)| k.source.as_str());
+    let endpoint = col!(|(k, _)| k.endpoint.as_str());
+    let requests = col!(|(_, s)| s.requests);
+    let success = col!(|(_, s)| s.success);
+    let input = col!(|(_, s)| s.input_tokens);
+    let output = col!(|(_, s)| s.output_tokens);
+    let cached = col!(|(_, s)| s.cached_tokens);
+    let reasoning = col!(|(_, s)| s.reasoning_tokens);
+    let cost = col!(|(_, s)| s.cost_nanos);
+    let charged = col!(|(_, s)| s.charged_nanos);
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} AS t (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
+             requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
+             cost_nanos, charged_nanos) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
+             $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
+             ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
+             requests = t.requests + excluded.requests, success = t.success + excluded.success, \
+             input_tokens = t.input_tokens + excluded.input_tokens, \
+             output_tokens = t.output_tokens + excluded.output_tokens, \
+             cached_tokens = t.cached_tokens + excluded.cached_tokens, \
+             reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens, \
+             cost_nanos = t.cost_nanos + excluded.cost_nanos, \
+             charged_nanos = t.charged_nanos + excluded.charged_nanos"
+        ),
+        &[
+            &bucket, &account, &key, &model, &provider, &source, &endpoint, &requests, &success,
+            &input, &output, &cached, &reasoning, &cost, &charged,
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Takes the new records' charges from this replica's leases (they were spent from them), or
+/// from the unleased balance of an account this replica holds no lease for (its lease expired
+/// and was returned, or the records were written by `journal replay` or `store copy`).
+async fn charge(
+    tx: &Transaction<'_>,
+    replica_id: &str,
+    new: &[&UsageRecord],
+) -> Result<(), StoreError> {
+    let mut per_account: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in new {
+        if r.charged_nanos > 0 {
+            let e = per_account.entry(r.account_id.as_str()).or_insert(0);
+            *e = e.saturating_add(r.charged_nanos);
+        }
+    }
+    if per_account.is_empty() {
+        return Ok(());
+    }
+    let accounts: Vec<&str> = per_account.keys().copied().collect();
+    let amounts: Vec<i64> = per_account.values().copied().collect();
+    tx.execute(
+        "WITH c AS (SELECT * FROM UNNEST($1::text[], $2::bigint[]) AS c(account_id, charged)), \
+         leased AS ( \
+             UPDATE credit_leases l SET amount_nanos = l.amount_nanos - c.charged FROM c \
+             WHERE l.account_id = c.account_id AND l.replica_id = $3 RETURNING l.account_id) \
+         UPDATE credit_pools p SET available_nanos = p.available_nanos - c.charged FROM c \
+         WHERE p.account_id = c.account_id AND c.account_id NOT IN (SELECT account_id FROM leased)",
+        &[&accounts, &amounts, &replica_id],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The store conformance suite against a real PostgreSQL (127.0.0.1:5432, or
+//! `TOLLGATE_TEST_POSTGRES`), each test in a database of its own that is dropped after it, plus
+//! what only the shared backend has: balance leases, partitions, the schema-version guard.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+
+use std::sync::Arc;
+
+use tollgate_core::account::Account;
+use tollgate_core::credit::{CreditEntry, CreditKind};
+use tollgate_core::store::{AccountStore, CreditStore, LeaseStore, RecordStore, Store};
+use tollgate_core::StoreErrorKind;
+use tollgate_store::PgStore;
+
+/// A database created for one test and dropped (with its connections) when the test ends.
+pub struct TestDb {
+    pub url: String,
+    name: String,
+}
+
+fn server() -> String {
+    std::env::var("TOLLGATE_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", server()), tokio_postgres::NoTls)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (set TOLLGATE_TEST_POSTGRES to use another)");
+    tokio::spawn(conn);
+    client
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let name = format!("tg_test_{:016x}", rand::random::<u64>());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        Self {
+            url: format!("{}/{name}", server()),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: the cleanup gets a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let _ = admin()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+async fn open_as(replica: &str) -> (TestDb, Arc<dyn Store>) {
+    let db = TestDb::create().await;
+    let store = PgStore::connect(&db.url, 4, replica).await.unwrap();
+    (db, Arc::new(store))
+}
+
+conformance_suite!(open_as("r1").await);
+
+fn rec(id: &str, account: &str, t: i64) -> tollgate_core::record::UsageRecord {
+    use rand::SeedableRng;
+    let mut r = conformance::rollups::record(0, t, account, &mut rand::rngs::StdRng::seed_from_u64(1));
+    r.request_id = id.into();
+    r
+}
+
+fn account(id: &str) -> Account {
+    Account {
+        id: id.into(),
+        name: id.into(),
+        created_at_ms: 1,
+        disabled: false,
+    }
+}
+
+async fn grant(store: &dyn Store, account: &str, id: &str, amount: i64) {
+    store
+        .add_credit(CreditEntry {
+            id: id.into(),
+            account_id: account.into(),
+            kind: CreditKind::Grant,
+            amount_nanos: amount,
+            idempotency_key: None,
+            note: None,
+            created_at_ms: 1,
+        })
+        .await
+        .unwrap();
+}
+
+/// Two replicas on one database never lease more than the balance; charges come out of the
+/// writing replica's lease; balance = available + leases = grants − charges throughout.
+#[tokio::test]
+async fn leases_never_exceed_the_balance() {
+    let db = TestDb::create().await;
+    let a = PgStore::connect(&db.url, 4, "a").await.unwrap();
+    let b = PgStore::connect(&db.url, 4, "b").await.unwrap();
+    a.create_account(account("acct")).await.unwrap();
+    grant(&a, "acct", "g1", 1_000).await;
+    assert_eq!(a.take_lease("acct", 600, 10, 1_000).await.unwrap(), 600);
+    assert_eq!(b.take_lease("acct", 600, 10, 1_000).await.unwrap(), 400);
+    assert_eq!(b.take_lease("acct", 1, 10, 1_000).await.unwrap(), 0);
+    let t = a.lease_totals("acct").await.unwrap();
+    assert_eq!((t.available_nanos, t.leased_nanos, t.own_nanos), (0, 1_000, 600));
+
+    // Replica a writes a record that charged 250: its lease shrinks, the pool does not.
+    let mut r = rec("req-1", "acct", 5_000);
+    r.charged_nanos = 250;
+    assert_eq!(a.insert_usage(vec![r.clone()]).await.unwrap(), 1);
+    // The same record again changes nothing.
+    assert_eq!(a.insert_usage(vec![r]).await.unwrap(), 0);
+    let t = a.lease_totals("acct").await.unwrap();
+    assert_eq!((t.available_nanos, t.own_nanos), (0, 350));
+    let totals = a.credit_totals("acct", true).await.unwrap();
+    assert_eq!(totals.balance_nanos(), 750);
+    assert_eq!(t.available_nanos + t.leased_nanos, 750);
+
+    // Returning more than the lease holds returns what it holds.
+    a.return_lease("acct", 10_000).await.unwrap();
+    let t = a.lease_totals("acct").await.unwrap();
+    assert_eq!((t.available_nanos, t.own_nanos), (350, 0));
+
+    // b's lease expires at 1_000: a later take returns it to the pool first.
+    assert_eq!(a.take_lease("acct", 10_000, 2_000, 3_000).await.unwrap(), 750);
+    let t = b.lease_totals("acct").await.unwrap();
+    assert_eq!((t.available_nanos, t.leased_nanos, t.own_nanos), (0, 750, 0));
+    // And b learns at renewal that it no longer holds one.
+    assert!(b.renew_leases(5_000).await.unwrap().is_empty());
+    assert_eq!(a.renew_leases(5_000).await.unwrap(), vec!["acct".to_string()]);
+
+    // A grant joins the pool, for whichever replica asks first.
+    grant(&a, "acct", "g2", 100).await;
+    assert_eq!(b.take_lease("acct", 1_000, 2_000, 3_000).await.unwrap(), 100);
+}
+
+/// Concurrent takes from many tasks of several replicas: never more than the balance in all.
+#[tokio::test]
+async fn concurrent_takes_never_overlease() {
+    let db = TestDb::create().await;
+    let stores: Vec<Arc<PgStore>> = futures_like_join(
+        ["a", "b", "c"]
+            .iter()
+            .map(|r| PgStore::connect(&db.url, 8, r))
+            .collect(),
+    )
+    .await;
+    stores[0].create_account(account("acct")).await.unwrap();
+    grant(stores[0].as_ref(), "acct", "g", 5_000).await;
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let s = stores[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            s.take_lease("acct", 137, 10, 100_000).await.unwrap()
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 5_000);
+    let t = stores[0].lease_totals("acct").await.unwrap();
+    assert_eq!((t.available_nanos, t.leased_nanos), (0, 5_000));
+}
+
+async fn futures_like_join(
+    futs: Vec<impl std::future::Future<Output = Result<PgStore, tollgate_core::StoreError>>>,
+) -> Vec<Arc<PgStore>> {
+    let mut out = Vec::new();
+    for f in futs {
+        out.push(Arc::new(f.await.unwrap()));
+    }
+    out
+}
+
+/// Records land in a partition per UTC month; a request id stays unique across replicas.
+#[tokio::test]
+async fn records_are_partitioned_by_month() {
+    let db = TestDb::create().await;
+    let a = PgStore::connect(&db.url, 4, "a").await.unwrap();
+    let b = PgStore::connect(&db.url, 4, "b").await.unwrap();
+    let dec = 1_764_547_200_000; // 2025-12-01T00:00:00Z
+    let recs = vec![
+        rec("r1", "acct", dec - 1),
+        rec("r2", "acct", dec),
+    ];
+    assert_eq!(a.insert_usage(recs.clone()).await.unwrap(), 2);
+    assert_eq!(b.insert_usage(recs).await.unwrap(), 0);
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows = client
+        .query(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'usage_records' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["usage_records_202511", "usage_records_202512"]);
+}
+
+/// A database migrated by a newer tollgate is refused with a message that says so.
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let db = TestDb::create().await;
+    PgStore::connect(&db.url, 2, "a").await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute("INSERT INTO schema_version (version) VALUES (999)", &[])
+        .await
+        .unwrap();
+    let err = PgStore::connect(&db.url, 2, "a").await.err().unwrap();
+    assert_eq!(err.kind, StoreErrorKind::Invalid);
+    assert!(err.message.contains("version 999"), "{err}");
+}
