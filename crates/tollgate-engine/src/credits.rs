@@ -2,16 +2,28 @@
 //! (`credit_entries`) and charges (each usage record's `charged_nanos`), so at every moment
 //! balance = grants − charges + refunds, auditable from the records.
 //!
-//! The hot path never waits for the database: each account's balance lives in memory (read from
-//! the store once per process), and a request holds its maximum cost there before it is
-//! forwarded, settling to the real cost at the end. See ARCHITECTURE.md for how this extends to
-//! several replicas sharing PostgreSQL (per-replica leases of balance).
+//! The hot path never waits for the database: a request holds its maximum cost in memory before
+//! it is forwarded, settling to the real cost at the end. What a process may spend depends on
+//! the store:
+//!
+//! - **Whole** (SQLite, one process): the book holds the account's whole balance, read from the
+//!   store once per process.
+//! - **Leased** (PostgreSQL, several replicas): the book holds this replica's *lease* of the
+//!   balance (`LeaseStore`). When a hold does not fit, the replica takes more with one
+//!   conditional update (one database round trip per top-up, not per request); an idle lease
+//!   goes back to the pool after `LEASE_IDLE`; leases are renewed every `lease_secs / 4` and
+//!   not spent past `lease_secs * 3/4` without a renewal, so a replica cut off from the
+//!   database stops spending before another replica can take its lease back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use tollgate_core::clock::SharedClock;
+use tollgate_core::store::LeaseTotals;
 
 use tollgate_core::config::CreditsConfig;
 use tollgate_core::credit::{CreditEntry, CreditKind, CreditTotals};
@@ -31,8 +43,13 @@ pub struct CreditView {
 
 #[derive(Debug)]
 struct Book {
+    /// What this process may spend: the balance (whole), or what is left of its lease (leased).
     balance: i64,
     held: i64,
+    /// Leased mode: the account's balance as last read from the store, less this process's
+    /// charges since (what `view` and `x-credits-remaining` show).
+    shown: i64,
+    lease: Option<LeaseState>,
     /// Grants + refunds this book knows of; a refresh adds those made elsewhere (the CLI,
     /// another replica).
     credited: i64,
@@ -44,20 +61,61 @@ struct Book {
 /// `i64::MAX`, so the store's sums stay integers with room to spare.
 const LIFETIME_CREDIT_CEILING: i64 = i64::MAX / 4;
 
+/// A replica's lease of one account's balance.
+#[derive(Debug)]
+struct LeaseState {
+    /// Spend the lease only until then (the store lets it expire a quarter of the lease later).
+    valid_until: Instant,
+    /// A top-up that found nothing left: do not ask the store again before this.
+    dry_until: Option<Instant>,
+    last_hold: Instant,
+}
+
 impl Book {
-    /// Balance minus holds.
+    /// What may still be held: balance (or lease) minus holds. A lease past its validity holds
+    /// nothing more until a renewal confirms it.
     fn available(&self) -> i64 {
-        self.balance.saturating_sub(self.held)
+        let balance = match &self.lease {
+            Some(l) if Instant::now() >= l.valid_until => self.balance.min(0),
+            _ => self.balance,
+        };
+        balance.saturating_sub(self.held)
+    }
+
+    /// What the account has available, as shown to its users.
+    fn shown_available(&self) -> i64 {
+        match self.lease {
+            None => self.available(),
+            Some(_) => self.shown.saturating_sub(self.held),
+        }
+    }
+
+    fn lease_valid(&self, now: Instant) -> bool {
+        self.lease.as_ref().is_some_and(|l| now < l.valid_until)
     }
 }
 
-/// How often a book re-reads grants and refunds made outside this process.
-const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+/// A lease not used for this long goes back to the account's pool, for the other replicas.
+const LEASE_IDLE: Duration = Duration::from_secs(2);
+/// After a top-up found the pool empty, how long refusals are answered from memory (a grant
+/// made on another replica is spendable here after at most this).
+const DRY_RETRY: Duration = Duration::from_millis(200);
+/// A top-up asks for this many times what the request needs, so a busy replica asks rarely.
+const TOP_UP_FACTOR: i64 = 4;
+
+/// How often a book re-reads grants and refunds made outside this process (whole mode), or the
+/// account's balance (leased mode, where other replicas charge it too).
+const REFRESH: Duration = Duration::from_secs(5);
+const REFRESH_LEASED: Duration = Duration::from_secs(1);
 
 pub struct Credits {
     store: Arc<dyn Store>,
     cfg: CreditsConfig,
-    books: RwLock<HashMap<String, Arc<Mutex<Book>>>>,
+    clock: SharedClock,
+    lease_secs: u64,
+    books: Arc<RwLock<HashMap<String, Arc<Mutex<Book>>>>>,
+    /// Leased mode: one top-up at a time per account.
+    topups: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Serializes loading books and applying grants, so a grant is never both read from the
     /// store by a load and added in memory.
     load_lock: Arc<tokio::sync::Mutex<()>>,
@@ -83,7 +141,8 @@ impl Hold {
         let mut b = self.book.lock();
         b.held = b.held.saturating_sub(self.amount);
         b.balance = b.balance.saturating_sub(charge);
-        b.available()
+        b.shown = b.shown.saturating_sub(charge);
+        b.shown_available()
     }
 }
 
@@ -112,8 +171,12 @@ pub struct Audit {
     /// The balance this process holds in memory (includes charges still on their way to the store).
     pub live_balance_nanos: Option<i64>,
     pub held_nanos: i64,
-    /// Records and rollups agree, and the stored balance is grants − charges + refunds.
+    /// Records and rollups agree, and the stored balance is grants − charges + refunds (and,
+    /// on a shared store, the unleased balance plus every replica's lease).
     pub consistent: bool,
+    /// On a shared store: how the balance is split between the pool and replicas' leases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<LeaseTotals>,
     /// Records whose upstream numbers deserve a second look (clamped, over-reported), per
     /// kind, with the request ids of the first `AUDIT_ANOMALY_IDS`.
     pub anomalies: Vec<AnomalyCount>,
@@ -124,13 +187,108 @@ pub struct Audit {
 pub const AUDIT_ANOMALY_IDS: usize = 100;
 
 impl Credits {
-    pub fn new(store: Arc<dyn Store>, cfg: CreditsConfig) -> Self {
+    /// `lease_secs`: how long a lease lasts without renewal (leased mode only).
+    pub fn new(
+        store: Arc<dyn Store>,
+        cfg: CreditsConfig,
+        clock: SharedClock,
+        lease_secs: u64,
+    ) -> Self {
         Self {
             store,
             cfg,
-            books: RwLock::new(HashMap::new()),
+            clock,
+            lease_secs,
+            books: Arc::new(RwLock::new(HashMap::new())),
+            topups: Mutex::new(HashMap::new()),
             load_lock: Arc::new(tokio::sync::Mutex::new(())),
         }
+    }
+
+    /// Leased mode: renews this replica's leases every `lease_secs / 4` and gives idle ones
+    /// back, until the `Credits` is dropped. Call once, from inside the runtime.
+    pub fn start_lease_keeper(&self) {
+        if self.store.leases().is_none() {
+            return;
+        }
+        let books = Arc::downgrade(&self.books);
+        let (store, clock, lease_secs) = (self.store.clone(), self.clock.clone(), self.lease_secs);
+        tokio::spawn(async move {
+            let renew_every = Duration::from_millis(lease_secs * 250);
+            let mut last_renew = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(books) = books.upgrade() else { return };
+                let Some(leases) = store.leases() else { return };
+                if last_renew.elapsed() >= renew_every
+                    && renew(leases, &books, &clock, lease_secs).await.is_ok()
+                {
+                    last_renew = Instant::now();
+                }
+                give_back_idle(leases, &books).await;
+            }
+        });
+    }
+
+    /// Leased mode: makes the lease cover `amount` if the pool allows (asking for
+    /// `TOP_UP_FACTOR` times what is missing). Refused requests do not reach the store more
+    /// than once per `DRY_RETRY`.
+    async fn top_up(
+        &self,
+        book: &Arc<Mutex<Book>>,
+        account_id: &str,
+        amount: i64,
+    ) -> Result<(), DomainError> {
+        let Some(leases) = self.store.leases() else {
+            return Ok(());
+        };
+        let gate = self
+            .topups
+            .lock()
+            .entry(account_id.to_string())
+            .or_default()
+            .clone();
+        let _gate = gate.lock().await;
+        let started = Instant::now();
+        let stale = {
+            let b = book.lock();
+            !b.lease_valid(started) && b.balance > 0
+        };
+        if stale {
+            // Unrenewed past its validity: learn whether the store still holds it first.
+            renew(leases, &self.books, &self.clock, self.lease_secs).await?;
+        }
+        let need = {
+            let b = book.lock();
+            let need = amount.saturating_sub(b.available());
+            let dry = b
+                .lease
+                .as_ref()
+                .and_then(|l| l.dry_until)
+                .is_some_and(|t| started < t);
+            if need <= 0 || dry {
+                return Ok(());
+            }
+            need
+        };
+        let now_ms = self.clock.now_ms();
+        let lease_ms = (self.lease_secs as i64).saturating_mul(1000);
+        let granted = leases
+            .take_lease(
+                account_id,
+                need.saturating_mul(TOP_UP_FACTOR),
+                now_ms,
+                now_ms.saturating_add(lease_ms),
+            )
+            .await?;
+        let mut b = book.lock();
+        b.balance = b.balance.saturating_add(granted);
+        if let Some(l) = &mut b.lease {
+            l.valid_until = started + Duration::from_millis(self.lease_secs * 750);
+            l.dry_until = (granted < need).then(|| started + DRY_RETRY);
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &CreditsConfig {
@@ -158,9 +316,17 @@ impl Credits {
             return Ok(b.clone());
         }
         let totals = self.store.credit_totals(account_id, false).await?;
+        let leased = self.store.leases().is_some();
         let book = Arc::new(Mutex::new(Book {
-            balance: totals.balance_nanos(),
+            // Leased: nothing to spend until a lease is taken.
+            balance: if leased { 0 } else { totals.balance_nanos() },
             held: 0,
+            shown: totals.balance_nanos(),
+            lease: leased.then(|| LeaseState {
+                valid_until: Instant::now(),
+                dry_until: None,
+                last_hold: Instant::now(),
+            }),
             credited: totals.grants_nanos.saturating_add(totals.refunds_nanos),
             synced: std::time::Instant::now(),
             refreshing: false,
@@ -192,7 +358,13 @@ impl Credits {
             amount = refined.min(bound);
             least = at_least.min(amount);
         }
+        if self.store.leases().is_some() && !fits(&book.lock(), amount) {
+            self.top_up(&book, account_id, amount).await?;
+        }
         let mut b = book.lock();
+        if let Some(l) = &mut b.lease {
+            l.last_hold = Instant::now();
+        }
         if !fits(&b, amount) {
             let available = b.available().max(0);
             if available < least {
@@ -213,7 +385,7 @@ impl Credits {
             amount = available;
         }
         b.held = b.held.saturating_add(amount);
-        let after = b.available();
+        let after = b.shown_available();
         drop(b);
         Ok((
             Hold {
@@ -289,7 +461,7 @@ impl Credits {
         }
         let (balance, credited) = {
             let b = book.lock();
-            (b.balance, b.credited)
+            (if b.lease.is_some() { b.shown } else { b.balance }, b.credited)
         };
         let max_balance = self.cfg.max_balance_nanos();
         // `credited` (every grant and refund ever) is what the store sums: keep it in range too.
@@ -314,8 +486,12 @@ impl Credits {
         }
         let (entry, created) = self.store.add_credit(entry).await.map_err(conflict)?;
         if created {
+            // Leased: the grant went to the account's pool in the store, for any replica.
             let mut b = book.lock();
-            b.balance = b.balance.saturating_add(amount_nanos);
+            if b.lease.is_none() {
+                b.balance = b.balance.saturating_add(amount_nanos);
+            }
+            b.shown = b.shown.saturating_add(amount_nanos);
             b.credited = b.credited.saturating_add(amount_nanos);
         }
         Ok((entry, created))
@@ -326,7 +502,8 @@ impl Credits {
     fn maybe_refresh(&self, account_id: &str, book: &Arc<Mutex<Book>>) {
         {
             let mut b = book.lock();
-            if b.refreshing || b.synced.elapsed() < REFRESH {
+            let every = if b.lease.is_some() { REFRESH_LEASED } else { REFRESH };
+            if b.refreshing || b.synced.elapsed() < every {
                 return;
             }
             b.refreshing = true;
@@ -348,7 +525,13 @@ impl Credits {
                     .grants_nanos
                     .saturating_add(t.refunds_nanos)
                     .saturating_sub(b.credited);
-                b.balance = b.balance.saturating_add(delta);
+                if b.lease.is_none() {
+                    b.balance = b.balance.saturating_add(delta);
+                    b.shown = b.balance;
+                } else {
+                    // Every replica's charges, as far as they are stored.
+                    b.shown = t.balance_nanos();
+                }
                 b.credited = b.credited.saturating_add(delta);
             }
         });
@@ -358,7 +541,7 @@ impl Credits {
         let book = self.book(account_id).await?;
         let b = book.lock();
         Ok(CreditView {
-            balance_nanos: b.balance,
+            balance_nanos: if b.lease.is_some() { b.shown } else { b.balance },
             held_nanos: b.held,
         })
     }
@@ -366,10 +549,24 @@ impl Credits {
     /// Call after `Ledger::flush`, so every charge is in the store.
     pub async fn audit(&self, account_id: &str) -> Result<Audit, DomainError> {
         let totals: CreditTotals = self.store.credit_totals(account_id, true).await?;
-        let live = self.books.read().get(account_id).map(|b| {
-            let b = b.lock();
-            (b.balance, b.held)
-        });
+        let leases = match self.store.leases() {
+            Some(l) => Some(l.lease_totals(account_id).await?),
+            None => None,
+        };
+        // Leased: this replica's book holds its lease, not the balance; the split is checked
+        // instead (pool + leases = balance, exactly, whatever is still on its way).
+        let live = match leases {
+            Some(_) => None,
+            None => self.books.read().get(account_id).map(|b| {
+                let b = b.lock();
+                (b.balance, b.held)
+            }),
+        };
+        let held = self
+            .books
+            .read()
+            .get(account_id)
+            .map_or(0, |b| b.lock().held);
         let records = totals.charges_nanos_records.unwrap_or(0);
         Ok(Audit {
             account_id: account_id.to_string(),
@@ -380,11 +577,76 @@ impl Credits {
             charges_nanos_records: records,
             balance_nanos: totals.balance_nanos(),
             live_balance_nanos: live.map(|l| l.0),
-            held_nanos: live.map_or(0, |l| l.1),
+            held_nanos: held,
             consistent: records == totals.charges_nanos
-                && live.is_none_or(|l| l.0 == totals.balance_nanos()),
+                && live.is_none_or(|l| l.0 == totals.balance_nanos())
+                && leases.is_none_or(|l| {
+                    l.available_nanos.saturating_add(l.leased_nanos) == totals.balance_nanos()
+                }),
+            leases,
             anomalies: self.store.anomalies(account_id, AUDIT_ANOMALY_IDS).await?,
             entries: self.store.list_credits(account_id, 1000).await?,
         })
+    }
+}
+
+/// Extends this replica's leases; a book whose lease the store no longer holds (it expired and
+/// another replica returned it to the pool) stops spending it.
+async fn renew(
+    leases: &dyn tollgate_core::store::LeaseStore,
+    books: &RwLock<HashMap<String, Arc<Mutex<Book>>>>,
+    clock: &SharedClock,
+    lease_secs: u64,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let now_ms = clock.now_ms();
+    let held = leases
+        .renew_leases(now_ms.saturating_add((lease_secs as i64).saturating_mul(1000)))
+        .await?;
+    let held: std::collections::HashSet<String> = held.into_iter().collect();
+    let valid_until = started + Duration::from_millis(lease_secs * 750);
+    for (account, book) in books.read().iter() {
+        let mut b = book.lock();
+        let Some(l) = &mut b.lease else { continue };
+        if held.contains(account) {
+            l.valid_until = l.valid_until.max(valid_until);
+        } else if l.valid_until <= started {
+            // Gone from the store, and not re-taken since this renewal began.
+            b.balance = b.balance.min(0);
+        }
+    }
+    Ok(())
+}
+
+/// Gives back the unspent lease of every account with nothing held and no hold for
+/// `LEASE_IDLE`, so the other replicas can spend it.
+async fn give_back_idle(
+    leases: &dyn tollgate_core::store::LeaseStore,
+    books: &RwLock<HashMap<String, Arc<Mutex<Book>>>>,
+) {
+    let idle: Vec<(String, Arc<Mutex<Book>>, i64)> = books
+        .read()
+        .iter()
+        .filter_map(|(account, book)| {
+            let mut b = book.lock();
+            let quiet = b
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.last_hold.elapsed() >= LEASE_IDLE);
+            if !quiet || b.held != 0 || b.balance <= 0 {
+                return None;
+            }
+            // Taken out of the book first, so nothing spends what is being returned.
+            let amount = b.balance;
+            b.balance = 0;
+            Some((account.clone(), book.clone(), amount))
+        })
+        .collect();
+    for (account, book, amount) in idle {
+        if let Err(e) = leases.return_lease(&account, amount).await {
+            tracing::warn!(account = %account, error = %e, "could not return an idle lease; kept");
+            let mut b = book.lock();
+            b.balance = b.balance.saturating_add(amount);
+        }
     }
 }

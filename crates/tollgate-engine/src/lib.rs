@@ -54,6 +54,17 @@ pub struct Engine {
     pub router: ModelRouter,
 }
 
+/// How long a validated key is trusted before it is re-read. Replicas sharing PostgreSQL
+/// re-read at least every second, so a key revoked, an account disabled or a limit changed on
+/// one replica holds on every replica within a second.
+fn key_cache_ttl(config: &Config) -> Duration {
+    let secs = match config.store.kind {
+        tollgate_core::config::StoreKind::Sqlite => config.server.key_cache_secs,
+        tollgate_core::config::StoreKind::Postgres => config.server.key_cache_secs.min(1),
+    };
+    Duration::from_secs(secs)
+}
+
 impl Engine {
     /// Starts the ledger (replaying any journal left by a previous process) and builds the
     /// services. Returns the admin key created on a first start, to be shown once.
@@ -82,10 +93,16 @@ impl Engine {
             store.clone(),
             clock.clone(),
             config.server.key_prefix.clone(),
-            Duration::from_secs(config.server.key_cache_secs),
+            key_cache_ttl(&config),
         );
         let bootstrap = keys.bootstrap_admin().await?;
-        let credits = Credits::new(store.clone(), config.credits.clone());
+        let credits = Credits::new(
+            store.clone(),
+            config.credits.clone(),
+            clock.clone(),
+            config.store.lease_secs,
+        );
+        credits.start_lease_keeper();
         let limiter = Limiter::new(
             store.clone(),
             clock.clone(),

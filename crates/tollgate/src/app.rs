@@ -41,9 +41,27 @@ pub fn load_price_table(config: &Config) -> anyhow::Result<PriceTable> {
 }
 
 /// The configured store, created or migrated.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     tollgate_engine::fs::create_private_dir(&config.server.data_dir)?;
-    Ok(tollgate_store::open(config)?)
+    let replica = replica_id(config)?;
+    Ok(tollgate_store::open(config, &replica).await?)
+}
+
+/// This replica's name on a shared store: `store.replica_id`, or one generated on the first
+/// start and kept in `data_dir/replica-id` (so a restarted replica finds its own leases).
+pub fn replica_id(config: &Config) -> anyhow::Result<String> {
+    if let Some(id) = &config.store.replica_id {
+        return Ok(id.clone());
+    }
+    let path = config.server.data_dir.join("replica-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let id = tollgate_core::id::new_id("replica", 8);
+            tollgate_engine::fs::write_private(&path, id.as_bytes())?;
+            Ok(id)
+        }
+    }
 }
 
 impl Application {
@@ -53,7 +71,7 @@ impl Application {
 
     /// As `build`, with the clock injected (tests place requests in time with a ManualClock).
     pub async fn build_with_clock(config: Config, clock: SharedClock) -> anyhow::Result<Self> {
-        let store = open_store(&config)?;
+        let store = open_store(&config).await?;
         let prices = load_price_table(&config)?;
         let listen = config.server.listen;
         let max_body = config.server.max_body_bytes;

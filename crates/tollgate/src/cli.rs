@@ -121,9 +121,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CheckConfig => check_config(&config),
         Command::Prices(cmd) => prices(config, cmd),
         // Chores on the store: opened once, here.
-        Command::Accounts(cmd) => accounts(&config, &open_store(&config)?, clock, cmd).await,
-        Command::Keys(cmd) => keys(&config, &open_store(&config)?, clock, cmd).await,
-        Command::Credits(cmd) => credits(&config, open_store(&config)?, clock, cmd).await,
+        Command::Accounts(cmd) => accounts(&config, &open_store(&config).await?, clock, cmd).await,
+        Command::Keys(cmd) => keys(&config, &open_store(&config).await?, clock, cmd).await,
+        Command::Credits(cmd) => credits(&config, open_store(&config).await?, clock, cmd).await,
     }
 }
 
@@ -332,7 +332,12 @@ async fn credits(
     clock: SharedClock,
     cmd: CreditsCmd,
 ) -> anyhow::Result<()> {
-    let credits = Credits::new(store.clone(), config.credits.clone());
+    let credits = Credits::new(
+        store.clone(),
+        config.credits.clone(),
+        clock.clone(),
+        config.store.lease_secs,
+    );
     match cmd {
         CreditsCmd::Grant {
             account,
