@@ -1,48 +1,13 @@
 //! Nothing lost, nothing twice: `kill -9` under concurrent load, then a restart.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mock_upstream::{MockConfig, MockServer};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::helpers::*;
-
-/// Starts the real binary; returns the child, its base URL and (first start only) the admin key.
-async fn start_binary(config: &std::path::Path) -> (Child, String, Option<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .arg("--config")
-        .arg(config)
-        .arg("serve")
-        .env("TOLLGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next_line().await.unwrap().unwrap();
-    let base = first
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .to_string();
-    let mut admin = None;
-    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), lines.next_line())
-        .await
-        .unwrap_or(Ok(None))
-    {
-        let t = line.trim();
-        if t.starts_with("tg-") {
-            admin = Some(t.to_string());
-        }
-    }
-    (child, base, admin)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_nothing_answered_and_counts_nothing_twice() {

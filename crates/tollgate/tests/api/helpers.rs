@@ -265,3 +265,39 @@ pub fn flagged(audit: &Value, kind: &str) -> (i64, i64) {
             )
         })
 }
+
+/// Starts the real binary; returns the child, its base URL and (first start only) the admin key.
+pub async fn start_binary(
+    config: &std::path::Path,
+) -> (tokio::process::Child, String, Option<String>) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .arg("--config")
+        .arg(config)
+        .arg("serve")
+        .env("TOLLGATE_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let base = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let mut admin = None;
+    while let Ok(Some(line)) = tokio::time::timeout(std::time::Duration::from_millis(300), lines.next_line())
+        .await
+        .unwrap_or(Ok(None))
+    {
+        let t = line.trim();
+        if t.starts_with("tg-") {
+            admin = Some(t.to_string());
+        }
+    }
+    (child, base, admin)
+}
+

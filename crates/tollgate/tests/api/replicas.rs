@@ -1,0 +1,243 @@
+//! Several replicas (real `tollgate serve` processes) on one real PostgreSQL: the same numbers
+//! on every replica, no overspend, revocations and grants seen everywhere within a second.
+
+use std::time::{Duration, Instant};
+
+use mock_upstream::{MockConfig, MockServer};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::pg::TestDb;
+
+struct Replicas {
+    bases: Vec<String>,
+    admin: String,
+    _children: Vec<tokio::process::Child>,
+    _dir: tempfile::TempDir,
+    _mock: MockServer,
+    db: TestDb,
+}
+
+/// Starts `n` replicas on a fresh database; the first creates the schema and the admin key.
+async fn start_replicas(n: usize) -> Replicas {
+    let mock = MockServer::start(MockConfig::default()).await.unwrap();
+    let db = TestDb::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut bases, mut children, mut admin) = (Vec::new(), Vec::new(), None);
+    for i in 0..n {
+        let config = dir.path().join(format!("r{i}.toml"));
+        let text = config_toml(
+            &dir.path().join(format!("data{i}")),
+            &mock.base_url(),
+            "127.0.0.1:0",
+        ) + &format!(
+            "\n[store]\nkind = \"postgres\"\nurl = \"{}\"\nreplica_id = \"r{i}\"\n",
+            db.url
+        );
+        std::fs::write(&config, text).unwrap();
+        let (child, base, key) = start_binary(&config).await;
+        if i == 0 {
+            admin = Some(key.expect("the first replica creates the admin key"));
+        } else {
+            assert!(key.is_none(), "only one admin key is created for the database");
+        }
+        bases.push(base);
+        children.push(child);
+    }
+    Replicas {
+        bases,
+        admin: admin.unwrap(),
+        _children: children,
+        _dir: dir,
+        _mock: mock,
+        db,
+    }
+}
+
+async fn chat(http: &reqwest::Client, base: &str, key: &str) -> reqwest::Response {
+    http.post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "gpt-4o-mini", "max_tokens": 16,
+                      "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn audit(http: &reqwest::Client, base: &str, admin: &str, account: &str) -> Value {
+    http.get(format!("{base}/admin/accounts/{account}/credits"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// 3 replicas × 200 concurrent requests against a balance that covers about 50 holds: the
+/// balance never goes below zero, and Σ charged = Σ record charges = grants − balance, read
+/// the same on every replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_overspend_one_balance() {
+    let r = start_replicas(3).await;
+    let http = reqwest::Client::new();
+    // What one request holds and costs: measured on a calibration account.
+    let (calib, _, calib_key) = create_account_and_key(&http, &r.bases[0], &r.admin).await;
+    grant(&http, &r.bases[0], &r.admin, &calib, "1").await;
+    let resp = chat(&http, &r.bases[0], &calib_key).await;
+    assert_eq!(resp.status(), 200);
+    let id = request_id(&resp);
+    let mut charged = 0;
+    for _ in 0..100 {
+        let rec = http
+            .get(format!("{}/admin/requests/{id}", r.bases[1]))
+            .bearer_auth(&r.admin)
+            .send()
+            .await
+            .unwrap();
+        if rec.status() == 200 {
+            charged = rec.json::<Value>().await.unwrap()["charged_nanos"]
+                .as_i64()
+                .unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(charged > 0, "the calibration request was charged");
+
+    let (account, _, key) = create_account_and_key(&http, &r.bases[0], &r.admin).await;
+    let grant_nanos = charged * 50;
+    grant(
+        &http,
+        &r.bases[1],
+        &r.admin,
+        &account,
+        &format!("0.{grant_nanos:09}"),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..600 {
+        let (http, base, key) = (http.clone(), r.bases[i % 3].clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            chat(&http, &base, &key).await.status().as_u16()
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            200 => ok += 1,
+            402 => {}
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok > 0 && ok <= 50, "{ok} requests were served on ~50 requests' balance");
+
+    // Every record reaches the database (exactly one per served request); then every replica
+    // reads the same audit.
+    let c = r.db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n: i64 = c
+            .query_one(
+                "SELECT COUNT(*) FROM usage_records WHERE account_id = $1 AND status = 'success'",
+                &[&account],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == ok as i64 {
+            break;
+        }
+        assert!(Instant::now() < deadline && n < ok as i64, "{n} records for {ok} requests");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = audit(&http, &r.bases[2], &r.admin, &account).await;
+    let balance = first["balance_nanos"].as_i64().unwrap();
+    assert!(balance >= 0, "{first}");
+    assert_eq!(first["grants_nanos"].as_i64().unwrap(), grant_nanos);
+    assert_eq!(first["charges_nanos"], first["charges_nanos_records"], "{first}");
+    assert_eq!(first["charges_nanos"].as_i64().unwrap(), grant_nanos - balance);
+    assert_eq!(first["consistent"], true, "{first}");
+    let l = &first["leases"];
+    assert_eq!(
+        l["available_nanos"].as_i64().unwrap() + l["leased_nanos"].as_i64().unwrap(),
+        balance,
+        "{first}"
+    );
+    for base in &r.bases {
+        let a = audit(&http, base, &r.admin, &account).await;
+        assert_eq!(a["balance_nanos"], first["balance_nanos"], "{base}: {a}");
+        assert_eq!(a["charges_nanos"], first["charges_nanos"], "{base}: {a}");
+    }
+}
+
+/// A request served by replica A shows in replica B's usage within a second; a key revoked on
+/// B is refused by A within a second; a grant made on C is spendable on A within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_see_each_others_writes_within_a_second() {
+    let r = start_replicas(3).await;
+    let http = reqwest::Client::new();
+    let (account, key_id, key) = create_account_and_key(&http, &r.bases[0], &r.admin).await;
+
+    // No credits yet: refused on A. A grant on C is spendable on A within a second.
+    assert_eq!(chat(&http, &r.bases[0], &key).await.status(), 402);
+    grant(&http, &r.bases[2], &r.admin, &account, "1").await;
+    let granted = Instant::now();
+    let resp = loop {
+        let resp = chat(&http, &r.bases[0], &key).await;
+        if resp.status() == 200 || granted.elapsed() > Duration::from_secs(3) {
+            break resp;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(resp.status(), 200);
+    assert!(granted.elapsed() < Duration::from_secs(1), "{:?}", granted.elapsed());
+
+    // Served on A, visible on B.
+    let id = request_id(&resp);
+    let done = Instant::now();
+    loop {
+        let rec = http
+            .get(format!("{}/admin/requests/{id}", r.bases[1]))
+            .bearer_auth(&r.admin)
+            .send()
+            .await
+            .unwrap();
+        if rec.status() == 200 {
+            break;
+        }
+        assert!(done.elapsed() < Duration::from_secs(1), "not visible on B");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let usage: Value = http
+        .get(format!("{}/v1/usage", r.bases[1]))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["daily"]["success_count"], 1, "{usage}");
+
+    // Revoked on B: refused on A (which cached the key) within a second.
+    let rv = http
+        .delete(format!("{}/admin/keys/{key_id}", r.bases[1]))
+        .bearer_auth(&r.admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(rv.status().is_success(), "{}", rv.status());
+    let revoked = Instant::now();
+    loop {
+        let s = chat(&http, &r.bases[0], &key).await.status();
+        if s == 401 {
+            break;
+        }
+        assert_eq!(s, 200);
+        assert!(revoked.elapsed() < Duration::from_millis(1500), "still served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(revoked.elapsed() < Duration::from_millis(1100), "{:?}", revoked.elapsed());
+}
