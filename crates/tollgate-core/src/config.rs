@@ -419,7 +419,9 @@ impl Config {
         if let Some(id) = &self.store.replica_id {
             if id.is_empty()
                 || id.len() > 64
-                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(InvalidConfig(
                     "store.replica_id must be 1 to 64 letters, digits, '-' or '_'".into(),

@@ -461,7 +461,14 @@ impl Credits {
         }
         let (balance, credited) = {
             let b = book.lock();
-            (if b.lease.is_some() { b.shown } else { b.balance }, b.credited)
+            (
+                if b.lease.is_some() {
+                    b.shown
+                } else {
+                    b.balance
+                },
+                b.credited,
+            )
         };
         let max_balance = self.cfg.max_balance_nanos();
         // `credited` (every grant and refund ever) is what the store sums: keep it in range too.
@@ -502,7 +509,11 @@ impl Credits {
     fn maybe_refresh(&self, account_id: &str, book: &Arc<Mutex<Book>>) {
         {
             let mut b = book.lock();
-            let every = if b.lease.is_some() { REFRESH_LEASED } else { REFRESH };
+            let every = if b.lease.is_some() {
+                REFRESH_LEASED
+            } else {
+                REFRESH
+            };
             if b.refreshing || b.synced.elapsed() < every {
                 return;
             }
@@ -541,7 +552,11 @@ impl Credits {
         let book = self.book(account_id).await?;
         let b = book.lock();
         Ok(CreditView {
-            balance_nanos: if b.lease.is_some() { b.shown } else { b.balance },
+            balance_nanos: if b.lease.is_some() {
+                b.shown
+            } else {
+                b.balance
+            },
             held_nanos: b.held,
         })
     }

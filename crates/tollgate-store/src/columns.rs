@@ -23,4 +23,3 @@ pub(crate) fn rollup_table(g: Grain) -> &'static str {
         Grain::Day => "usage_rollup_day",
     }
 }
-

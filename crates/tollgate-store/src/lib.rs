@@ -21,11 +21,10 @@ pub async fn open(config: &Config, replica_id: &str) -> Result<Arc<dyn Store>, S
     match config.store.kind {
         StoreKind::Sqlite => Ok(Arc::new(SqliteStore::open(&config.sqlite_path())?)),
         StoreKind::Postgres => {
-            let url = config
-                .store
-                .url
-                .as_deref()
-                .ok_or_else(|| StoreError::invalid("store.kind = \"postgres\" needs store.url"))?;
+            let url =
+                config.store.url.as_deref().ok_or_else(|| {
+                    StoreError::invalid("store.kind = \"postgres\" needs store.url")
+                })?;
             Ok(Arc::new(
                 PgStore::connect(url, config.store.pool_size, replica_id).await?,
             ))

@@ -26,9 +26,10 @@ fn server() -> String {
 }
 
 async fn admin() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", server()), tokio_postgres::NoTls)
-        .await
-        .expect("PostgreSQL at 127.0.0.1:5432 (set TOLLGATE_TEST_POSTGRES to use another)");
+    let (client, conn) =
+        tokio_postgres::connect(&format!("{}/postgres", server()), tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432 (set TOLLGATE_TEST_POSTGRES to use another)");
     tokio::spawn(conn);
     client
 }
@@ -78,7 +79,8 @@ conformance_suite!(open_as("r1").await);
 
 fn rec(id: &str, account: &str, t: i64) -> tollgate_core::record::UsageRecord {
     use rand::SeedableRng;
-    let mut r = conformance::rollups::record(0, t, account, &mut rand::rngs::StdRng::seed_from_u64(1));
+    let mut r =
+        conformance::rollups::record(0, t, account, &mut rand::rngs::StdRng::seed_from_u64(1));
     r.request_id = id.into();
     r
 }
@@ -120,7 +122,10 @@ async fn leases_never_exceed_the_balance() {
     assert_eq!(b.take_lease("acct", 600, 10, 1_000).await.unwrap(), 400);
     assert_eq!(b.take_lease("acct", 1, 10, 1_000).await.unwrap(), 0);
     let t = a.lease_totals("acct").await.unwrap();
-    assert_eq!((t.available_nanos, t.leased_nanos, t.own_nanos), (0, 1_000, 600));
+    assert_eq!(
+        (t.available_nanos, t.leased_nanos, t.own_nanos),
+        (0, 1_000, 600)
+    );
 
     // Replica a writes a record that charged 250: its lease shrinks, the pool does not.
     let mut r = rec("req-1", "acct", 5_000);
@@ -140,16 +145,28 @@ async fn leases_never_exceed_the_balance() {
     assert_eq!((t.available_nanos, t.own_nanos), (350, 0));
 
     // b's lease expires at 1_000: a later take returns it to the pool first.
-    assert_eq!(a.take_lease("acct", 10_000, 2_000, 3_000).await.unwrap(), 750);
+    assert_eq!(
+        a.take_lease("acct", 10_000, 2_000, 3_000).await.unwrap(),
+        750
+    );
     let t = b.lease_totals("acct").await.unwrap();
-    assert_eq!((t.available_nanos, t.leased_nanos, t.own_nanos), (0, 750, 0));
+    assert_eq!(
+        (t.available_nanos, t.leased_nanos, t.own_nanos),
+        (0, 750, 0)
+    );
     // And b learns at renewal that it no longer holds one.
     assert!(b.renew_leases(5_000).await.unwrap().is_empty());
-    assert_eq!(a.renew_leases(5_000).await.unwrap(), vec!["acct".to_string()]);
+    assert_eq!(
+        a.renew_leases(5_000).await.unwrap(),
+        vec!["acct".to_string()]
+    );
 
     // A grant joins the pool, for whichever replica asks first.
     grant(&a, "acct", "g2", 100).await;
-    assert_eq!(b.take_lease("acct", 1_000, 2_000, 3_000).await.unwrap(), 100);
+    assert_eq!(
+        b.take_lease("acct", 1_000, 2_000, 3_000).await.unwrap(),
+        100
+    );
 }
 
 /// Concurrent takes from many tasks of several replicas: never more than the balance in all.
@@ -198,10 +215,7 @@ async fn records_are_partitioned_by_month() {
     let a = PgStore::connect(&db.url, 4, "a").await.unwrap();
     let b = PgStore::connect(&db.url, 4, "b").await.unwrap();
     let dec = 1_764_547_200_000; // 2025-12-01T00:00:00Z
-    let recs = vec![
-        rec("r1", "acct", dec - 1),
-        rec("r2", "acct", dec),
-    ];
+    let recs = vec![rec("r1", "acct", dec - 1), rec("r2", "acct", dec)];
     assert_eq!(a.insert_usage(recs.clone()).await.unwrap(), 2);
     assert_eq!(b.insert_usage(recs).await.unwrap(), 0);
     let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)

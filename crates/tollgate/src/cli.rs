@@ -51,6 +51,19 @@ pub enum Command {
     /// Grant, refund and audit credits.
     #[command(subcommand)]
     Credits(CreditsCmd),
+    /// Create or migrate the store's schema, and print its version (`serve` does this too).
+    Migrate,
+    /// Work on a replica's journal.
+    #[command(subcommand)]
+    Journal(JournalCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JournalCmd {
+    /// Deliver a journal left by a replica that will not come back (its `data_dir/journal`,
+    /// from any machine) to the configured store. Records already stored are skipped, so
+    /// replaying twice, or replaying a journal its replica also replayed, counts nothing twice.
+    Replay { dir: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,7 +137,63 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Accounts(cmd) => accounts(&config, &open_store(&config).await?, clock, cmd).await,
         Command::Keys(cmd) => keys(&config, &open_store(&config).await?, clock, cmd).await,
         Command::Credits(cmd) => credits(&config, open_store(&config).await?, clock, cmd).await,
+        Command::Migrate => migrate(&config).await,
+        Command::Journal(JournalCmd::Replay { dir }) => replay(&config, &dir).await,
     }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    match config.store.kind {
+        tollgate_core::config::StoreKind::Sqlite => {
+            open_store(config).await?;
+            println!(
+                "sqlite store at {} is at the current schema",
+                config.sqlite_path().display()
+            );
+        }
+        tollgate_core::config::StoreKind::Postgres => {
+            let url = config.store.url.as_deref().unwrap_or_default();
+            let store = tollgate_store::PgStore::connect_unmigrated(url, 1, "migrate")?;
+            let (applied, version) = store.migrate().await?;
+            println!("postgres store: applied {applied} schema step(s); schema version {version}");
+        }
+    }
+    Ok(())
+}
+
+async fn replay(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{} is not a directory (a replica's data_dir/journal)",
+            dir.display()
+        );
+    }
+    // Under a name of its own: the records' charges come from the account's unleased balance,
+    // never from a live replica's lease (the dead replica's lease returns when it expires).
+    let store = tollgate_store::open(config, "journal-replay").await?;
+    let before = store.count_usage().await?;
+    let ledger = tollgate_engine::ledger::Ledger::start(
+        store.clone(),
+        tollgate_engine::ledger::LedgerOptions {
+            journal_dir: dir.to_path_buf(),
+            segment_bytes: config.journal.segment_bytes,
+            batch_max: config.store.batch_max,
+            fsync_interval: Duration::from_millis(config.journal.fsync_interval_ms),
+            dead_letter_path: dir.join("dead-letter.ndjson"),
+        },
+        Vec::new(),
+        tollgate_engine::settle::interrupted_record,
+    )
+    .await?;
+    ledger.flush().await;
+    let after = store.count_usage().await?;
+    println!(
+        "replayed {}: {} new record(s) stored ({} were stored already or none were left)",
+        dir.display(),
+        after - before,
+        if after == before { "all" } else { "the rest" }
+    );
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -26,7 +26,8 @@ pub(crate) fn classify(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
         Some(code) => {
             let class = &code.code()[..2];
-            if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
+            if *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
             {
                 StoreError::unavailable(msg)
             } else if class == "23" || class == "22" || class == "42" {
@@ -117,9 +118,12 @@ async fn migrate_locked(client: &mut Object) -> Result<usize, StoreError> {
         if version > current {
             let tx = client.transaction().await.map_err(classify)?;
             tx.batch_execute(step).await.map_err(classify)?;
-            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&version])
-                .await
-                .map_err(classify)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&version],
+            )
+            .await
+            .map_err(classify)?;
             tx.commit().await.map_err(classify)?;
             applied += 1;
         }

@@ -30,7 +30,6 @@ use self::rows::{
     CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
 };
 
-
 /// The shared store. `replica_id` names this process's credit leases.
 pub struct PgStore {
     pool: Pool,
@@ -41,7 +40,11 @@ pub struct PgStore {
 
 impl PgStore {
     /// Connects and brings the schema to this build's version.
-    pub async fn connect(url: &str, pool_size: usize, replica_id: &str) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        pool_size: usize,
+        replica_id: &str,
+    ) -> Result<Self, StoreError> {
         let store = Self::connect_unmigrated(url, pool_size, replica_id)?;
         let mut c = store.client().await?;
         conn::migrate(&mut c).await?;
@@ -352,9 +355,12 @@ impl KeyStore for PgStore {
         let json =
             serde_json::to_string(&limits).map_err(|e| StoreError::invalid(e.to_string()))?;
         let c = self.client().await?;
-        Ok(c.execute("UPDATE api_keys SET limits = $2 WHERE id = $1", &[&id, &json])
-            .await
-            .map_err(classify)?
+        Ok(c.execute(
+            "UPDATE api_keys SET limits = $2 WHERE id = $1",
+            &[&id, &json],
+        )
+        .await
+        .map_err(classify)?
             > 0)
     }
 }

@@ -28,7 +28,11 @@ pub(crate) fn month_of(ms: i64) -> Result<(i64, i64, String), StoreError> {
             .map(|t| t.timestamp_millis())
             .ok_or_else(|| StoreError::invalid(format!("created_at_ms {ms} is out of range")))
     };
-    Ok((at(y, m)?, at(ny, nm)?, format!("usage_records_{y:04}{m:02}")))
+    Ok((
+        at(y, m)?,
+        at(ny, nm)?,
+        format!("usage_records_{y:04}{m:02}"),
+    ))
 }
 
 impl PgStore {

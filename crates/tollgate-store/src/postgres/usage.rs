@@ -39,7 +39,9 @@ const DIM_COLUMNS: [&str; 6] = [
 ];
 
 fn refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
-    args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect()
+    args.iter()
+        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+        .collect()
 }
 
 pub(super) async fn rollup_query(
@@ -161,7 +163,9 @@ pub(super) async fn records_page(
     }
     let lo = placeholder(&mut args, Box::new(lo));
     let hi = placeholder(&mut args, Box::new(hi));
-    sql.push_str(&format!(" AND created_at_ms >= {lo} AND created_at_ms < {hi}"));
+    sql.push_str(&format!(
+        " AND created_at_ms >= {lo} AND created_at_ms < {hi}"
+    ));
     for (col, v) in [
         ("key_id", &f.key_id),
         ("model_requested", &f.model),

@@ -289,9 +289,10 @@ pub async fn start_binary(
         .unwrap()
         .to_string();
     let mut admin = None;
-    while let Ok(Some(line)) = tokio::time::timeout(std::time::Duration::from_millis(300), lines.next_line())
-        .await
-        .unwrap_or(Ok(None))
+    while let Ok(Some(line)) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), lines.next_line())
+            .await
+            .unwrap_or(Ok(None))
     {
         let t = line.trim();
         if t.starts_with("tg-") {
@@ -300,4 +301,3 @@ pub async fn start_binary(
     }
     (child, base, admin)
 }
-

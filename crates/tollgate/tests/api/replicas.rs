@@ -39,7 +39,10 @@ async fn start_replicas(n: usize) -> Replicas {
         if i == 0 {
             admin = Some(key.expect("the first replica creates the admin key"));
         } else {
-            assert!(key.is_none(), "only one admin key is created for the database");
+            assert!(
+                key.is_none(),
+                "only one admin key is created for the database"
+            );
         }
         bases.push(base);
         children.push(child);
@@ -131,7 +134,10 @@ async fn three_replicas_never_overspend_one_balance() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert!(ok > 0 && ok <= 50, "{ok} requests were served on ~50 requests' balance");
+    assert!(
+        ok > 0 && ok <= 50,
+        "{ok} requests were served on ~50 requests' balance"
+    );
 
     // Every record reaches the database (exactly one per served request); then every replica
     // reads the same audit.
@@ -149,15 +155,24 @@ async fn three_replicas_never_overspend_one_balance() {
         if n == ok as i64 {
             break;
         }
-        assert!(Instant::now() < deadline && n < ok as i64, "{n} records for {ok} requests");
+        assert!(
+            Instant::now() < deadline && n < ok as i64,
+            "{n} records for {ok} requests"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let first = audit(&http, &r.bases[2], &r.admin, &account).await;
     let balance = first["balance_nanos"].as_i64().unwrap();
     assert!(balance >= 0, "{first}");
     assert_eq!(first["grants_nanos"].as_i64().unwrap(), grant_nanos);
-    assert_eq!(first["charges_nanos"], first["charges_nanos_records"], "{first}");
-    assert_eq!(first["charges_nanos"].as_i64().unwrap(), grant_nanos - balance);
+    assert_eq!(
+        first["charges_nanos"], first["charges_nanos_records"],
+        "{first}"
+    );
+    assert_eq!(
+        first["charges_nanos"].as_i64().unwrap(),
+        grant_nanos - balance
+    );
     assert_eq!(first["consistent"], true, "{first}");
     let l = &first["leases"];
     assert_eq!(
@@ -192,7 +207,11 @@ async fn replicas_see_each_others_writes_within_a_second() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(resp.status(), 200);
-    assert!(granted.elapsed() < Duration::from_secs(1), "{:?}", granted.elapsed());
+    assert!(
+        granted.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        granted.elapsed()
+    );
 
     // Served on A, visible on B.
     let id = request_id(&resp);
@@ -236,8 +255,101 @@ async fn replicas_see_each_others_writes_within_a_second() {
             break;
         }
         assert_eq!(s, 200);
-        assert!(revoked.elapsed() < Duration::from_millis(1500), "still served");
+        assert!(
+            revoked.elapsed() < Duration::from_millis(1500),
+            "still served"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(revoked.elapsed() < Duration::from_millis(1100), "{:?}", revoked.elapsed());
+    assert!(
+        revoked.elapsed() < Duration::from_millis(1100),
+        "{:?}",
+        revoked.elapsed()
+    );
+}
+
+/// kill -9 of a replica under load, then `tollgate journal replay` of its journal from
+/// elsewhere: every completed response has exactly one record in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_journal_is_replayed_once() {
+    let mut r = start_replicas(2).await;
+    let http = reqwest::Client::new();
+    let (account, _, key) = create_account_and_key(&http, &r.bases[0], &r.admin).await;
+    grant(&http, &r.bases[0], &r.admin, &account, "100").await;
+    let completed = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (http, base, key, completed) = (
+            http.clone(),
+            r.bases[1].clone(),
+            key.clone(),
+            completed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Ok(resp) = http
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "gpt-4o-mini", "stream": i % 2 == 0,
+                                  "messages": [{"role": "user", "content": "load"}]}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let id = request_id(&resp);
+                let ok = resp.status() == 200;
+                let Ok(text) = resp.text().await else { return };
+                if ok && (text.trim_end().ends_with("[DONE]") || text.starts_with('{')) {
+                    completed.lock().push(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let child = &mut r._children[1];
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let completed = completed.lock().clone();
+    assert!(completed.len() > 20, "too little load: {}", completed.len());
+
+    let config = r._dir.path().join("r1.toml");
+    for _ in 0..2 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .arg("--config")
+            .arg(&config)
+            .args(["journal", "replay"])
+            .arg(r._dir.path().join("data1/journal"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let c = r.db.client().await;
+    let rows = c
+        .query(
+            "SELECT request_id, COUNT(*) FROM usage_records WHERE account_id = $1 GROUP BY 1",
+            &[&account],
+        )
+        .await
+        .unwrap();
+    let stored: std::collections::HashMap<String, i64> =
+        rows.iter().map(|row| (row.get(0), row.get(1))).collect();
+    for id in &completed {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "{id} must have exactly one record"
+        );
+    }
+    // The audit agrees with the records on the surviving replica.
+    let a = audit(&http, &r.bases[0], &r.admin, &account).await;
+    assert_eq!(a["charges_nanos"], a["charges_nanos_records"], "{a}");
+    assert_eq!(a["consistent"], true, "{a}");
 }
