@@ -359,7 +359,14 @@ impl Credits {
             least = at_least.min(amount);
         }
         if self.store.leases().is_some() && !fits(&book.lock(), amount) {
-            self.top_up(&book, account_id, amount).await?;
+            if let Err(e) = self.top_up(&book, account_id, amount).await {
+                // The database is away: a lease still valid serves what it covers (capped
+                // below); one past its validity serves nothing (503 until the database is back).
+                if !book.lock().lease_valid(Instant::now()) {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e.message, "could not top up a credit lease");
+            }
         }
         let mut b = book.lock();
         if let Some(l) = &mut b.lease {
