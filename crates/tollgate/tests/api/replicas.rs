@@ -134,8 +134,10 @@ async fn three_replicas_never_overspend_one_balance() {
             other => panic!("unexpected status {other}"),
         }
     }
+    // A request the rest of the balance cannot fully cover is served with its output capped to
+    // what it covers, so a few more than 50 may be served: the money below is what must hold.
     assert!(
-        ok > 0 && ok <= 50,
+        (40..100).contains(&ok),
         "{ok} requests were served on ~50 requests' balance"
     );
 
