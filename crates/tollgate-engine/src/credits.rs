@@ -46,9 +46,6 @@ struct Book {
     /// What this process may spend: the balance (whole), or what is left of its lease (leased).
     balance: i64,
     held: i64,
-    /// Leased mode: the account's balance as last read from the store, less this process's
-    /// charges since (what `view` and `x-credits-remaining` show).
-    shown: i64,
     lease: Option<LeaseState>,
     /// Grants + refunds this book knows of; a refresh adds those made elsewhere (the CLI,
     /// another replica).
@@ -64,6 +61,9 @@ const LIFETIME_CREDIT_CEILING: i64 = i64::MAX / 4;
 /// A replica's lease of one account's balance.
 #[derive(Debug)]
 struct LeaseState {
+    /// The account's balance as last read from the store, less this process's charges since
+    /// (what `view` and `x-credits-remaining` show; whole mode shows `balance`).
+    shown: i64,
     /// Spend the lease only until then (the store lets it expire a quarter of the lease later).
     valid_until: Instant,
     /// A top-up that found nothing left: do not ask the store again before this.
@@ -86,8 +86,13 @@ impl Book {
     fn shown_available(&self) -> i64 {
         match self.lease {
             None => self.available(),
-            Some(_) => self.shown.saturating_sub(self.held),
+            Some(_) => self.shown_balance().saturating_sub(self.held),
         }
+    }
+
+    /// The account's balance as shown to its users.
+    fn shown_balance(&self) -> i64 {
+        self.lease.as_ref().map_or(self.balance, |l| l.shown)
     }
 
     fn lease_valid(&self, now: Instant) -> bool {
@@ -141,7 +146,9 @@ impl Hold {
         let mut b = self.book.lock();
         b.held = b.held.saturating_sub(self.amount);
         b.balance = b.balance.saturating_sub(charge);
-        b.shown = b.shown.saturating_sub(charge);
+        if let Some(l) = &mut b.lease {
+            l.shown = l.shown.saturating_sub(charge);
+        }
         b.shown_available()
     }
 }
@@ -321,8 +328,8 @@ impl Credits {
             // Leased: nothing to spend until a lease is taken.
             balance: if leased { 0 } else { totals.balance_nanos() },
             held: 0,
-            shown: totals.balance_nanos(),
             lease: leased.then(|| LeaseState {
+                shown: totals.balance_nanos(),
                 valid_until: Instant::now(),
                 dry_until: None,
                 last_hold: Instant::now(),
@@ -468,14 +475,7 @@ impl Credits {
         }
         let (balance, credited) = {
             let b = book.lock();
-            (
-                if b.lease.is_some() {
-                    b.shown
-                } else {
-                    b.balance
-                },
-                b.credited,
-            )
+            (b.shown_balance(), b.credited)
         };
         let max_balance = self.cfg.max_balance_nanos();
         // `credited` (every grant and refund ever) is what the store sums: keep it in range too.
@@ -502,10 +502,10 @@ impl Credits {
         if created {
             // Leased: the grant went to the account's pool in the store, for any replica.
             let mut b = book.lock();
-            if b.lease.is_none() {
-                b.balance = b.balance.saturating_add(amount_nanos);
+            match &mut b.lease {
+                None => b.balance = b.balance.saturating_add(amount_nanos),
+                Some(l) => l.shown = l.shown.saturating_add(amount_nanos),
             }
-            b.shown = b.shown.saturating_add(amount_nanos);
             b.credited = b.credited.saturating_add(amount_nanos);
         }
         Ok((entry, created))
@@ -543,12 +543,10 @@ impl Credits {
                     .grants_nanos
                     .saturating_add(t.refunds_nanos)
                     .saturating_sub(b.credited);
-                if b.lease.is_none() {
-                    b.balance = b.balance.saturating_add(delta);
-                    b.shown = b.balance;
-                } else {
+                match &mut b.lease {
+                    None => b.balance = b.balance.saturating_add(delta),
                     // Every replica's charges, as far as they are stored.
-                    b.shown = t.balance_nanos();
+                    Some(l) => l.shown = t.balance_nanos(),
                 }
                 b.credited = b.credited.saturating_add(delta);
             }
@@ -559,11 +557,7 @@ impl Credits {
         let book = self.book(account_id).await?;
         let b = book.lock();
         Ok(CreditView {
-            balance_nanos: if b.lease.is_some() {
-                b.shown
-            } else {
-                b.balance
-            },
+            balance_nanos: b.shown_balance(),
             held_nanos: b.held,
         })
     }

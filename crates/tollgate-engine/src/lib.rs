@@ -78,13 +78,11 @@ impl Engine {
         crate::fs::create_private_dir(&config.server.data_dir)?;
         let ledger = Ledger::start(
             store.clone(),
-            LedgerOptions {
-                journal_dir: config.journal_dir(),
-                segment_bytes: config.journal.segment_bytes,
-                batch_max: config.store.batch_max,
-                fsync_interval: Duration::from_millis(config.journal.fsync_interval_ms),
-                dead_letter_path: config.server.data_dir.join("dead-letter.ndjson"),
-            },
+            LedgerOptions::from_config(
+                &config,
+                config.journal_dir(),
+                config.server.data_dir.join("dead-letter.ndjson"),
+            ),
             sinks,
             settle::interrupted_record,
         )

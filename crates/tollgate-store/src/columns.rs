@@ -1,7 +1,7 @@
 //! What both backends' schemas share: the column lists, in the order the row readers expect,
 //! and the rollup table of each grain.
 
-use tollgate_core::rollup::Grain;
+use tollgate_core::rollup::{Dims, Grain};
 
 pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
@@ -22,4 +22,19 @@ pub(crate) fn rollup_table(g: Grain) -> &'static str {
         Grain::Hour => "usage_rollup_hour",
         Grain::Day => "usage_rollup_day",
     }
+}
+
+/// The rollup's dimension columns, in `GroupKey` order.
+pub(crate) const DIM_COLUMNS: [&str; 6] = [
+    "account_id",
+    "key_id",
+    "model",
+    "provider",
+    "source",
+    "endpoint",
+];
+
+/// Which of `DIM_COLUMNS` a query groups by.
+pub(crate) fn dim_flags(d: Dims) -> [bool; 6] {
+    [d.account, d.key, d.model, d.provider, d.source, d.endpoint]
 }

@@ -173,13 +173,10 @@ async fn leases_never_exceed_the_balance() {
 #[tokio::test]
 async fn concurrent_takes_never_overlease() {
     let db = TestDb::create().await;
-    let stores: Vec<Arc<PgStore>> = futures_like_join(
-        ["a", "b", "c"]
-            .iter()
-            .map(|r| PgStore::connect(&db.url, 8, r))
-            .collect(),
-    )
-    .await;
+    let mut stores: Vec<Arc<PgStore>> = Vec::new();
+    for r in ["a", "b", "c"] {
+        stores.push(Arc::new(PgStore::connect(&db.url, 8, r).await.unwrap()));
+    }
     stores[0].create_account(account("acct")).await.unwrap();
     grant(stores[0].as_ref(), "acct", "g", 5_000).await;
     let mut tasks = Vec::new();
@@ -196,16 +193,6 @@ async fn concurrent_takes_never_overlease() {
     assert_eq!(total, 5_000);
     let t = stores[0].lease_totals("acct").await.unwrap();
     assert_eq!((t.available_nanos, t.leased_nanos), (0, 5_000));
-}
-
-async fn futures_like_join(
-    futs: Vec<impl std::future::Future<Output = Result<PgStore, tollgate_core::StoreError>>>,
-) -> Vec<Arc<PgStore>> {
-    let mut out = Vec::new();
-    for f in futs {
-        out.push(Arc::new(f.await.unwrap()));
-    }
-    out
 }
 
 /// Records land in a partition per UTC month; a request id stays unique across replicas.

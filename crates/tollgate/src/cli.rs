@@ -174,13 +174,11 @@ async fn replay(config: &Config, dir: &std::path::Path) -> anyhow::Result<()> {
     let before = store.count_usage().await?;
     let ledger = tollgate_engine::ledger::Ledger::start(
         store.clone(),
-        tollgate_engine::ledger::LedgerOptions {
-            journal_dir: dir.to_path_buf(),
-            segment_bytes: config.journal.segment_bytes,
-            batch_max: config.store.batch_max,
-            fsync_interval: Duration::from_millis(config.journal.fsync_interval_ms),
-            dead_letter_path: dir.join("dead-letter.ndjson"),
-        },
+        tollgate_engine::ledger::LedgerOptions::from_config(
+            config,
+            dir.to_path_buf(),
+            dir.join("dead-letter.ndjson"),
+        ),
         Vec::new(),
         tollgate_engine::settle::interrupted_record,
     )

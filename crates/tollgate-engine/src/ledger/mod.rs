@@ -57,6 +57,24 @@ pub struct LedgerOptions {
     pub dead_letter_path: PathBuf,
 }
 
+impl LedgerOptions {
+    /// The configured options for the journal in `journal_dir` (a replica's own, or one being
+    /// replayed), with records the store refuses for good kept at `dead_letter_path`.
+    pub fn from_config(
+        config: &tollgate_core::config::Config,
+        journal_dir: PathBuf,
+        dead_letter_path: PathBuf,
+    ) -> Self {
+        Self {
+            journal_dir,
+            segment_bytes: config.journal.segment_bytes,
+            batch_max: config.store.batch_max,
+            fsync_interval: Duration::from_millis(config.journal.fsync_interval_ms),
+            dead_letter_path,
+        }
+    }
+}
+
 /// The write side of the ledger: the journal and the batch writer behind it.
 #[derive(Clone)]
 pub struct Ledger {

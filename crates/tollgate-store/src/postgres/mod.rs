@@ -74,10 +74,6 @@ impl PgStore {
     async fn client(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(pool_error)
     }
-
-    pub fn replica_id(&self) -> &str {
-        &self.replica_id
-    }
 }
 
 #[async_trait]

@@ -12,6 +12,7 @@ use tollgate_core::StoreError;
 
 use super::conn::classify;
 use super::rows::{get, record_from_row, rollup_table, RECORD_COLUMNS};
+use crate::columns::{dim_flags, DIM_COLUMNS};
 
 type Arg = Box<dyn ToSql + Sync + Send>;
 
@@ -29,15 +30,6 @@ fn push_any(sql: &mut String, args: &mut Vec<Arg>, col: &str, values: &[String])
     sql.push_str(&format!(" AND {col} = ANY({p}::text[])"));
 }
 
-const DIM_COLUMNS: [&str; 6] = [
-    "account_id",
-    "key_id",
-    "model",
-    "provider",
-    "source",
-    "endpoint",
-];
-
 fn refs(args: &[Arg]) -> Vec<&(dyn ToSql + Sync)> {
     args.iter()
         .map(|a| a.as_ref() as &(dyn ToSql + Sync))
@@ -51,14 +43,7 @@ pub(super) async fn rollup_query(
     (index, seg): (usize, Segment),
     out: &mut Vec<RollupRow>,
 ) -> Result<(), StoreError> {
-    let flags = [
-        dims.account,
-        dims.key,
-        dims.model,
-        dims.provider,
-        dims.source,
-        dims.endpoint,
-    ];
+    let flags = dim_flags(dims);
     let mut args: Vec<Arg> = Vec::new();
     let mut select = String::from("SELECT ");
     let mut group: Vec<String> = Vec::new();

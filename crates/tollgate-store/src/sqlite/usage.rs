@@ -17,6 +17,7 @@ use tollgate_core::StoreError;
 
 use super::conn::{Db, Fail};
 use super::rows::{record_from_row, rollup_table as table, RECORD_COLUMNS};
+use crate::columns::{dim_flags, DIM_COLUMNS};
 
 /// `AND col IN (?, ?, …)` for a non-empty list.
 fn push_in(sql: &mut String, args: &mut Vec<Value>, col: &str, values: &[String]) {
@@ -34,19 +35,6 @@ fn push_in(sql: &mut String, args: &mut Vec<Value>, col: &str, values: &[String]
         args.push(Value::Text(v.clone()));
     }
     sql.push(')');
-}
-
-const DIM_COLUMNS: [&str; 6] = [
-    "account_id",
-    "key_id",
-    "model",
-    "provider",
-    "source",
-    "endpoint",
-];
-
-fn dim_flags(d: Dims) -> [bool; 6] {
-    [d.account, d.key, d.model, d.provider, d.source, d.endpoint]
 }
 
 /// Reads one segment. Rows are summed here rather than by `GROUP BY`: the rollup's primary key
