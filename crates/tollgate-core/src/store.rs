@@ -86,6 +86,11 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
     async fn count_admin_keys(&self) -> Result<i64, StoreError>;
     async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError>;
+    /// Limit windows shared by several replicas (None: one process sees every request of a
+    /// key, as with SQLite, and counts them in memory).
+    fn quotas(&self) -> Option<&dyn QuotaStore> {
+        None
+    }
 }
 
 #[async_trait]
@@ -153,6 +158,61 @@ pub struct LeaseTotals {
     pub leased_nanos: i64,
     /// Leases held by this replica.
     pub own_nanos: i64,
+}
+
+/// Which counter of a key a limit window holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QuotaKind {
+    Requests,
+    Tokens,
+    SpendNanos,
+}
+
+impl QuotaKind {
+    pub fn code(self) -> i16 {
+        match self {
+            Self::Requests => 1,
+            Self::Tokens => 2,
+            Self::SpendNanos => 3,
+        }
+    }
+}
+
+/// One take from a key's limit window: see `QuotaStore::take_quota`.
+#[derive(Debug, Clone)]
+pub struct QuotaTake<'a> {
+    pub key_id: &'a str,
+    pub kind: QuotaKind,
+    pub window_start_ms: i64,
+    /// When the window ends (rows of ended windows are pruned); `i64::MAX` for never.
+    pub window_end_ms: i64,
+    pub limit: i64,
+    /// What the window starts at when this take creates it (spend already in the rollups).
+    pub seed: i64,
+    /// Used beyond what this replica took (tokens counted after their request): added first.
+    pub debt: i64,
+    pub want: i64,
+}
+
+/// A key's rpm, tpm and spend limits shared by replicas. Each window (key, kind, start) holds
+/// what all replicas took of it; a replica takes a slice with one transaction when its own
+/// runs out (not per request) and admits from the slice in memory, so the replicas together
+/// never take more than the limit.
+#[async_trait]
+pub trait QuotaStore: Send + Sync {
+    /// Adds `debt` to the window's use, then moves up to `want` of what is left under `limit`
+    /// to this replica. Returns (granted, the window's use after the take).
+    async fn take_quota(&self, take: QuotaTake<'_>) -> Result<(i64, i64), StoreError>;
+    /// Gives back `amount` this replica took and did not use.
+    async fn return_quota(
+        &self,
+        key_id: &str,
+        kind: QuotaKind,
+        window_start_ms: i64,
+        amount: i64,
+    ) -> Result<(), StoreError>;
+    /// Forgets windows that ended before `before_ms`.
+    async fn prune_quotas(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 #[async_trait]

@@ -107,6 +107,8 @@ const LEASE_IDLE: Duration = Duration::from_secs(2);
 const DRY_RETRY: Duration = Duration::from_millis(200);
 /// A top-up asks for this many times what the request needs, so a busy replica asks rarely.
 const TOP_UP_FACTOR: i64 = 4;
+/// Top-ups one hold may ask for before it is refused.
+const TOP_UP_ROUNDS: u32 = 4;
 
 /// How often a book re-reads grants and refunds made outside this process (whole mode), or the
 /// account's balance (leased mode, where other replicas charge it too).
@@ -266,7 +268,7 @@ impl Credits {
             // Unrenewed past its validity: learn whether the store still holds it first.
             renew(leases, &self.books, &self.clock, self.lease_secs).await?;
         }
-        let need = {
+        let (need, in_flight) = {
             let b = book.lock();
             let need = amount.saturating_sub(b.available());
             let dry = b
@@ -277,14 +279,15 @@ impl Credits {
             if need <= 0 || dry {
                 return Ok(());
             }
-            need
+            (need, b.held)
         };
         let now_ms = self.clock.now_ms();
         let lease_ms = (self.lease_secs as i64).saturating_mul(1000);
         let granted = leases
             .take_lease(
                 account_id,
-                need.saturating_mul(TOP_UP_FACTOR),
+                // Under load the lease grows with what is in flight, so top-ups stay rare.
+                need.saturating_mul(TOP_UP_FACTOR).max(in_flight),
                 now_ms,
                 now_ms.saturating_add(lease_ms),
             )
@@ -365,7 +368,12 @@ impl Credits {
             amount = refined.min(bound);
             least = at_least.min(amount);
         }
-        if self.store.leases().is_some() && !fits(&book.lock(), amount) {
+        // Requests waiting on one top-up may spend it before the one that asked for it gets
+        // back: it asks again, a bounded number of times, unless the pool ran dry.
+        let mut rounds = 0;
+        while self.store.leases().is_some() && !fits(&book.lock(), amount) && rounds < TOP_UP_ROUNDS
+        {
+            rounds += 1;
             if let Err(e) = self.top_up(&book, account_id, amount).await {
                 // The database is away: a lease still valid serves what it covers (capped
                 // below); one past its validity serves nothing (503 until the database is back).
@@ -373,6 +381,17 @@ impl Credits {
                     return Err(e);
                 }
                 tracing::warn!(error = %e.message, "could not top up a credit lease");
+                break;
+            }
+            let now = Instant::now();
+            let dry = book
+                .lock()
+                .lease
+                .as_ref()
+                .and_then(|l| l.dry_until)
+                .is_some_and(|t| now < t);
+            if dry {
+                break;
             }
         }
         let mut b = book.lock();

@@ -106,6 +106,7 @@ impl Engine {
             clock.clone(),
             config.limits.auth_failures_per_minute,
         );
+        limiter.start_quota_keeper();
         let provider_keys =
             ProviderKeys::new(store.clone(), config.security.encryption_key.as_deref());
         let router = ModelRouter::from_config(&config, |var| std::env::var(var).ok());

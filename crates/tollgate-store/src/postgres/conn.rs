@@ -10,7 +10,10 @@ use tollgate_core::StoreError;
 
 /// Versioned schema steps; each runs once, in order, under an advisory lock so replicas starting
 /// together do not race.
-pub const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_initial.sql")];
+pub const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_initial.sql"),
+    include_str!("migrations/0002_limit_windows.sql"),
+];
 
 /// Any key will do as long as it is tollgate's own: `pg_advisory_lock` keys are database-wide.
 const MIGRATION_LOCK: i64 = 0x746f_6c6c_6761_7465; // "tollgate"

@@ -5,6 +5,7 @@
 
 mod conn;
 mod leases;
+mod quotas;
 mod records;
 mod rows;
 mod usage;
@@ -19,8 +20,8 @@ use tollgate_core::credit::{CreditEntry, CreditTotals};
 use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
 use tollgate_core::store::{
-    AccountStore, AnomalyCount, CreditStore, KeyStore, LeaseStore, ProviderKeyStore, RecordQuery,
-    RecordStore,
+    AccountStore, AnomalyCount, CreditStore, KeyStore, LeaseStore, ProviderKeyStore, QuotaStore,
+    RecordQuery, RecordStore,
 };
 use tollgate_core::StoreError;
 
@@ -358,6 +359,10 @@ impl KeyStore for PgStore {
         .await
         .map_err(classify)?
             > 0)
+    }
+
+    fn quotas(&self) -> Option<&dyn QuotaStore> {
+        Some(self)
     }
 }
 

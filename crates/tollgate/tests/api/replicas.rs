@@ -355,3 +355,148 @@ async fn a_dead_replicas_journal_is_replayed_once() {
     assert_eq!(a["charges_nanos"], a["charges_nanos_records"], "{a}");
     assert_eq!(a["consistent"], true, "{a}");
 }
+
+async fn limited_key(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    account: &str,
+    limits: Value,
+) -> (String, String) {
+    let v: Value = http
+        .post(format!("{base}/admin/accounts/{account}/keys"))
+        .bearer_auth(admin)
+        .json(&json!({"name": "limited", "limits": limits}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = v["key"].as_str().unwrap_or_else(|| panic!("{v}"));
+    (v["id"].as_str().unwrap().to_string(), key.to_string())
+}
+
+/// Fires `per_replica` concurrent requests at each replica; returns how many were served,
+/// failing on anything but 200 and 429.
+async fn burst(http: &reqwest::Client, r: &Replicas, key: &str, per_replica: usize) -> usize {
+    let mut tasks = Vec::new();
+    for i in 0..per_replica * r.bases.len() {
+        let (http, base, key) = (
+            http.clone(),
+            r.bases[i % r.bases.len()].clone(),
+            key.to_string(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let resp = chat(&http, &base, &key).await;
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            (200, _) => ok += 1,
+            (429, _) => {}
+            (other, body) => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    ok
+}
+
+/// Waits until the current UTC minute has at least 20 s left, so a burst stays in one window.
+async fn early_in_a_minute() {
+    let into = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        % 60_000;
+    if into > 40_000 {
+        tokio::time::sleep(Duration::from_millis(60_500 - into)).await;
+    }
+}
+
+/// A key's rpm and spend limits hold across 3 replicas: 3 × 40 concurrent requests on a key
+/// allowed 30 per minute are served exactly 30 times (each replica alone would serve 40), and a
+/// spend limit is never passed; a limit raised on one replica holds on the others within a
+/// second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hold_across_replicas() {
+    let r = start_replicas(3).await;
+    let http = reqwest::Client::new();
+    let (account, _, _) = create_account_and_key(&http, &r.bases[0], &r.admin).await;
+    grant(&http, &r.bases[0], &r.admin, &account, "10").await;
+
+    let (rpm_id, rpm_key) = limited_key(
+        &http,
+        &r.bases[0],
+        &r.admin,
+        &account,
+        json!({"rpm_limit": 30}),
+    )
+    .await;
+    early_in_a_minute().await;
+    let ok = burst(&http, &r, &rpm_key, 40).await;
+    assert_eq!(ok, 30, "served {ok} of 120 on a key allowed 30 per minute");
+    // Used up on every replica, including the ones that served few of them.
+    for base in &r.bases {
+        assert_eq!(chat(&http, base, &rpm_key).await.status(), 429, "{base}");
+    }
+    // Raised on one replica: served again on another within a second.
+    let patched = http
+        .patch(format!("{}/admin/keys/{rpm_id}", r.bases[2]))
+        .bearer_auth(&r.admin)
+        .json(&json!({"limits": {"rpm_limit": 60}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(patched.status().is_success(), "{}", patched.status());
+    let raised = Instant::now();
+    loop {
+        let status = chat(&http, &r.bases[0], &rpm_key).await.status();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(raised.elapsed() < Duration::from_millis(1100), "not raised");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Spend: a daily limit of about ten requests' worth, never passed across replicas.
+    let limit_nanos: i64 = 200_000;
+    let (spend_id, spend_key) = limited_key(
+        &http,
+        &r.bases[1],
+        &r.admin,
+        &account,
+        json!({"spend_limit_nanos": limit_nanos, "spend_period": "daily"}),
+    )
+    .await;
+    let served = burst(&http, &r, &spend_key, 40).await;
+    assert!(
+        (1..120).contains(&served),
+        "{served} served under a spend limit"
+    );
+    let c = r.db.client().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spent: i64 = loop {
+        let row = c
+            .query_one(
+                "SELECT COUNT(*), COALESCE(SUM(cost_nanos), 0)::BIGINT FROM usage_records \
+                 WHERE key_id = $1 AND status = 'success'",
+                &[&spend_id],
+            )
+            .await
+            .unwrap();
+        let (n, sum): (i64, i64) = (row.get(0), row.get(1));
+        if n == served as i64 {
+            break sum;
+        }
+        assert!(Instant::now() < deadline, "{n} records for {served} served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        spent <= limit_nanos,
+        "spent {spent} nano-USD on a {limit_nanos} limit"
+    );
+    assert!(spent > 0);
+}
