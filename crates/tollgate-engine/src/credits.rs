@@ -69,6 +69,29 @@ struct LeaseState {
     /// A top-up that found nothing left: do not ask the store again before this.
     dry_until: Option<Instant>,
     last_hold: Instant,
+    /// Held since `meter_since`, and the hold rate it gave over the last second or more
+    /// (nano-USD per second): a top-up asks for `LEASE_COVER` of it.
+    metered: i64,
+    meter_since: Instant,
+    rate_per_sec: i64,
+}
+
+impl LeaseState {
+    fn meter(&mut self, amount: i64, now: Instant) {
+        self.metered = self.metered.saturating_add(amount);
+        let elapsed = now.duration_since(self.meter_since).as_millis() as i64;
+        if elapsed >= 1000 {
+            self.rate_per_sec = self.metered.saturating_mul(1000) / elapsed;
+            self.metered = 0;
+            self.meter_since = now;
+        }
+    }
+
+    /// What a top-up asks for beyond what is missing, so that the lease lasts a while.
+    fn cover(&self) -> i64 {
+        self.rate_per_sec
+            .saturating_mul(LEASE_COVER.as_secs() as i64)
+    }
 }
 
 impl Book {
@@ -107,6 +130,8 @@ const LEASE_IDLE: Duration = Duration::from_secs(2);
 const DRY_RETRY: Duration = Duration::from_millis(200);
 /// A top-up asks for this many times what the request needs, so a busy replica asks rarely.
 const TOP_UP_FACTOR: i64 = 4;
+/// A top-up asks for this long of the replica's recent spend on the account.
+const LEASE_COVER: Duration = Duration::from_secs(10);
 /// Top-ups one hold may ask for before it is refused.
 const TOP_UP_ROUNDS: u32 = 4;
 
@@ -279,14 +304,17 @@ impl Credits {
             if need <= 0 || dry {
                 return Ok(());
             }
-            (need, b.held)
+            let cover = b.lease.as_ref().map_or(0, LeaseState::cover);
+            (need, b.held.max(cover))
         };
         let now_ms = self.clock.now_ms();
         let lease_ms = (self.lease_secs as i64).saturating_mul(1000);
         let granted = leases
             .take_lease(
                 account_id,
-                // Under load the lease grows with what is in flight, so top-ups stay rare.
+                // Under load the lease grows with what is in flight and with `LEASE_COVER` of
+                // the recent spend, so top-ups stay rare and the lease outlasts a short
+                // database outage.
                 need.saturating_mul(TOP_UP_FACTOR).max(in_flight),
                 now_ms,
                 now_ms.saturating_add(lease_ms),
@@ -336,6 +364,9 @@ impl Credits {
                 valid_until: Instant::now(),
                 dry_until: None,
                 last_hold: Instant::now(),
+                metered: 0,
+                meter_since: Instant::now(),
+                rate_per_sec: 0,
             }),
             credited: totals.grants_nanos.saturating_add(totals.refunds_nanos),
             synced: std::time::Instant::now(),
@@ -371,6 +402,7 @@ impl Credits {
         // Requests waiting on one top-up may spend it before the one that asked for it gets
         // back: it asks again, a bounded number of times, unless the pool ran dry.
         let mut rounds = 0;
+        let mut store_away = None;
         while self.store.leases().is_some() && !fits(&book.lock(), amount) && rounds < TOP_UP_ROUNDS
         {
             rounds += 1;
@@ -381,6 +413,7 @@ impl Credits {
                     return Err(e);
                 }
                 tracing::warn!(error = %e.message, "could not top up a credit lease");
+                store_away = Some(e);
                 break;
             }
             let now = Instant::now();
@@ -395,12 +428,18 @@ impl Credits {
             }
         }
         let mut b = book.lock();
+        let now = Instant::now();
         if let Some(l) = &mut b.lease {
-            l.last_hold = Instant::now();
+            l.last_hold = now;
+            l.meter(amount, now);
         }
         if !fits(&b, amount) {
             let available = b.available().max(0);
             if available < least {
+                // The lease ran out while the database is away: that, not the balance, is why.
+                if let Some(e) = store_away {
+                    return Err(e);
+                }
                 return Err(DomainError::new(
                     Code::InsufficientBalance,
                     format!(

@@ -13,14 +13,21 @@ use tollgate_core::account::{Account, ApiKeyRecord, Caller, KeyLimits, Role};
 use tollgate_core::clock::SharedClock;
 use tollgate_core::id::new_id;
 use tollgate_core::store::Store;
-use tollgate_core::{Code, DomainError};
+use tollgate_core::{Code, DomainError, StoreError};
 
+#[derive(Clone)]
 struct Cached {
     key: ApiKeyRecord,
     limits: Arc<KeyLimits>,
     account_disabled: bool,
+    /// When the entry was last re-read, or last tried while the store was away.
     loaded: Instant,
+    /// When the store last confirmed it.
+    confirmed: Instant,
 }
+
+/// How long a cached key is trusted while the store cannot be reached.
+const STALE_KEY_MAX: Duration = Duration::from_secs(300);
 
 pub struct KeyService {
     store: Arc<dyn Store>,
@@ -67,6 +74,24 @@ impl KeyService {
     /// Resolves a presented key (None: the request carried none) to its caller. Every check
     /// that makes a key unusable is here, so every route refuses it alike: unknown, revoked,
     /// expired, or its account disabled.
+    /// Reads a key and its account from the store into the cache.
+    async fn load(&self, hash: &str) -> Result<Option<Arc<Cached>>, StoreError> {
+        let Some(key) = self.store.find_key_by_hash(hash).await? else {
+            return Ok(None);
+        };
+        let account = self.store.get_account(&key.account_id).await?;
+        let now = Instant::now();
+        let c = Arc::new(Cached {
+            account_disabled: account.is_none_or(|a| a.disabled),
+            limits: Arc::new(key.limits.clone()),
+            key,
+            loaded: now,
+            confirmed: now,
+        });
+        self.cache.write().insert(hash.to_string(), c.clone());
+        Ok(Some(c))
+    }
+
     pub async fn authenticate(&self, secret: Option<&str>) -> Result<Caller, DomainError> {
         let Some(secret) = secret else {
             return Err(DomainError::new(
@@ -78,21 +103,27 @@ impl KeyService {
         let cached = self.cache.read().get(&hash).cloned();
         let entry = match cached {
             Some(c) if c.loaded.elapsed() < self.ttl => c,
-            _ => {
-                let Some(key) = self.store.find_key_by_hash(&hash).await? else {
+            cached => match self.load(&hash).await {
+                Ok(Some(c)) => c,
+                Ok(None) => {
                     self.cache.write().remove(&hash);
                     return Err(DomainError::new(Code::InvalidApiKey, "invalid API key"));
-                };
-                let account = self.store.get_account(&key.account_id).await?;
-                let c = Arc::new(Cached {
-                    account_disabled: account.is_none_or(|a| a.disabled),
-                    limits: Arc::new(key.limits.clone()),
-                    key,
-                    loaded: Instant::now(),
-                });
-                self.cache.write().insert(hash, c.clone());
-                c
-            }
+                }
+                // The store is away: a key it confirmed recently stays good (nothing can be
+                // revoked while it is away), for at most `STALE_KEY_MAX`, re-tried once a TTL.
+                Err(e) if e.is_transient() => match cached {
+                    Some(c) if c.confirmed.elapsed() < STALE_KEY_MAX => {
+                        let retry_later = Arc::new(Cached {
+                            loaded: Instant::now(),
+                            ..(*c).clone()
+                        });
+                        self.cache.write().insert(hash, retry_later.clone());
+                        retry_later
+                    }
+                    _ => return Err(e.into()),
+                },
+                Err(e) => return Err(e.into()),
+            },
         };
         if entry.key.revoked_at_ms.is_some() {
             return Err(DomainError::new(

@@ -12,6 +12,7 @@ mod grants;
 mod helpers;
 mod holds;
 mod org_usage;
+mod outage;
 mod pg;
 mod proxy;
 mod refused;

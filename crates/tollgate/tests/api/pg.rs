@@ -34,6 +34,22 @@ impl TestDb {
         }
     }
 
+    /// The database's URL through another host:port (a relay in front of the server).
+    pub fn url_via(&self, addr: &str) -> String {
+        let server = server();
+        let (scheme_user, _) = server
+            .rsplit_once('@')
+            .unwrap_or(("postgres://postgres", ""));
+        format!("{scheme_user}@{addr}/{}", self.name)
+    }
+
+    /// The server's host:port.
+    pub fn server_addr() -> String {
+        let server = server();
+        let after = server.rsplit_once('@').map_or(server.as_str(), |(_, a)| a);
+        after.split('/').next().unwrap_or(after).to_string()
+    }
+
     /// A direct connection, to check what is stored.
     pub async fn client(&self) -> tokio_postgres::Client {
         let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
