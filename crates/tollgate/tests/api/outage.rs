@@ -91,7 +91,7 @@ async fn sixty_seconds_without_postgres_under_load_loses_and_doubles_nothing() {
             let mut n = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 n += 1;
-                let stream = n % 2 == 0;
+                let stream = n.is_multiple_of(2);
                 let resp = http
                     .post(format!("{base}/v1/chat/completions"))
                     .bearer_auth(&key)
