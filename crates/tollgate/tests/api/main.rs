@@ -17,5 +17,6 @@ mod proxy;
 mod refused;
 mod replicas;
 mod stale;
+mod store_copy;
 mod upstream_limits;
 mod usage;
