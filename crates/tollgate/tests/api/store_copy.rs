@@ -316,4 +316,24 @@ async fn store_copy_moves_an_embedded_install_to_postgres_once() {
         entry.auth.as_deref(),
         Some(format!("Bearer {own}").as_str())
     );
+
+    // The target has moved on (requests served from it): a copy now finds it differs from its
+    // source, says how, and exits non-zero.
+    for _ in 0..100 {
+        if pg_count(&c, "usage_records").await == expected_records as i64 + 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .current_dir(dir.path())
+        .args(["store", "copy", "--from"])
+        .arg(format!("sqlite:{}", sqlite.display()))
+        .args(["--to", &db.url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("mismatch: records"), "{stderr}");
+    assert!(stderr.contains("does not match its source"), "{stderr}");
 }
