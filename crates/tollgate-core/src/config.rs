@@ -29,6 +29,7 @@ pub struct Config {
     pub metering: MeteringConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
+    pub records: RecordsConfig,
     /// Upstream providers by name. Each says which models it serves.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Extra or overriding price entries, by model name.
@@ -172,6 +173,28 @@ pub struct LimitsConfig {
     /// Failed authentications from one client address per minute before it gets 429 without a
     /// key lookup.
     pub auth_failures_per_minute: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordsConfig {
+    /// Days raw records are kept (request log, exports, record lookups); older ones are
+    /// dropped at start and hourly. Rollups (every usage total) and credit balances are kept
+    /// forever. On PostgreSQL whole months go, once a month ends before the cutoff. Default:
+    /// none (keep every record).
+    pub retention_days: Option<u32>,
+}
+
+/// The longest `records.retention_days`: a century.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+impl RecordsConfig {
+    /// The cutoff retention applies at `now_ms`: records created before it go. None when
+    /// records are kept forever.
+    pub fn retention_cutoff_ms(&self, now_ms: i64) -> Option<i64> {
+        self.retention_days
+            .map(|d| now_ms.saturating_sub(i64::from(d).saturating_mul(86_400_000)))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -324,6 +347,7 @@ impl Default for Config {
             metering: MeteringConfig::default(),
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
+            records: RecordsConfig::default(),
             providers,
             prices: BTreeMap::new(),
         }
@@ -398,6 +422,13 @@ impl Config {
                 return Err(InvalidConfig(
                     "security.encryption_key must be base64 of exactly 32 bytes (openssl rand -base64 32)".into(),
                 ));
+            }
+        }
+        if let Some(d) = self.records.retention_days {
+            if !(1..=MAX_RETENTION_DAYS).contains(&d) {
+                return Err(InvalidConfig(format!(
+                    "records.retention_days must be 1 to {MAX_RETENTION_DAYS} (leave it out to keep records forever)"
+                )));
             }
         }
         if self.store.batch_max == 0 {

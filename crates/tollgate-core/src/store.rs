@@ -66,6 +66,11 @@ pub trait RecordStore: Send + Sync + 'static {
         account_id: &str,
         limit: usize,
     ) -> Result<Vec<AnomalyCount>, StoreError>;
+    /// Retention: drops raw records created before `cutoff_ms`. Rollups and credit ledgers are
+    /// never touched, so usage totals and balances stay as they were. A backend may keep some
+    /// older records (PostgreSQL drops whole monthly partitions only: a month is dropped once it
+    /// ends at or before the cutoff). Returns how many records were dropped.
+    async fn drop_records_before(&self, cutoff_ms: i64) -> Result<u64, StoreError>;
 }
 
 #[async_trait]
@@ -105,6 +110,10 @@ pub trait CreditStore: Send + Sync + 'static {
         account_id: &str,
         idempotency_key: &str,
     ) -> Result<Option<CreditEntry>, StoreError>;
+    /// Stores an entry as it is, id included (`tollgate store copy`); `false`, adding nothing,
+    /// when an entry with this id (or this account's idempotency key) is stored already, so a
+    /// copy run twice grants once. A shared backend adds it to the unleased balance.
+    async fn import_credit(&self, entry: CreditEntry) -> Result<bool, StoreError>;
     async fn list_credits(
         &self,
         account_id: &str,

@@ -13,9 +13,11 @@
 //! - `ledger`: the journal and the batch writer in front of the store
 //! - `credits`, `limits`, `byok`: balances, per-key limits, accounts' own provider keys
 //! - `reports`: the reads behind the usage APIs
+//! - `copy`: `tollgate store copy`, one store into another, and its check
 
 pub mod admission;
 pub mod byok;
+pub mod copy;
 pub mod credits;
 pub mod fs;
 pub mod keys;

@@ -15,7 +15,7 @@ use tollgate_engine::keys::IssuedKey;
 use tollgate_engine::Engine;
 use tollgate_http::{AppState, SharedState};
 
-use crate::config::Config;
+use crate::config::{Config, RecordsConfig};
 
 pub struct Application {
     listener: TcpListener,
@@ -64,6 +64,28 @@ pub fn replica_id(config: &Config) -> anyhow::Result<String> {
     }
 }
 
+/// `records.retention_days`: drops raw records past it at start and then hourly (rollups and
+/// balances stay). A failed pass is logged and tried again at the next hour.
+async fn retention(store: Arc<dyn Store>, records: RecordsConfig, clock: SharedClock) {
+    let mut every = tokio::time::interval(Duration::from_secs(3600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(cutoff) = records.retention_cutoff_ms(clock.now_ms()) else {
+            return;
+        };
+        match store.drop_records_before(cutoff).await {
+            Ok(dropped) => tracing::info!(
+                dropped,
+                cutoff_ms = cutoff,
+                retention_days = records.retention_days,
+                "records retention: dropped raw records older than the cutoff (rollups kept)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "records retention failed; retrying in an hour"),
+        }
+    }
+}
+
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         Self::build_with_clock(config, Arc::new(SystemClock)).await
@@ -75,8 +97,13 @@ impl Application {
         let prices = load_price_table(&config)?;
         let listen = config.server.listen;
         let max_body = config.server.max_body_bytes;
+        let records = config.records.clone();
         let (engine, bootstrap_admin_key) =
-            Engine::start(config, store, clock, prices, Vec::new()).await?;
+            Engine::start(config, store.clone(), clock.clone(), prices, Vec::new()).await?;
+        if records.retention_days.is_some() {
+            // After the engine's start, so the journal's replay is stored before any cutoff.
+            tokio::spawn(retention(store, records, clock));
+        }
         let http = reqwest::Client::builder()
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(10))

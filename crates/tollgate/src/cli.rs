@@ -12,7 +12,7 @@ use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_core::credit::CreditKind;
 use tollgate_core::money::{nanos_to_usd_string, parse_decimal_scaled};
 use tollgate_core::pricing::import_litellm;
-use tollgate_core::store::Store;
+use tollgate_core::store::{RecordStore, Store};
 use tollgate_engine::credits::Credits;
 use tollgate_engine::keys::KeyService;
 
@@ -56,6 +56,24 @@ pub enum Command {
     /// Work on a replica's journal.
     #[command(subcommand)]
     Journal(JournalCmd),
+    /// Move a store's contents to another backend.
+    #[command(subcommand)]
+    Store(StoreCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCmd {
+    /// Copy an embedded install into PostgreSQL: accounts, keys, credits, provider keys and
+    /// records (the target rebuilds the rollups), then check record counts and every account's
+    /// credit audit on both sides. Stop the gateway first. Running it again copies nothing twice.
+    Copy {
+        /// The SQLite database: `sqlite:PATH` (e.g. sqlite:data/tollgate.db).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL database: `postgres://user@host/db` (created or migrated).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,7 +157,79 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Credits(cmd) => credits(&config, open_store(&config).await?, clock, cmd).await,
         Command::Migrate => migrate(&config).await,
         Command::Journal(JournalCmd::Replay { dir }) => replay(&config, &dir).await,
+        Command::Store(StoreCmd::Copy { from, to }) => store_copy(&config, &from, &to).await,
     }
+}
+
+async fn store_copy(config: &Config, from: &str, to: &str) -> anyhow::Result<()> {
+    use tollgate_engine::copy;
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        anyhow::bail!("--from must be sqlite:PATH (got {from:?})");
+    };
+    let path = std::path::Path::new(path);
+    // Opening a missing file would create an empty store and "copy" nothing.
+    if !path.is_file() {
+        anyhow::bail!("--from: no SQLite database at {}", path.display());
+    }
+    if !(to.starts_with("postgres://") || to.starts_with("postgresql://")) {
+        anyhow::bail!("--to must be a postgres:// URL");
+    }
+    let source = tollgate_store::SqliteStore::open(path)?;
+    // Under a name no replica uses: the records' charges come from each account's pool.
+    let target =
+        tollgate_store::PgStore::connect(to, config.store.pool_size.min(4), "store-copy").await?;
+
+    let total = u64::try_from(source.count_usage().await?).unwrap_or(0);
+    // Drawn on stderr, and only on a terminal.
+    let bar =
+        indicatif::ProgressBar::new(total).with_style(indicatif::ProgressStyle::with_template(
+            "copying records {bar:40} {pos}/{len} ({per_sec}, {eta} left)",
+        )?);
+    let copied = copy::copy(&source, &target, |n| bar.inc(n)).await?;
+    bar.finish_and_clear();
+    println!(
+        "copied from {} to PostgreSQL: {} account(s) new ({} updated), {} key(s) new ({} updated), \
+         {} credit entr(ies) new, {} provider key(s), {} record(s) read, {} new",
+        path.display(),
+        copied.accounts,
+        copied.accounts_updated,
+        copied.keys,
+        copied.keys_updated,
+        copied.credits,
+        copied.provider_keys,
+        copied.records_read,
+        copied.records
+    );
+
+    let v = copy::verify(&source, &target).await?;
+    println!(
+        "records: {} in the source, {} in the target",
+        v.records_from, v.records_to
+    );
+    println!("account\tname\tgrants\trefunds\tcharges\tbalance (USD, source = target)");
+    for a in &v.accounts {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}",
+            a.account_id,
+            a.name,
+            nanos_to_usd_string(a.from.grants_nanos),
+            nanos_to_usd_string(a.from.refunds_nanos),
+            nanos_to_usd_string(a.from.charges_nanos),
+            nanos_to_usd_string(a.from.balance_nanos()),
+        );
+    }
+    if !v.mismatches.is_empty() {
+        for m in &v.mismatches {
+            eprintln!("mismatch: {m}");
+        }
+        anyhow::bail!(
+            "the copy does not match its source ({} mismatch(es) above); fix the cause and run \
+             it again (nothing already copied is copied twice)",
+            v.mismatches.len()
+        );
+    }
+    println!("verified: record counts and every account's credit audit and rollups match");
+    Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {

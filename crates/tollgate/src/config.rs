@@ -255,4 +255,36 @@ mod tests {
             assert!(err.contains(named), "{err}");
         }
     }
+
+    #[test]
+    fn records_retention_is_optional_validated_and_set_by_env() {
+        let c = load_from(None, &[]).unwrap();
+        assert_eq!(
+            c.records.retention_days, None,
+            "records are kept forever by default"
+        );
+        assert_eq!(c.records.retention_cutoff_ms(1_000_000_000_000), None);
+        let c = load_from(None, &env(&[("TOLLGATE_RECORDS__RETENTION_DAYS", "30")])).unwrap();
+        assert_eq!(c.records.retention_days, Some(30));
+        assert_eq!(
+            c.records.retention_cutoff_ms(100 * 86_400_000),
+            Some(70 * 86_400_000)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[records]\nretention_days = 90\n").unwrap();
+        assert_eq!(
+            load_from(Some(&path), &[]).unwrap().records.retention_days,
+            Some(90)
+        );
+        for bad in ["0", "36501"] {
+            let err = load_from(None, &env(&[("TOLLGATE_RECORDS__RETENTION_DAYS", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("records.retention_days"), "{err}");
+        }
+        std::fs::write(&path, "[records]\nretention_dayz = 90\n").unwrap();
+        let err = load_from(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("retention_dayz"), "{err}");
+    }
 }

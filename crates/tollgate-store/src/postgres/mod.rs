@@ -200,6 +200,10 @@ impl RecordStore for PgStore {
         out.sort_by_key(|a| a.anomaly.as_str());
         Ok(out)
     }
+
+    async fn drop_records_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        records::drop_before(self, cutoff_ms).await
+    }
 }
 
 #[async_trait]
@@ -436,6 +440,39 @@ impl CreditStore for PgStore {
             .await
             .map_err(classify)?;
         row.as_ref().map(credit_from_row).transpose()
+    }
+
+    async fn import_credit(&self, e: CreditEntry) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(classify)?;
+        // No conflict target: a stored id and a used idempotency key both skip the entry.
+        let n = tx
+            .execute(
+                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                &[
+                    &e.id,
+                    &e.account_id,
+                    &e.kind.as_str(),
+                    &e.amount_nanos,
+                    &e.idempotency_key,
+                    &e.note,
+                    &e.created_at_ms,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        if n == 1 {
+            tx.execute(
+                "INSERT INTO credit_pools (account_id, available_nanos) VALUES ($1, $2) \
+                 ON CONFLICT (account_id) DO UPDATE SET available_nanos = credit_pools.available_nanos + $2",
+                &[&e.account_id, &e.amount_nanos],
+            )
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(n == 1)
     }
 
     async fn list_credits(

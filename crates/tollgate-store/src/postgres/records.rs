@@ -35,6 +35,74 @@ pub(crate) fn month_of(ms: i64) -> Result<(i64, i64, String), StoreError> {
     ))
 }
 
+/// The month a partition named `usage_records_YYYYMM` holds: `[start, end)` in ms.
+fn partition_month(name: &str) -> Option<(i64, i64)> {
+    let digits = name.strip_prefix("usage_records_")?;
+    if digits.len() != 6 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (y, m) = (digits[..4].parse().ok()?, digits[4..].parse().ok()?);
+    let start = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single()?;
+    let (lo, hi, canonical) = month_of(start.timestamp_millis()).ok()?;
+    (canonical == name).then_some((lo, hi))
+}
+
+/// Retention: drops every monthly partition that ends at or before `cutoff_ms` (a month the
+/// cutoff falls inside stays whole). Returns how many records they held.
+pub(crate) async fn drop_before(store: &PgStore, cutoff_ms: i64) -> Result<u64, StoreError> {
+    let names: Vec<String> = {
+        let c = store.client().await?;
+        c.query(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'usage_records'::regclass ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(classify)?
+        .iter()
+        .map(|r| super::rows::get(r, 0))
+        .collect::<Result<_, _>>()?
+    };
+    let mut dropped = 0u64;
+    for name in names {
+        let Some((lo, hi)) = partition_month(&name) else {
+            continue;
+        };
+        if hi > cutoff_ms {
+            continue;
+        }
+        let mut c = store.client().await?;
+        let tx = c.transaction().await.map_err(classify)?;
+        // The lock a writer creating this month's partition takes: never both at once. Another
+        // replica's retention may have dropped it meanwhile.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lo])
+            .await
+            .map_err(classify)?;
+        let exists: bool = super::rows::get(
+            &tx.query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+                .await
+                .map_err(classify)?,
+            0,
+        )?;
+        if exists {
+            let n: i64 = super::rows::get(
+                &tx.query_one(&format!("SELECT COUNT(*) FROM \"{name}\""), &[])
+                    .await
+                    .map_err(classify)?,
+                0,
+            )?;
+            tx.batch_execute(&format!("DROP TABLE \"{name}\""))
+                .await
+                .map_err(classify)?;
+            dropped += n.max(0) as u64;
+        }
+        tx.commit().await.map_err(classify)?;
+        // A late record of that month recreates the partition rather than finding none.
+        store.partitions.lock().remove(&lo);
+    }
+    Ok(dropped)
+}
+
 impl PgStore {
     /// Makes sure every month the batch touches has its partition.
     async fn ensure_partitions(&self, batch: &[UsageRecord]) -> Result<(), StoreError> {

@@ -236,6 +236,41 @@ impl RecordStore for SqliteStore {
         .await
     }
 
+    async fn drop_records_before(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
+        // In batches of their own transactions, so the writer (and every request's record
+        // behind it) never waits long; per account, so each batch is a seek of the
+        // (account_id, created_at_ms) index rather than a scan.
+        const BATCH: i64 = 5_000;
+        let accounts: Vec<String> = self
+            .with_reader(|c| {
+                // Every record belongs to an account (records are written after authentication).
+                let mut stmt = c.prepare_cached("SELECT id FROM accounts")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                Ok(rows.collect::<Result<Vec<String>, _>>()?)
+            })
+            .await?;
+        let mut dropped = 0u64;
+        for account in accounts {
+            loop {
+                let a = account.clone();
+                let n = self
+                    .with_writer(move |c| {
+                        Ok(c.execute(
+                            "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records \
+                             WHERE account_id = ?1 AND created_at_ms < ?2 LIMIT ?3)",
+                            params![a, cutoff_ms, BATCH],
+                        )?)
+                    })
+                    .await?;
+                dropped += n as u64;
+                if (n as i64) < BATCH {
+                    break;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
     async fn records_page(
         &self,
         filter: RecordFilter,
@@ -449,6 +484,19 @@ impl CreditStore for SqliteStore {
                 credit_from_row,
             )
             .optional()?)
+        })
+        .await
+    }
+
+    async fn import_credit(&self, e: CreditEntry) -> Result<bool, StoreError> {
+        self.with_writer(move |c| {
+            // No conflict target: a stored id and a used idempotency key both skip the entry.
+            let n = c.execute(
+                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                params![e.id, e.account_id, e.kind.as_str(), e.amount_nanos, e.idempotency_key, e.note, e.created_at_ms],
+            )?;
+            Ok(n == 1)
         })
         .await
     }

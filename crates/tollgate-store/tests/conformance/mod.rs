@@ -3,6 +3,7 @@
 //! fresh, empty store, via `conformance_suite!`.
 
 pub mod aggregates;
+pub mod retention;
 pub mod rollups;
 
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$open` (an expression
@@ -26,6 +27,10 @@ macro_rules! conformance_suite {
             record_pages_walk_every_record_once,
             rollups_filter_by_endpoint
         );
+        $crate::conformance_suite!(@retention $open;
+            retention_drops_old_records_and_keeps_rollups,
+            imported_credits_keep_their_id_once
+        );
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(
@@ -33,6 +38,15 @@ macro_rules! conformance_suite {
             async fn $name() {
                 let (_guard, store) = $open;
                 conformance::aggregates::$name(store).await;
+            }
+        )*
+    };
+    (@retention $open:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $open;
+                conformance::retention::$name(store).await;
             }
         )*
     };

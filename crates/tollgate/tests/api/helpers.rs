@@ -270,12 +270,21 @@ pub fn flagged(audit: &Value, kind: &str) -> (i64, i64) {
 pub async fn start_binary(
     config: &std::path::Path,
 ) -> (tokio::process::Child, String, Option<String>) {
+    start_binary_env(config, &[]).await
+}
+
+/// As `start_binary`, with extra environment variables (e.g. `TOLLGATE_*` config overrides).
+pub async fn start_binary_env(
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (tokio::process::Child, String, Option<String>) {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .arg("--config")
         .arg(config)
         .arg("serve")
         .env("TOLLGATE_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
@@ -300,4 +309,27 @@ pub async fn start_binary(
         }
     }
     (child, base, admin)
+}
+
+/// Stops a `start_binary` child the way an operator would (SIGTERM: a clean shutdown that
+/// stores every record), and waits for it.
+pub async fn stop_binary(mut child: tokio::process::Child) {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("the gateway stops on SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+/// GET with a bearer key; the JSON body (asserting 200).
+pub async fn get_json(http: &reqwest::Client, url: &str, key: &str) -> Value {
+    let r = http.get(url).bearer_auth(key).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json().await.unwrap()
 }

@@ -17,6 +17,8 @@ mod pg;
 mod proxy;
 mod refused;
 mod replicas;
+mod retention;
 mod stale;
+mod store_copy;
 mod upstream_limits;
 mod usage;
