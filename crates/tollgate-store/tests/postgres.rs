@@ -290,3 +290,29 @@ async fn quota_takes_across_replicas_never_pass_the_limit() {
     assert_eq!(stores[0].prune_quotas(120_001).await.unwrap(), 2);
     assert_eq!(stores[0].take_quota(take(5, 0)).await.unwrap(), (5, 5));
 }
+
+/// A month one replica's retention dropped is recreated when another replica, which still
+/// knew that month's partition, stores a late record of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_dropped_by_another_replica_is_recreated() {
+    let db = TestDb::create().await;
+    let a = PgStore::connect(&db.url, 2, "a").await.unwrap();
+    let b = PgStore::connect(&db.url, 2, "b").await.unwrap();
+    a.create_account(account("acct")).await.unwrap();
+    let jan = 1_736_510_400_000; // 2025-01-10T12:00:00Z
+    assert_eq!(
+        b.insert_usage(vec![rec("r1", "acct", jan)]).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        a.drop_records_before(jan + 40 * 86_400_000).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        b.insert_usage(vec![rec("r2", "acct", jan)]).await.unwrap(),
+        1
+    );
+    assert!(b.get_usage("r2").await.unwrap().is_some());
+    let t = a.credit_totals("acct", true).await.unwrap();
+    assert_eq!(t.charges_nanos_records, Some(t.charges_nanos));
+}

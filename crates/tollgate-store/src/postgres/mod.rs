@@ -513,7 +513,9 @@ impl CreditStore for PgStore {
         let records = if audit {
             let r = c
                 .query_one(
-                    "SELECT COALESCE(SUM(charged_nanos), 0)::bigint FROM usage_records WHERE account_id = $1",
+                    "SELECT (COALESCE(SUM(charged_nanos), 0) + COALESCE((SELECT charged_nanos \
+                     FROM retired_records WHERE account_id = $1), 0))::bigint \
+                     FROM usage_records WHERE account_id = $1",
                     &[&account_id],
                 )
                 .await

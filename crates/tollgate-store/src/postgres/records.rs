@@ -91,6 +91,16 @@ pub(crate) async fn drop_before(store: &PgStore, cutoff_ms: i64) -> Result<u64, 
                     .map_err(classify)?,
                 0,
             )?;
+            // The month's charges are retired with it, so the audit still adds up.
+            tx.batch_execute(&format!(
+                "INSERT INTO retired_records (account_id, records, charged_nanos) \
+                 SELECT account_id, COUNT(*), COALESCE(SUM(charged_nanos), 0) FROM \"{name}\" \
+                 GROUP BY account_id ON CONFLICT (account_id) DO UPDATE SET \
+                 records = retired_records.records + EXCLUDED.records, \
+                 charged_nanos = retired_records.charged_nanos + EXCLUDED.charged_nanos"
+            ))
+            .await
+            .map_err(classify)?;
             tx.batch_execute(&format!("DROP TABLE \"{name}\""))
                 .await
                 .map_err(classify)?;
@@ -144,6 +154,17 @@ pub(crate) async fn insert_batch(
     if batch.is_empty() {
         return Ok(0);
     }
+    match insert_once(store, batch).await {
+        // Another replica's retention dropped a month this one still knew: learn again.
+        Err(e) if e.message.contains("no partition of relation") => {
+            store.partitions.lock().clear();
+            insert_once(store, batch).await
+        }
+        r => r,
+    }
+}
+
+async fn insert_once(store: &PgStore, batch: &[UsageRecord]) -> Result<usize, StoreError> {
     store.ensure_partitions(batch).await?;
     let mut c = store.client().await?;
     let tx = c.transaction().await.map_err(classify)?;

@@ -255,11 +255,34 @@ impl RecordStore for SqliteStore {
                 let a = account.clone();
                 let n = self
                     .with_writer(move |c| {
-                        Ok(c.execute(
-                            "DELETE FROM usage_records WHERE rowid IN (SELECT rowid FROM usage_records \
-                             WHERE account_id = ?1 AND created_at_ms < ?2 LIMIT ?3)",
+                        // The batch's charges are retired with it, in one transaction, so the
+                        // audit's sum over the records still meets the rollups.
+                        let tx = c.transaction()?;
+                        tx.execute(
+                            "CREATE TEMP TABLE IF NOT EXISTS retiring (id INTEGER PRIMARY KEY)",
+                            [],
+                        )?;
+                        tx.execute("DELETE FROM retiring", [])?;
+                        tx.execute(
+                            "INSERT INTO retiring SELECT rowid FROM usage_records \
+                             WHERE account_id = ?1 AND created_at_ms < ?2 LIMIT ?3",
                             params![a, cutoff_ms, BATCH],
-                        )?)
+                        )?;
+                        tx.execute(
+                            "INSERT INTO retired_records (account_id, records, charged_nanos) \
+                             SELECT ?1, COUNT(*), COALESCE(SUM(charged_nanos), 0) FROM usage_records \
+                             WHERE rowid IN (SELECT id FROM retiring) HAVING COUNT(*) > 0 \
+                             ON CONFLICT (account_id) DO UPDATE SET \
+                             records = records + excluded.records, \
+                             charged_nanos = charged_nanos + excluded.charged_nanos",
+                            params![a],
+                        )?;
+                        let n = tx.execute(
+                            "DELETE FROM usage_records WHERE rowid IN (SELECT id FROM retiring)",
+                            [],
+                        )?;
+                        tx.commit()?;
+                        Ok(n)
                     })
                     .await?;
                 dropped += n as u64;
@@ -538,7 +561,9 @@ impl CreditStore for SqliteStore {
             )?;
             let records = if audit {
                 Some(c.query_row(
-                    "SELECT COALESCE(SUM(charged_nanos), 0) FROM usage_records WHERE account_id = ?1",
+                    "SELECT COALESCE(SUM(charged_nanos), 0) + COALESCE((SELECT charged_nanos \
+                     FROM retired_records WHERE account_id = ?1), 0) \
+                     FROM usage_records WHERE account_id = ?1",
                     [&account_id],
                     |r| r.get(0),
                 )?)
