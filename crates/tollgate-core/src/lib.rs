@@ -9,6 +9,7 @@
 //! - `calendar`: day/week/month/hour arithmetic in UTC and IANA zones (the one calendar)
 //! - `rollup`: records → per-grain rollup deltas, and which rollup rows answer a query
 //! - `store`: one trait per aggregate, and the `Store` supertrait every backend implements
+//! - `webhook`: endpoints, events, the outbox of deliveries and the retry schedule
 //! - `error`: `DomainError` with stable codes, and `StoreError` with kinds
 //! - `config`: the typed configuration (loading it from files and the environment is the
 //!   binary's job)
@@ -27,5 +28,6 @@ pub mod record;
 pub mod request;
 pub mod rollup;
 pub mod store;
+pub mod webhook;
 
 pub use error::{Code, DomainError, StoreError, StoreErrorKind};

@@ -9,6 +9,7 @@ use crate::credit::{CreditEntry, CreditTotals};
 use crate::error::StoreError;
 use crate::record::{Anomaly, UsageRecord};
 use crate::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
+use crate::webhook::{AttemptOutcome, Claimed, DeliveryState, Event, EventType, Webhook};
 
 /// A filter over raw records, newest first.
 #[derive(Debug, Clone, Default)]
@@ -238,7 +239,77 @@ pub trait ProviderKeyStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredProviderKey>, StoreError>;
 }
 
-/// A complete backend.
-pub trait Store: RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore {}
+/// One attempt of a delivery, as the deliveries API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub delivery_id: String,
+    pub event_id: String,
+    pub event_type: EventType,
+    pub attempt: u32,
+    pub at_ms: i64,
+    pub status: Option<u16>,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    /// The delivery's state now, and its next try if pending.
+    pub state: DeliveryState,
+    pub next_attempt_at_ms: Option<i64>,
+}
 
-impl<T: RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore> Store for T {}
+/// Webhook endpoints and their outbox: events, one delivery per event and endpoint, and the
+/// attempts of each delivery.
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    async fn create_webhook(&self, w: Webhook) -> Result<(), StoreError>;
+    async fn get_webhook(&self, id: &str) -> Result<Option<Webhook>, StoreError>;
+    /// Oldest first; every account's with `None`.
+    async fn list_webhooks(&self, account_id: Option<String>) -> Result<Vec<Webhook>, StoreError>;
+    /// Replaces everything but the id, account and creation time. False if it is gone.
+    async fn update_webhook(&self, w: Webhook) -> Result<bool, StoreError>;
+    /// Deletes the endpoint with its deliveries and their attempts.
+    async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError>;
+    /// Writes the events, each with one delivery (due at its creation) per active endpoint of
+    /// its account that wants its type (only `webhook_id`'s, when set), in one transaction. An
+    /// event whose `dedupe_key` the account already used is skipped. Returns the events
+    /// written.
+    async fn enqueue_events(&self, events: Vec<Event>) -> Result<usize, StoreError>;
+    /// Claims up to `limit` pending deliveries due at `now_ms` and not claimed by anyone else,
+    /// until `claim_until_ms` (two dispatchers never hold one delivery at once).
+    async fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        claim_until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Claimed>, StoreError>;
+    /// Records an attempt and the delivery's new state (and, with `disable`, disables its
+    /// endpoint and fails its pending deliveries); sets or clears the endpoint's failing run.
+    async fn finish_attempt(
+        &self,
+        delivery_id: &str,
+        outcome: AttemptOutcome,
+    ) -> Result<(), StoreError>;
+    /// The endpoint's attempts, newest first.
+    async fn list_attempts(
+        &self,
+        webhook_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AttemptRow>, StoreError>;
+    /// Makes the delivery due now again (whatever its state). False if it is not this
+    /// endpoint's.
+    async fn retry_delivery(
+        &self,
+        webhook_id: &str,
+        delivery_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+}
+
+/// A complete backend.
+pub trait Store:
+    RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore + WebhookStore
+{
+}
+
+impl<T: RecordStore + AccountStore + KeyStore + CreditStore + ProviderKeyStore + WebhookStore> Store
+    for T
+{
+}

@@ -9,6 +9,7 @@ mod quotas;
 mod records;
 mod rows;
 mod usage;
+mod webhooks;
 
 use std::collections::HashSet;
 

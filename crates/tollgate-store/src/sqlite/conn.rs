@@ -75,6 +75,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_integer_guards.sql"),
     include_str!("migrations/0005_record_anomaly.sql"),
     include_str!("migrations/0006_retired_records.sql"),
+    include_str!("migrations/0007_webhooks.sql"),
 ];
 
 pub(crate) struct Db {

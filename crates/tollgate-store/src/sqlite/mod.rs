@@ -5,6 +5,7 @@
 mod conn;
 mod rows;
 mod usage;
+mod webhooks;
 
 use std::path::Path;
 

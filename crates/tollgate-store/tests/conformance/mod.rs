@@ -5,6 +5,7 @@
 pub mod aggregates;
 pub mod retention;
 pub mod rollups;
+pub mod webhooks;
 
 /// One `#[tokio::test]` per suite function, each on a fresh store from `$open` (an expression
 /// returning `(guard, Arc<dyn Store>)`; the guard keeps the store's resources alive).
@@ -31,6 +32,20 @@ macro_rules! conformance_suite {
             retention_drops_old_records_and_keeps_rollups,
             imported_credits_keep_their_id_once
         );
+        $crate::conformance_suite!(@webhooks $open;
+            webhooks_round_trip,
+            events_fan_out_once,
+            deliveries_are_claimed_once_and_retried
+        );
+    };
+    (@webhooks $open:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let (_guard, store) = $open;
+                conformance::webhooks::$name(store).await;
+            }
+        )*
     };
     (@tests $open:expr; $($name:ident),*) => {
         $(

@@ -40,7 +40,13 @@ pub async fn start_replicas_via(n: usize, via: Option<&str>) -> Replicas {
             "\n[store]\nkind = \"postgres\"\nurl = \"{url}\"\nreplica_id = \"r{i}\"\n",
         );
         std::fs::write(&config, text).unwrap();
-        let (child, base, key) = start_binary(&config).await;
+        // Through a relay the test cuts, every request logs the outage: keep the output quiet.
+        let quiet: &[(&str, &str)] = if via.is_some() {
+            &[("TOLLGATE_LOG", "off")]
+        } else {
+            &[]
+        };
+        let (child, base, key) = start_binary_env(&config, quiet).await;
         if i == 0 {
             admin = Some(key.expect("the first replica creates the admin key"));
         } else {
