@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
     pub records: RecordsConfig,
+    pub webhooks: WebhooksConfig,
     /// Upstream providers by name. Each says which models it serves.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Extra or overriding price entries, by model name.
@@ -183,6 +184,35 @@ pub struct RecordsConfig {
     /// forever. On PostgreSQL whole months go, once a month ends before the cutoff. Default:
     /// none (keep every record).
     pub retention_days: Option<u32>,
+}
+
+/// Webhook deliveries.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Allow endpoints on loopback, private, link-local and unspecified addresses (off: such
+    /// targets are refused when a webhook is created and again at every connection).
+    pub allow_private_targets: bool,
+    /// A delivery attempt fails if no 2xx arrives within this many seconds.
+    pub timeout_secs: u64,
+    /// An endpoint failing every delivery for this long is disabled.
+    pub disable_after_failing_hours: u64,
+    /// After a secret rotation, the old secret also signs for this long.
+    pub secret_overlap_hours: u64,
+    /// Deliveries in flight per endpoint at most.
+    pub max_in_flight_per_endpoint: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allow_private_targets: false,
+            timeout_secs: 15,
+            disable_after_failing_hours: 72,
+            secret_overlap_hours: 24,
+            max_in_flight_per_endpoint: 4,
+        }
+    }
 }
 
 /// The longest `records.retention_days`: a century.
@@ -348,6 +378,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             security: SecurityConfig::default(),
             records: RecordsConfig::default(),
+            webhooks: WebhooksConfig::default(),
             providers,
             prices: BTreeMap::new(),
         }
@@ -430,6 +461,18 @@ impl Config {
                     "records.retention_days must be 1 to {MAX_RETENTION_DAYS} (leave it out to keep records forever)"
                 )));
             }
+        }
+        let w = &self.webhooks;
+        if !(1..=120).contains(&w.timeout_secs) {
+            return Err(InvalidConfig(
+                "webhooks.timeout_secs must be 1 to 120".into(),
+            ));
+        }
+        if w.disable_after_failing_hours == 0 || w.max_in_flight_per_endpoint == 0 {
+            return Err(InvalidConfig(
+                "webhooks.disable_after_failing_hours and webhooks.max_in_flight_per_endpoint must be at least 1"
+                    .into(),
+            ));
         }
         if self.store.batch_max == 0 {
             return Err(InvalidConfig("store.batch_max must be at least 1".into()));

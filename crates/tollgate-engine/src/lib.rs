@@ -26,6 +26,7 @@ pub mod limits;
 pub mod reports;
 pub mod routing;
 pub mod settle;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,7 @@ pub struct Engine {
     pub provider_keys: ProviderKeys,
     pub prices: PriceTable,
     pub router: ModelRouter,
+    pub webhooks: Arc<webhooks::Webhooks>,
 }
 
 /// How long a validated key is trusted before it is re-read. Replicas sharing PostgreSQL
@@ -65,6 +67,30 @@ fn key_cache_ttl(config: &Config) -> Duration {
         tollgate_core::config::StoreKind::Postgres => config.server.key_cache_secs.min(1),
     };
     Duration::from_secs(secs)
+}
+
+/// The key that seals webhook secrets: `security.encryption_key`, or on SQLite (one process)
+/// one generated once and kept owner-only in `data_dir/webhook-secret.key`, so webhooks work on
+/// a fresh machine. Replicas must share a configured key (None: webhooks answer 400 saying so).
+fn sealing_key(config: &Config) -> anyhow::Result<Option<[u8; 32]>> {
+    use base64::Engine as _;
+    if let Some(k) = &config.security.encryption_key {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(k.trim())?;
+        return Ok(<[u8; 32]>::try_from(bytes.as_slice()).ok());
+    }
+    if config.store.kind != tollgate_core::config::StoreKind::Sqlite {
+        return Ok(None);
+    }
+    let path = config.server.data_dir.join("webhook-secret.key");
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
+            return Ok(Some(key));
+        }
+    }
+    let mut key = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut key);
+    crate::fs::write_private(&path, &key)?;
+    Ok(Some(key))
 }
 
 impl Engine {
@@ -112,6 +138,13 @@ impl Engine {
         let provider_keys =
             ProviderKeys::new(store.clone(), config.security.encryption_key.as_deref());
         let router = ModelRouter::from_config(&config, |var| std::env::var(var).ok());
+        let webhooks = Arc::new(webhooks::Webhooks::new(
+            store.clone(),
+            clock.clone(),
+            sealing_key(&config)?,
+            config.webhooks.clone(),
+        ));
+        webhooks.start_dispatcher();
         Ok((
             Self {
                 config,
@@ -124,6 +157,7 @@ impl Engine {
                 provider_keys,
                 prices,
                 router,
+                webhooks,
             },
             bootstrap,
         ))

@@ -22,6 +22,7 @@ pub mod router;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod webhooks;
 
 pub use router::routes;
 pub use server::serve;

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ErrorStyle};
 use crate::routes::{Access, RouteInfo, Routes};
 use crate::server::ClientAddr;
 use crate::state::{RequestCtx, SharedState};
-use crate::{admin, compat, proxy};
+use crate::{admin, compat, proxy, webhooks};
 
 /// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in
 /// `compat::routes`.
@@ -33,6 +33,7 @@ fn all_routes() -> Routes {
         .get("/v1/models", User, proxy::list_models)
         .nest("/admin", admin::routes())
         .merge(compat::routes())
+        .merge(webhooks::routes())
         .get("/health", Public, health)
 }
 
