@@ -1,0 +1,266 @@
+"""Webhooks through the public API, checked by an independent implementation of Standard
+Webhooks (the `standardwebhooks` package): signatures, the same `webhook-id` on every retry,
+retries after failures, 410 disabling the endpoint, secret rotation, private targets refused,
+and validation errors naming the field."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook as Verifier
+
+ALLOW_PRIVATE = "\n[webhooks]\nallow_private_targets = true\n"
+
+
+class Receiver:
+    """An HTTP receiver on port 0: records every request; answers with the statuses queued in
+    `answers` (then 200)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.answers: list[int] = []
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                n = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(n).decode()
+                with receiver.lock:
+                    receiver.requests.append(
+                        {"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body,
+                         "at": time.monotonic()}
+                    )
+                    status = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(status)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, n: int, timeout: float = 20.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.requests) >= n:
+                    return list(self.requests)
+            time.sleep(0.05)
+        raise AssertionError(f"expected {n} deliveries, got {len(self.requests)}")
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture(scope="module")
+def gw(start_gateway):
+    return start_gateway(ALLOW_PRIVATE)
+
+
+def user(gw) -> httpx.Client:
+    return httpx.Client(
+        base_url=gw.url, headers={"authorization": f"Bearer {gw.key}"}, timeout=30
+    )
+
+
+def create(gw, url, events=("credits.low",), **extra):
+    r = user(gw).post("/v1/webhooks", json={"url": url, "events": list(events), **extra})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def verify(secret: str, req: dict) -> dict:
+    """Verifies with the independent implementation; returns the parsed body."""
+    return Verifier(secret).verify(req["body"], req["headers"])
+
+
+def test_created_then_a_test_event_arrives_signed(gw, receiver):
+    hook = create(gw, receiver.url, events=["credits.low", "usage.threshold"],
+                  settings={"usage_threshold_percent": 80, "credits_low_threshold": 1000})
+    assert hook["id"].startswith("wh_")
+    assert hook["secret"].startswith("whsec_")
+    assert hook["active"] is True
+    assert hook["events"] == ["credits.low", "usage.threshold"]
+    assert hook["settings"] == {"usage_threshold_percent": 80, "credits_low_threshold": 1000}
+    # The secret is shown once.
+    got = user(gw).get(f"/v1/webhooks/{hook['id']}").json()
+    assert "secret" not in got
+    assert hook["id"] in [h["id"] for h in user(gw).get("/v1/webhooks").json()["data"]]
+
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    assert r.status_code == 202, r.text
+    event_id = r.json()["event_id"]
+    [req] = receiver.wait(1)
+    assert req["headers"]["webhook-id"] == event_id
+    payload = verify(hook["secret"], req)
+    assert payload["type"] == "webhook.test"
+    assert payload["data"]["webhook_id"] == hook["id"]
+    assert payload["timestamp"].endswith("Z")
+    # A wrong secret does not verify.
+    with pytest.raises(Exception):
+        verify("whsec_" + "A" * 43 + "=", req)
+
+    # The attempt is listed.
+    deadline = time.monotonic() + 5
+    while True:
+        d = user(gw).get(f"/v1/webhooks/{hook['id']}/deliveries").json()["data"]
+        if d:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert d[0]["event_id"] == event_id
+    assert d[0]["status_code"] == 200
+    assert d[0]["state"] == "succeeded"
+    assert d[0]["event_type"] == "webhook.test"
+
+
+def test_failures_are_retried_with_the_same_webhook_id(gw, receiver):
+    receiver.answers = [500]
+    hook = create(gw, receiver.url)
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    assert r.status_code == 202
+    first, second = receiver.wait(2, timeout=30)
+    assert first["headers"]["webhook-id"] == second["headers"]["webhook-id"]
+    # The first retry waits about 5 s.
+    assert second["at"] - first["at"] >= 4.5
+    verify(hook["secret"], second)
+    d = user(gw).get(f"/v1/webhooks/{hook['id']}/deliveries").json()["data"]
+    assert [a["status_code"] for a in d[:2]] == [200, 500], d
+    assert d[1]["error"] == "HTTP 500"
+
+
+def test_410_disables_the_endpoint_and_says_why(gw, receiver):
+    receiver.answers = [410]
+    hook = create(gw, receiver.url)
+    user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    receiver.wait(1)
+    deadline = time.monotonic() + 5
+    while True:
+        got = user(gw).get(f"/v1/webhooks/{hook['id']}").json()
+        if not got["active"]:
+            break
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+    assert "410" in got["disabled_reason"]
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    assert r.status_code == 400, r.text
+    # Re-activated, it delivers again.
+    r = user(gw).patch(f"/v1/webhooks/{hook['id']}", json={"active": True})
+    assert r.status_code == 200 and r.json()["active"] is True and "disabled_reason" not in r.json()
+    assert user(gw).post(f"/v1/webhooks/{hook['id']}/test").status_code == 202
+    receiver.wait(2)
+
+
+def test_rotation_signs_with_both_secrets_for_the_overlap(gw, receiver):
+    hook = create(gw, receiver.url)
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/rotate-secret")
+    assert r.status_code == 200, r.text
+    new = r.json()["secret"]
+    assert new != hook["secret"]
+    user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    [req] = receiver.wait(1)
+    assert len(req["headers"]["webhook-signature"].split(" ")) == 2
+    verify(new, req)
+    verify(hook["secret"], req)
+
+
+def test_a_given_secret_is_used(gw, receiver):
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    hook = create(gw, receiver.url, secret=secret)
+    assert hook["secret"] == secret
+    user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    [req] = receiver.wait(1)
+    verify(secret, req)
+
+
+def test_manual_retry_of_a_delivery(gw, receiver):
+    hook = create(gw, receiver.url)
+    user(gw).post(f"/v1/webhooks/{hook['id']}/test")
+    [first] = receiver.wait(1)
+    deadline = time.monotonic() + 5
+    while not (d := user(gw).get(f"/v1/webhooks/{hook['id']}/deliveries").json()["data"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/deliveries/{d[0]['delivery_id']}/retry")
+    assert r.status_code == 202, r.text
+    _, again = receiver.wait(2)
+    assert again["headers"]["webhook-id"] == first["headers"]["webhook-id"]
+    r = user(gw).post(f"/v1/webhooks/{hook['id']}/deliveries/whd_nope/retry")
+    assert r.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"url": "ftp://example.com/x", "events": ["credits.low"]}, "url"),
+        ({"url": "not a url", "events": ["credits.low"]}, "url"),
+        ({"events": ["credits.low"]}, "url"),
+        ({"url": "https://93.184.215.14/x", "events": ["usage.nope"]}, "events"),
+        ({"url": "https://93.184.215.14/x", "events": []}, "events"),
+        ({"url": "https://93.184.215.14/x", "events": ["credits.low"],
+          "settings": {"usage_threshold_percent": 0}}, "settings.usage_threshold_percent"),
+        ({"url": "https://93.184.215.14/x", "events": ["credits.low"],
+          "settings": {"usage_threshold_percent": [50, 101]}}, "settings.usage_threshold_percent"),
+        ({"url": "https://93.184.215.14/x", "events": ["credits.low"],
+          "settings": {"credits_low_threshold": -1}}, "settings.credits_low_threshold"),
+        ({"url": "https://93.184.215.14/x", "events": ["credits.low"], "secret": "hunter2"},
+         "secret"),
+    ],
+)
+def test_bad_bodies_get_400_naming_the_field_and_create_nothing(gateway, body, param):
+    c = user(gateway)
+    before = c.get("/v1/webhooks").json()["data"]
+    r = c.post("/v1/webhooks", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param, r.text
+    assert c.get("/v1/webhooks").json()["data"] == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/x", "http://169.254.169.254/latest/meta-data", "http://[::1]/x",
+     "http://10.0.0.5/x", "http://localhost/x"],
+)
+def test_private_targets_are_refused_by_default(gateway, url):
+    r = user(gateway).post("/v1/webhooks", json={"url": url, "events": ["credits.low"]})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "url"
+    assert "allow_private_targets" in err["message"]
+
+
+def test_another_accounts_webhook_is_404_in_both_shapes(gw, receiver):
+    hook = create(gw, receiver.url)
+    other_account = gw.create_account("webhook-other")
+    other = gw.create_key("other", account_id=other_account)["key"]
+    bearer = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {other}"})
+    for method, path in [("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/test"),
+                         ("GET", "/deliveries"), ("POST", "/rotate-secret")]:
+        r = bearer.request(method, f"/v1/webhooks/{hook['id']}{path}", json={})
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"]["code"] == "not_found"
+    anthropic = httpx.Client(
+        base_url=gw.url, headers={"x-api-key": other, "anthropic-version": "2023-06-01"}
+    )
+    r = anthropic.get(f"/v1/webhooks/{hook['id']}")
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "not_found_error"
+    # Still there for its owner; deleted by its owner.
+    assert user(gw).get(f"/v1/webhooks/{hook['id']}").status_code == 200
+    assert user(gw).delete(f"/v1/webhooks/{hook['id']}").status_code == 200
+    assert user(gw).get(f"/v1/webhooks/{hook['id']}").status_code == 404
