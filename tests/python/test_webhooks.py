@@ -5,6 +5,7 @@ and validation errors naming the field."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -264,3 +265,55 @@ def test_another_accounts_webhook_is_404_in_both_shapes(gw, receiver):
     assert user(gw).get(f"/v1/webhooks/{hook['id']}").status_code == 200
     assert user(gw).delete(f"/v1/webhooks/{hook['id']}").status_code == 200
     assert user(gw).get(f"/v1/webhooks/{hook['id']}").status_code == 404
+
+
+def test_key_credit_and_depletion_events(gw, receiver):
+    account = gw.create_account("webhook-events")
+    admin = gw.admin
+    r = admin.post(
+        f"/v1/webhooks?account_id={account}",
+        json={"url": receiver.url, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+              "events": ["api_key.created", "api_key.revoked", "credits.granted",
+                         "credits.depleted"]},
+    )
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+
+    def events(n):
+        reqs = receiver.wait(n)
+        return [verify(secret, q) for q in reqs]
+
+    key = gw.create_key("evented", account_id=account)
+    [created] = events(1)
+    assert created["type"] == "api_key.created"
+    assert created["data"]["key_id"] == key["id"]
+    assert created["data"]["account_id"] == account
+    assert key["key"] not in json.dumps(created), "the secret is never sent"
+
+    # No credits: refused twice, depleted once.
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key['key']}"}, timeout=30)
+    for _ in range(2):
+        assert c.post("/v1/chat/completions", json=chat).status_code == 402
+    [_, depleted] = events(2)
+    assert depleted["type"] == "credits.depleted"
+    assert depleted["data"]["credits_remaining"] == 0
+
+    g = admin.post(f"/admin/accounts/{account}/credits", json={"amount_usd": "0.000001"})
+    assert g.status_code == 201, g.text
+    [*_, granted] = events(3)
+    assert granted["type"] == "credits.granted"
+    assert granted["data"]["amount_nanos"] == 1000
+    assert granted["data"]["kind"] == "grant"
+
+    # A new grant epoch: depleted again, once.
+    assert c.post("/v1/chat/completions", json=chat).status_code == 402
+    [*_, again] = events(4)
+    assert again["type"] == "credits.depleted"
+
+    gw.revoke_key(key["id"])
+    [*_, revoked] = events(5)
+    assert revoked["type"] == "api_key.revoked"
+    assert revoked["data"]["key_id"] == key["id"]
+    time.sleep(0.5)
+    assert len(receiver.requests) == 5, [json.loads(q["body"])["type"] for q in receiver.requests]

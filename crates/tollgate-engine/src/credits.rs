@@ -52,6 +52,8 @@ struct Book {
     credited: i64,
     synced: std::time::Instant,
     refreshing: bool,
+    /// The grant epoch (`credited`) a `credits.depleted` was sent for.
+    depleted_for: Option<i64>,
 }
 
 /// The most an account may ever be credited in total (grants + refunds), nano-USD: a quarter of
@@ -151,6 +153,8 @@ pub struct Credits {
     /// Serializes loading books and applying grants, so a grant is never both read from the
     /// store by a load and added in memory.
     load_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Where `credits.granted` / `credits.depleted` go, once the engine has set it.
+    outbox: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// Money held for one request in flight. Dropped without `settle` (the request failed before
@@ -229,6 +233,7 @@ impl Credits {
         lease_secs: u64,
     ) -> Self {
         Self {
+            outbox: std::sync::OnceLock::new(),
             store,
             cfg,
             clock,
@@ -329,6 +334,11 @@ impl Credits {
         Ok(())
     }
 
+    /// Sends credit events to webhooks from now on.
+    pub fn set_outbox(&self, outbox: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.outbox.set(outbox);
+    }
+
     pub fn config(&self) -> &CreditsConfig {
         &self.cfg
     }
@@ -371,6 +381,7 @@ impl Credits {
             credited: totals.grants_nanos.saturating_add(totals.refunds_nanos),
             synced: std::time::Instant::now(),
             refreshing: false,
+            depleted_for: None,
         }));
         self.books
             .write()
@@ -439,6 +450,19 @@ impl Credits {
                 // The lease ran out while the database is away: that, not the balance, is why.
                 if let Some(e) = store_away {
                     return Err(e);
+                }
+                if b.depleted_for != Some(b.credited) {
+                    b.depleted_for = Some(b.credited);
+                    if let Some(o) = self.outbox.get() {
+                        o.emit_later(vec![crate::webhooks::events::credits_depleted(
+                            account_id,
+                            b.credited,
+                            available,
+                            least,
+                            self.cfg.per_usd,
+                            self.clock.now_ms(),
+                        )]);
+                    }
                 }
                 return Err(DomainError::new(
                     Code::InsufficientBalance,
@@ -559,12 +583,26 @@ impl Credits {
         let (entry, created) = self.store.add_credit(entry).await.map_err(conflict)?;
         if created {
             // Leased: the grant went to the account's pool in the store, for any replica.
-            let mut b = book.lock();
-            match &mut b.lease {
-                None => b.balance = b.balance.saturating_add(amount_nanos),
-                Some(l) => l.shown = l.shown.saturating_add(amount_nanos),
+            let balance = {
+                let mut b = book.lock();
+                match &mut b.lease {
+                    None => b.balance = b.balance.saturating_add(amount_nanos),
+                    Some(l) => l.shown = l.shown.saturating_add(amount_nanos),
+                }
+                b.credited = b.credited.saturating_add(amount_nanos);
+                match &b.lease {
+                    None => b.balance,
+                    Some(l) => l.shown,
+                }
+            };
+            if let Some(o) = self.outbox.get() {
+                let e = crate::webhooks::events::credits_granted(
+                    &entry,
+                    self.cfg.per_usd,
+                    Some(balance),
+                );
+                o.emit_logged(vec![e]).await;
             }
-            b.credited = b.credited.saturating_add(amount_nanos);
         }
         Ok((entry, created))
     }

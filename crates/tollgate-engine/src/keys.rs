@@ -30,6 +30,8 @@ struct Cached {
 const STALE_KEY_MAX: Duration = Duration::from_secs(300);
 
 pub struct KeyService {
+    /// Where `api_key.created` / `api_key.revoked` go, once the engine has set it.
+    outbox: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
     store: Arc<dyn Store>,
     clock: SharedClock,
     prefix: String,
@@ -63,6 +65,7 @@ fn random_secret(prefix: &str) -> String {
 impl KeyService {
     pub fn new(store: Arc<dyn Store>, clock: SharedClock, prefix: String, ttl: Duration) -> Self {
         Self {
+            outbox: std::sync::OnceLock::new(),
             store,
             clock,
             prefix,
@@ -203,6 +206,10 @@ impl KeyService {
             limits,
         };
         self.store.create_key(record.clone()).await?;
+        if let Some(o) = self.outbox.get() {
+            o.emit_logged(vec![crate::webhooks::events::key_created(&record)])
+                .await;
+        }
         Ok(IssuedKey {
             record,
             key: secret,
@@ -211,7 +218,17 @@ impl KeyService {
 
     pub async fn revoke(&self, key_id: &str) -> Result<ApiKeyRecord, DomainError> {
         let found = self.store.revoke_key(key_id, self.clock.now_ms()).await?;
-        self.changed(key_id, found).await
+        let key = self.changed(key_id, found).await?;
+        if let Some(o) = self.outbox.get() {
+            let e = crate::webhooks::events::key_revoked(&key, self.clock.now_ms());
+            o.emit_logged(vec![e]).await;
+        }
+        Ok(key)
+    }
+
+    /// Sends key events to webhooks from now on.
+    pub fn set_outbox(&self, outbox: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.outbox.set(outbox);
     }
 
     /// After a key was changed in the store (`found`: it existed): drop it from the cache at

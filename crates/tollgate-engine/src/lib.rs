@@ -145,6 +145,8 @@ impl Engine {
             config.webhooks.clone(),
         ));
         webhooks.start_dispatcher();
+        keys.set_outbox(webhooks.clone());
+        credits.set_outbox(webhooks.clone());
         Ok((
             Self {
                 config,

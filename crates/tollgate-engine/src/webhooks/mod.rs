@@ -4,6 +4,7 @@
 //! allowed (`guard.rs`).
 
 mod dispatch;
+pub mod events;
 pub mod guard;
 pub mod sign;
 
@@ -498,6 +499,20 @@ impl Webhooks {
             self.wake.notify_one();
         }
         Ok(n)
+    }
+
+    /// Writes events a change caused, after that change committed. Logged, never failing the
+    /// change (not yet in the change's own transaction: a crash between the two loses them).
+    pub async fn emit_logged(&self, events: Vec<Event>) {
+        if let Err(e) = self.emit(events).await {
+            tracing::warn!(error = %e.message, "could not write webhook events");
+        }
+    }
+
+    /// As `emit_logged`, without waiting (from a request's path).
+    pub fn emit_later(self: &Arc<Self>, events: Vec<Event>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.emit_logged(events).await });
     }
 
     /// Starts delivering (one dispatcher per process; replicas share the outbox).

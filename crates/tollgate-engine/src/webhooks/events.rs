@@ -1,0 +1,93 @@
+//! The events other services emit, with their payloads (`data`). Amounts are in credits, as
+//! everywhere in the LLMHub API, with the exact nano-USD beside them.
+
+use tollgate_core::account::ApiKeyRecord;
+use tollgate_core::credit::{CreditEntry, CreditKind};
+use tollgate_core::id::new_id;
+use tollgate_core::money::nanos_to_credits;
+use tollgate_core::webhook::{Event, EventType};
+
+use super::iso;
+
+fn event(account_id: &str, kind: EventType, data: serde_json::Value, now_ms: i64) -> Event {
+    Event::new(new_id("evt", 12), account_id, kind, data, now_ms)
+}
+
+pub fn key_created(k: &ApiKeyRecord) -> Event {
+    event(
+        &k.account_id,
+        EventType::ApiKeyCreated,
+        serde_json::json!({
+            "account_id": k.account_id,
+            "key_id": k.id,
+            "name": k.name,
+            "role": k.role.as_str(),
+            "last4": k.last4,
+            "created_at": iso(k.created_at_ms),
+        }),
+        k.created_at_ms,
+    )
+}
+
+pub fn key_revoked(k: &ApiKeyRecord, now_ms: i64) -> Event {
+    let mut e = event(
+        &k.account_id,
+        EventType::ApiKeyRevoked,
+        serde_json::json!({
+            "account_id": k.account_id,
+            "key_id": k.id,
+            "name": k.name,
+            "revoked_at": iso(k.revoked_at_ms.unwrap_or(now_ms)),
+        }),
+        now_ms,
+    );
+    // A key is revoked once, whoever asks twice.
+    e.dedupe_key = Some(format!("api_key.revoked:{}", k.id));
+    e
+}
+
+/// `credits.granted`, for grants and refunds alike (`kind` says which).
+pub fn credits_granted(entry: &CreditEntry, per_usd: i64, balance_nanos: Option<i64>) -> Event {
+    let mut e = event(
+        &entry.account_id,
+        EventType::CreditsGranted,
+        serde_json::json!({
+            "account_id": entry.account_id,
+            "credit_id": entry.id,
+            "kind": match entry.kind { CreditKind::Grant => "grant", CreditKind::Refund => "refund" },
+            "amount_credits": nanos_to_credits(entry.amount_nanos, per_usd),
+            "amount_nanos": entry.amount_nanos,
+            "balance_credits": balance_nanos.map(|b| nanos_to_credits(b, per_usd)),
+            "note": entry.note,
+            "created_at": iso(entry.created_at_ms),
+        }),
+        entry.created_at_ms,
+    );
+    e.dedupe_key = Some(format!("credits.granted:{}", entry.id));
+    e
+}
+
+/// `credits.depleted`: once per grant epoch (`credited_nanos`: grants + refunds so far, which
+/// every grant changes).
+pub fn credits_depleted(
+    account_id: &str,
+    credited_nanos: i64,
+    available_nanos: i64,
+    needed_nanos: i64,
+    per_usd: i64,
+    now_ms: i64,
+) -> Event {
+    let mut e = event(
+        account_id,
+        EventType::CreditsDepleted,
+        serde_json::json!({
+            "account_id": account_id,
+            "reason": "a request was refused for insufficient balance",
+            "credits_remaining": nanos_to_credits(available_nanos.max(0), per_usd),
+            "credits_needed": nanos_to_credits(needed_nanos, per_usd),
+        }),
+        now_ms,
+    );
+    e.dedupe_key = Some(format!("credits.depleted:{credited_nanos}"));
+    e
+}
