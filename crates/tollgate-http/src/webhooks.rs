@@ -116,6 +116,8 @@ async fn rotate(
     State(s): State<SharedState>,
     q: UsageQuery,
     Path(id): Path<String>,
+    // Read (and bounded, 413 past the limit) though unused: every POST treats bodies alike.
+    LimitedBody(_body): LimitedBody,
 ) -> Result<Response, ApiError> {
     let who = reach(&s, &q).await?;
     Ok(Json(s.engine.webhooks.rotate_secret(who.as_deref(), &id).await?).into_response())
@@ -125,6 +127,8 @@ async fn test(
     State(s): State<SharedState>,
     q: UsageQuery,
     Path(id): Path<String>,
+    // Read (and bounded, 413 past the limit) though unused: every POST treats bodies alike.
+    LimitedBody(_body): LimitedBody,
 ) -> Result<Response, ApiError> {
     let who = reach(&s, &q).await?;
     let queued = s.engine.webhooks.test(who.as_deref(), &id).await?;
@@ -150,6 +154,8 @@ async fn retry(
     State(s): State<SharedState>,
     q: UsageQuery,
     Path((id, delivery_id)): Path<(String, String)>,
+    // Read (and bounded, 413 past the limit) though unused: every POST treats bodies alike.
+    LimitedBody(_body): LimitedBody,
 ) -> Result<Response, ApiError> {
     let who = reach(&s, &q).await?;
     let queued = s
