@@ -317,3 +317,40 @@ def test_key_credit_and_depletion_events(gw, receiver):
     assert revoked["data"]["key_id"] == key["id"]
     time.sleep(0.5)
     assert len(receiver.requests) == 5, [json.loads(q["body"])["type"] for q in receiver.requests]
+
+
+def test_balance_thresholds_fire_once_each(gw, receiver):
+    account = gw.create_account("webhook-thresholds", grant_usd="0.0002")  # 200,000 nano-USD
+    r = gw.admin.post(
+        f"/v1/webhooks?account_id={account}",
+        json={"url": receiver.url,
+              "events": ["usage.threshold", "credits.low", "credits.depleted"],
+              "settings": {"usage_threshold_percent": [25, 50], "credits_low_threshold": 120}},
+    )
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    key = gw.create_key("thresholds", account_id=account)["key"]
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    statuses = []
+    for _ in range(200):
+        s = c.post("/v1/chat/completions", json=chat).status_code
+        statuses.append(s)
+        if s == 402:
+            break
+    assert statuses[-1] == 402 and statuses.count(200) > 10, statuses
+    # A second refusal in the same epoch adds nothing.
+    assert c.post("/v1/chat/completions", json=chat).status_code == 402
+    time.sleep(1.5)
+    got = [verify(secret, q) for q in receiver.requests]
+    kinds = [(e["type"], e["data"].get("threshold_percent")) for e in got]
+    assert sorted(kinds, key=str) == sorted(
+        [("usage.threshold", 25), ("usage.threshold", 50), ("credits.low", None),
+         ("credits.depleted", None)], key=str), kinds
+    t50 = next(e for e in got if e["data"].get("threshold_percent") == 50)
+    assert t50["data"]["percent_used"] >= 50
+    assert t50["data"]["credits_used"] + t50["data"]["credits_remaining"] in range(195, 201)
+    low = next(e for e in got if e["type"] == "credits.low")
+    assert low["data"]["credits_remaining"] < 120
+    assert low["data"]["credits_low_threshold"] == 120

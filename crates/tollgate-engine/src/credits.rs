@@ -54,6 +54,9 @@ struct Book {
     refreshing: bool,
     /// The grant epoch (`credited`) a `credits.depleted` was sent for.
     depleted_for: Option<i64>,
+    /// Charged by this process since the last grant or refund it saw.
+    epoch_spent: i64,
+    account_id: Arc<str>,
 }
 
 /// The most an account may ever be credited in total (grants + refunds), nano-USD: a quarter of
@@ -97,6 +100,15 @@ impl LeaseState {
 }
 
 impl Book {
+    /// The balance as shown, with the grant epoch, for balance-driven webhook events.
+    fn position(&self) -> crate::webhooks::Position {
+        crate::webhooks::Position {
+            balance_nanos: self.lease.as_ref().map_or(self.balance, |l| l.shown),
+            epoch_spent_nanos: self.epoch_spent,
+            credited_nanos: self.credited,
+        }
+    }
+
     /// What may still be held: balance (or lease) minus holds. A lease past its validity holds
     /// nothing more until a renewal confirms it.
     fn available(&self) -> i64 {
@@ -163,6 +175,8 @@ pub struct Hold {
     book: Arc<Mutex<Book>>,
     amount: i64,
     done: bool,
+    /// Where the charge's balance crossings go (`credits.low`, `usage.threshold`).
+    watch: Option<(Arc<crate::webhooks::Webhooks>, Arc<str>)>,
 }
 
 impl Hold {
@@ -174,13 +188,21 @@ impl Hold {
     /// Releases the hold and debits `charge`. Returns what the account has available after.
     pub fn settle(mut self, charge: i64) -> i64 {
         self.done = true;
-        let mut b = self.book.lock();
-        b.held = b.held.saturating_sub(self.amount);
-        b.balance = b.balance.saturating_sub(charge);
-        if let Some(l) = &mut b.lease {
-            l.shown = l.shown.saturating_sub(charge);
+        let (available, before, after) = {
+            let mut b = self.book.lock();
+            let before = b.position();
+            b.held = b.held.saturating_sub(self.amount);
+            b.balance = b.balance.saturating_sub(charge);
+            if let Some(l) = &mut b.lease {
+                l.shown = l.shown.saturating_sub(charge);
+            }
+            b.epoch_spent = b.epoch_spent.saturating_add(charge);
+            (b.shown_available(), before, b.position())
+        };
+        if let (Some((hooks, account)), true) = (&self.watch, charge > 0) {
+            hooks.on_charge(account, before, after);
         }
-        b.shown_available()
+        available
     }
 }
 
@@ -382,6 +404,8 @@ impl Credits {
             synced: std::time::Instant::now(),
             refreshing: false,
             depleted_for: None,
+            epoch_spent: 0,
+            account_id: Arc::from(account_id),
         }));
         self.books
             .write()
@@ -482,12 +506,14 @@ impl Credits {
         }
         b.held = b.held.saturating_add(amount);
         let after = b.shown_available();
+        let account = b.account_id.clone();
         drop(b);
         Ok((
             Hold {
                 book: book.clone(),
                 amount,
                 done: false,
+                watch: self.outbox.get().map(|o| (o.clone(), account.clone())),
             },
             after,
         ))
@@ -590,6 +616,7 @@ impl Credits {
                     Some(l) => l.shown = l.shown.saturating_add(amount_nanos),
                 }
                 b.credited = b.credited.saturating_add(amount_nanos);
+                b.epoch_spent = 0;
                 match &b.lease {
                     None => b.balance,
                     Some(l) => l.shown,
@@ -645,6 +672,9 @@ impl Credits {
                     Some(l) => l.shown = t.balance_nanos(),
                 }
                 b.credited = b.credited.saturating_add(delta);
+                if delta != 0 {
+                    b.epoch_spent = 0;
+                }
             }
         });
     }

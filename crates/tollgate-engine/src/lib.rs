@@ -143,6 +143,7 @@ impl Engine {
             clock.clone(),
             sealing_key(&config)?,
             config.webhooks.clone(),
+            config.credits.per_usd,
         ));
         webhooks.start_dispatcher();
         keys.set_outbox(webhooks.clone());

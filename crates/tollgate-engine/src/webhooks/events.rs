@@ -8,6 +8,7 @@ use tollgate_core::money::nanos_to_credits;
 use tollgate_core::webhook::{Event, EventType};
 
 use super::iso;
+use super::watch::Position;
 
 fn event(account_id: &str, kind: EventType, data: serde_json::Value, now_ms: i64) -> Event {
     Event::new(new_id("evt", 12), account_id, kind, data, now_ms)
@@ -90,4 +91,53 @@ pub fn credits_depleted(
     );
     e.dedupe_key = Some(format!("credits.depleted:{credited_nanos}"));
     e
+}
+
+/// `usage.threshold` for the credit epoch: `used_bp` hundredths of a percent of the credits
+/// since the last grant are used.
+pub fn usage_threshold(
+    account_id: &str,
+    percent: u8,
+    used_bp: i64,
+    at: Position,
+    per_usd: i64,
+    now_ms: i64,
+) -> Event {
+    event(
+        account_id,
+        EventType::UsageThreshold,
+        serde_json::json!({
+            "account_id": account_id,
+            "threshold_percent": percent,
+            // A ratio for people, not money: two decimals.
+            "percent_used": used_bp as f64 / 100.0,
+            "credits_used": nanos_to_credits(at.epoch_spent_nanos, per_usd),
+            "credits_remaining": nanos_to_credits(at.balance_nanos.max(0), per_usd),
+            "period": "since_last_grant",
+            "period_start": null,
+            "period_end": null,
+        }),
+        now_ms,
+    )
+}
+
+/// `credits.low`: the balance fell below the endpoint's `credits_low_threshold`.
+pub fn credits_low(
+    account_id: &str,
+    threshold_nanos: i64,
+    at: Position,
+    per_usd: i64,
+    now_ms: i64,
+) -> Event {
+    event(
+        account_id,
+        EventType::CreditsLow,
+        serde_json::json!({
+            "account_id": account_id,
+            "credits_low_threshold": nanos_to_credits(threshold_nanos, per_usd),
+            "credits_remaining": nanos_to_credits(at.balance_nanos.max(0), per_usd),
+            "balance_nanos": at.balance_nanos,
+        }),
+        now_ms,
+    )
 }

@@ -7,6 +7,9 @@ mod dispatch;
 pub mod events;
 pub mod guard;
 pub mod sign;
+mod watch;
+
+pub use watch::Position;
 
 use std::sync::Arc;
 
@@ -215,6 +218,10 @@ pub struct Webhooks {
     cfg: WebhooksConfig,
     /// Wakes the dispatcher when an event is written.
     wake: Arc<Notify>,
+    /// `credits.per_usd`: event amounts are in credits.
+    per_usd: i64,
+    /// What each account's endpoints watch for (`watch.rs`).
+    watches: watch::Watches,
 }
 
 impl Webhooks {
@@ -224,6 +231,7 @@ impl Webhooks {
         clock: SharedClock,
         key: Option<[u8; 32]>,
         cfg: WebhooksConfig,
+        per_usd: i64,
     ) -> Self {
         Self {
             store,
@@ -231,6 +239,8 @@ impl Webhooks {
             cipher: key.map(|k| ChaCha20Poly1305::new(Key::from_slice(&k))),
             cfg,
             wake: Arc::new(Notify::new()),
+            per_usd,
+            watches: watch::Watches::default(),
         }
     }
 
@@ -331,6 +341,7 @@ impl Webhooks {
             created_at_ms: self.clock.now_ms(),
         };
         self.store.create_webhook(w.clone()).await?;
+        self.watches.forget(account_id);
         Ok(view(&w, Some(secret)))
     }
 
@@ -407,12 +418,14 @@ impl Webhooks {
         if !self.store.update_webhook(w.clone()).await? {
             return Err(DomainError::not_found(format!("no webhook {id}")));
         }
+        self.watches.forget(&w.account_id);
         Ok(view(&w, None))
     }
 
     pub async fn delete(&self, account_id: Option<&str>, id: &str) -> Result<(), DomainError> {
-        self.owned(account_id, id).await?;
+        let w = self.owned(account_id, id).await?;
         self.store.delete_webhook(id).await?;
+        self.watches.forget(&w.account_id);
         Ok(())
     }
 
