@@ -8,7 +8,16 @@ use tollgate_core::money::nanos_to_credits;
 use tollgate_core::webhook::{Event, EventType};
 
 use super::iso;
-use super::watch::Position;
+
+/// An account's credit position at one instant, as this process sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    pub balance_nanos: i64,
+    /// Spent since the current grant epoch began (as seen by this process).
+    pub epoch_spent_nanos: i64,
+    /// Grants + refunds so far: names the grant epoch.
+    pub credited_nanos: i64,
+}
 
 fn event(account_id: &str, kind: EventType, data: serde_json::Value, now_ms: i64) -> Event {
     Event::new(new_id("evt", 12), account_id, kind, data, now_ms)

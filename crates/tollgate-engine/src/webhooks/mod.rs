@@ -9,7 +9,7 @@ pub mod guard;
 pub mod sign;
 mod watch;
 
-pub use watch::Position;
+pub use events::Position;
 
 use std::sync::Arc;
 

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use tollgate_core::webhook::{Event, EventType};
 
-use super::{events, Webhooks};
+use super::events::{self, Position};
+use super::Webhooks;
 
 const WATCH_TTL: Duration = Duration::from_secs(2);
 
@@ -31,16 +32,6 @@ pub(crate) struct Watched {
 pub(crate) struct Watch {
     pub hooks: Vec<Watched>,
     loaded: Instant,
-}
-
-/// An account's credit position at one instant, as this process sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct Position {
-    pub balance_nanos: i64,
-    /// Spent since the current grant epoch began (as seen by this process).
-    pub epoch_spent_nanos: i64,
-    /// Grants + refunds so far: names the grant epoch.
-    pub credited_nanos: i64,
 }
 
 /// Percent of the epoch's credits used, in hundredths of a percent.
