@@ -22,3 +22,4 @@ mod stale;
 mod store_copy;
 mod upstream_limits;
 mod usage;
+mod webhooks;
