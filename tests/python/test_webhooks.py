@@ -354,3 +354,33 @@ def test_balance_thresholds_fire_once_each(gw, receiver):
     low = next(e for e in got if e["type"] == "credits.low")
     assert low["data"]["credits_remaining"] < 120
     assert low["data"]["credits_low_threshold"] == 120
+
+
+def test_rate_limit_refusals_are_coalesced_per_key_and_minute(gw, receiver):
+    account = gw.create_account("webhook-ratelimit", grant_usd="1")
+    r = gw.admin.post(f"/v1/webhooks?account_id={account}",
+                      json={"url": receiver.url, "events": ["rate_limit.exceeded"]})
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    # Start early in a UTC minute, so the burst stays in one.
+    if time.time() % 60 > 50:
+        time.sleep(61 - time.time() % 60)
+    k = gw.admin.post(f"/admin/accounts/{account}/keys",
+                      json={"name": "limited", "limits": {"rpm_limit": 2}})
+    assert k.status_code == 201, k.text
+    key, key_id = k.json()["key"], k.json()["id"]
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    statuses = [c.post("/v1/chat/completions", json=chat).status_code for _ in range(5)]
+    assert statuses == [200, 200, 429, 429, 429], statuses
+    # One event, at the minute's end, with the count.
+    [req] = receiver.wait(1, timeout=70)
+    e = verify(secret, req)
+    assert e["type"] == "rate_limit.exceeded"
+    assert e["data"]["key_id"] == key_id
+    assert e["data"]["limit"] == "requests_per_minute"
+    assert e["data"]["limit_value"] == 2
+    assert e["data"]["refused_count"] == 3
+    time.sleep(0.5)
+    assert len(receiver.requests) == 1

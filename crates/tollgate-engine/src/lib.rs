@@ -148,6 +148,7 @@ impl Engine {
         webhooks.start_dispatcher();
         keys.set_outbox(webhooks.clone());
         credits.set_outbox(webhooks.clone());
+        limiter.set_outbox(webhooks.clone());
         Ok((
             Self {
                 config,

@@ -87,6 +87,9 @@ pub struct Limiter {
     keys: Arc<Keys>,
     auth_failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
     auth_failures_per_minute: u32,
+    /// Refusals per key and limit in the current minute, for `rate_limit.exceeded`.
+    refusals: Arc<Mutex<HashMap<(String, QuotaKind), (i64, u64)>>>,
+    outbox: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// A request admitted under its key's limits; settle it with the real tokens and cost.
@@ -267,6 +270,8 @@ impl Limiter {
             keys: Arc::new(Mutex::new(HashMap::new())),
             auth_failures: Mutex::new(HashMap::new()),
             auth_failures_per_minute,
+            refusals: Arc::new(Mutex::new(HashMap::new())),
+            outbox: std::sync::OnceLock::new(),
         }
     }
 
@@ -351,6 +356,10 @@ impl Limiter {
                 .await
             {
                 Err(AdmitError::Refused(e)) => return Err(e),
+                Err(AdmitError::Limited(kind, e)) => {
+                    self.note_refusal(caller, kind, &w);
+                    return Err(e);
+                }
                 Ok(permit) => return Ok(permit),
                 // The shared store is away: each replica enforces the limits on its own until
                 // it is back (N replicas may then admit up to N× a limit).
@@ -358,6 +367,64 @@ impl Limiter {
             }
         }
         self.admit_local(l, &entry, &w, max_cost_nanos)
+            .map_err(|Refusal::Limited(kind, e)| {
+                self.note_refusal(caller, kind, &w);
+                e
+            })
+    }
+
+    /// Counts a refusal for `rate_limit.exceeded`: the first in a key's limit and minute
+    /// schedules one event for the minute's end, carrying how many were refused in it.
+    fn note_refusal(&self, caller: &Caller, kind: QuotaKind, w: &Windows) {
+        let Some(outbox) = self.outbox.get() else {
+            return;
+        };
+        let slot = (caller.key_id.clone(), kind);
+        let first = {
+            let mut map = self.refusals.lock();
+            if map.len() > 100_000 {
+                map.retain(|_, (m, _)| *m == w.minute_start);
+            }
+            let e = map.entry(slot.clone()).or_insert((w.minute_start, 0));
+            if e.0 != w.minute_start {
+                *e = (w.minute_start, 0);
+            }
+            e.1 += 1;
+            e.1 == 1
+        };
+        if !first {
+            return;
+        }
+        let (outbox, refusals, clock) = (outbox.clone(), self.refusals.clone(), self.clock.clone());
+        let (account, limits, minute) = (
+            caller.account_id.clone(),
+            caller.limits.clone(),
+            w.minute_start,
+        );
+        tokio::spawn(async move {
+            let wait = (minute + MINUTE_MS - clock.now_ms()).clamp(0, MINUTE_MS);
+            tokio::time::sleep(Duration::from_millis(wait as u64 + 50)).await;
+            let count = refusals
+                .lock()
+                .get(&slot)
+                .filter(|(m, _)| *m == minute)
+                .map_or(1, |(_, n)| *n);
+            let e = crate::webhooks::events::rate_limit_exceeded(
+                &account,
+                &slot.0,
+                kind,
+                limit_of(&limits, kind).unwrap_or(0),
+                count,
+                minute,
+                clock.now_ms(),
+            );
+            outbox.emit_logged(vec![e]).await;
+        });
+    }
+
+    /// Sends `rate_limit.exceeded` to webhooks from now on.
+    pub fn set_outbox(&self, outbox: Arc<crate::webhooks::Webhooks>) {
+        let _ = self.outbox.set(outbox);
     }
 
     fn admit_local(
@@ -366,15 +433,21 @@ impl Limiter {
         entry: &KeyEntry,
         w: &Windows,
         max_cost_nanos: i64,
-    ) -> Result<Permit, DomainError> {
+    ) -> Result<Permit, Refusal> {
         let mut s = entry.state.lock();
         roll_minute(&mut s, w);
         let headers = w.headers(l, s.requests, s.tokens);
         if l.rpm_limit.is_some_and(|rpm| s.requests >= rpm) {
-            return Err(w.refusal(QuotaKind::Requests, l, s.spent, headers));
+            return Err(Refusal::Limited(
+                QuotaKind::Requests,
+                w.refusal(QuotaKind::Requests, l, s.spent, headers),
+            ));
         }
         if l.tpm_limit.is_some_and(|tpm| s.tokens >= tpm) {
-            return Err(w.refusal(QuotaKind::Tokens, l, s.spent, headers));
+            return Err(Refusal::Limited(
+                QuotaKind::Tokens,
+                w.refusal(QuotaKind::Tokens, l, s.spent, headers),
+            ));
         }
         let mut spend_hold = 0;
         if let Some(limit) = l.spend_limit_nanos {
@@ -383,7 +456,10 @@ impl Limiter {
                 .saturating_add(max_cost_nanos)
                 > limit
             {
-                return Err(w.refusal(QuotaKind::SpendNanos, l, s.spent, headers));
+                return Err(Refusal::Limited(
+                    QuotaKind::SpendNanos,
+                    w.refusal(QuotaKind::SpendNanos, l, s.spent, headers),
+                ));
             }
             spend_hold = max_cost_nanos;
             s.held += spend_hold;
@@ -456,7 +532,10 @@ impl Limiter {
                 if short.is_some() || rounds >= MAX_ROUNDS {
                     let kind = short.unwrap_or(missing[0].0);
                     let headers = shared_headers(&s, l, w);
-                    return Err(AdmitError::Refused(w.refusal(kind, l, s.spent, headers)));
+                    return Err(AdmitError::Limited(
+                        kind,
+                        w.refusal(kind, l, s.spent, headers),
+                    ));
                 }
                 missing
             };
@@ -578,7 +657,14 @@ impl Limiter {
 
 enum AdmitError {
     Refused(DomainError),
+    /// A limit refused it.
+    Limited(QuotaKind, DomainError),
     StoreAway,
+}
+
+/// A local refusal, with the limit that made it.
+enum Refusal {
+    Limited(QuotaKind, DomainError),
 }
 
 fn roll_minute(s: &mut KeyState, w: &Windows) {

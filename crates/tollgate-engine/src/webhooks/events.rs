@@ -5,6 +5,7 @@ use tollgate_core::account::ApiKeyRecord;
 use tollgate_core::credit::{CreditEntry, CreditKind};
 use tollgate_core::id::new_id;
 use tollgate_core::money::nanos_to_credits;
+use tollgate_core::store::QuotaKind;
 use tollgate_core::webhook::{Event, EventType};
 
 use super::iso;
@@ -149,4 +150,40 @@ pub fn credits_low(
         }),
         now_ms,
     )
+}
+
+/// `rate_limit.exceeded`: a key's limit refused `count` requests in the minute from
+/// `window_start_ms`; one per key, limit and minute.
+pub fn rate_limit_exceeded(
+    account_id: &str,
+    key_id: &str,
+    kind: QuotaKind,
+    limit: i64,
+    count: u64,
+    window_start_ms: i64,
+    now_ms: i64,
+) -> Event {
+    let name = match kind {
+        QuotaKind::Requests => "requests_per_minute",
+        QuotaKind::Tokens => "tokens_per_minute",
+        QuotaKind::SpendNanos => "spend_nanos",
+    };
+    let mut e = event(
+        account_id,
+        EventType::RateLimitExceeded,
+        serde_json::json!({
+            "account_id": account_id,
+            "key_id": key_id,
+            "limit": name,
+            "limit_value": limit,
+            "refused_count": count,
+            "window_start": iso(window_start_ms),
+            "window_end": iso(window_start_ms + 60_000),
+        }),
+        now_ms,
+    );
+    e.dedupe_key = Some(format!(
+        "rate_limit.exceeded:{key_id}:{name}:{window_start_ms}"
+    ));
+    e
 }
