@@ -80,6 +80,8 @@ struct KeyEntry {
 }
 
 type Keys = Mutex<HashMap<String, Arc<KeyEntry>>>;
+/// Per key and limit: the minute counted, and the refusals in it.
+type Refusals = HashMap<(String, QuotaKind), (i64, u64)>;
 
 pub struct Limiter {
     store: Arc<dyn Store>,
@@ -88,7 +90,7 @@ pub struct Limiter {
     auth_failures: Mutex<HashMap<IpAddr, (i64, u32)>>,
     auth_failures_per_minute: u32,
     /// Refusals per key and limit in the current minute, for `rate_limit.exceeded`.
-    refusals: Arc<Mutex<HashMap<(String, QuotaKind), (i64, u64)>>>,
+    refusals: Arc<Mutex<Refusals>>,
     outbox: std::sync::OnceLock<Arc<crate::webhooks::Webhooks>>,
 }
 
