@@ -323,6 +323,10 @@ for t in "${TG_TARGETS[@]}"; do
 done
 TARGETS=(mock nginx "${TG_TARGETS[@]}")
 is_tollgate() { [[ -n ${TG_PID[$1]:-} ]]; }
+# PostgreSQL transactions in tollgate-pg's database, from here (after provisioning) until it has
+# stopped: how many round trips the requests cost (a transaction is at least one).
+pg_xacts() { pg postgres -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '$PG_DB'"; }
+[[ -n $PG_DB ]] && PG_XACT0=$(pg_xacts)
 
 # Smoke test: each target answers both modes with 200, and SSE ends with [DONE].
 for t in "${TARGETS[@]}"; do
@@ -472,6 +476,8 @@ for t in "${TG_TARGETS[@]}"; do
 	TG_RC[$t]=0
 	wait "${TG_PID[$t]}" 2>/dev/null || TG_RC[$t]=$?
 	if [[ ${TG_STORE[$t]} == postgres ]]; then
+		sleep 1 # backends' statistics reach pg_stat_database when they exit
+		PG_XACTS=$(($(pg_xacts) - PG_XACT0))
 		ROWS[$t]=$(pg "$PG_DB" -c "$Q_ROWS")
 		ROWS_BY_STATUS[$t]=$(pg "$PG_DB" -c "$Q_STATUS" | paste -sd' ' -)
 	else
@@ -588,6 +594,10 @@ REPORT="$WORK/report.md"
 			verdict="MISMATCH: ${ROWS[$tg]} rows for ${TG_COMPLETED[$tg]} responses received / ${TG_SENT[$tg]} sent"
 		fi
 		echo "- $verdict"
+		if [[ ${TG_STORE[$tg]} == postgres ]]; then
+			echo "- PostgreSQL transactions in $PG_DB meanwhile (pg_stat_database): $PG_XACTS," \
+				"$(awk -v x="$PG_XACTS" -v n="${TG_SENT[$tg]}" 'BEGIN { printf "%.4f", n ? x / n : 0 }') per request sent"
+		fi
 		echo
 	done
 } >"$REPORT"
