@@ -14,9 +14,20 @@
 #   BENCH_OUT            also write the Markdown report to this file                 [unset]
 #   BENCH_IDLE_WAIT      seconds to wait for other work on the machine to calm down  [120]
 #   BENCH_IDLE_MAX       ... until it is at most this % busy                         [15]
+#   BENCH_STORES         tollgate stores to measure, space-separated: sqlite postgres [sqlite]
+#   BENCH_PG             PostgreSQL server for the postgres store, as a URL without a database
+#                        name, for a role that may CREATE DATABASE
+#                                                     [postgres://postgres@127.0.0.1:5432]
 #
-# It installs wrk, nginx and sqlite3 with apt-get when they are missing, builds the workspace in
-# release mode, starts everything in a fresh temp dir, and stops everything it started on exit.
+# Each store is its own target: "tollgate" (SQLite, in the temp dir) and "tollgate-pg" (a fresh
+# database tg_bench_<random> created on BENCH_PG for this run and dropped on exit). Both are
+# reported against the nginx measured in the same run. tollgate-pg's CPU per request counts the
+# tollgate process plus the PostgreSQL backends connected to its database (not the server's
+# shared WAL writer or checkpointer); machine busy covers everything.
+#
+# It installs wrk, nginx and sqlite3 (and psql for postgres) with apt-get when they are missing,
+# builds the workspace in release mode, starts everything in a fresh temp dir, and stops
+# everything it started on exit.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,12 +41,18 @@ WARMUP=${BENCH_WARMUP:-2}
 OUTPUT_TOKENS=${BENCH_OUTPUT_TOKENS:-16}
 PIN=${BENCH_PIN:-0}
 KEEP=${BENCH_KEEP:-0}
+STORES=${BENCH_STORES:-sqlite}
+PG_SERVER=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
+PG_SERVER=${PG_SERVER%/}
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() {
 	log "error: $*"
 	exit 1
 }
+for st in $STORES; do
+	[[ $st == sqlite || $st == postgres ]] || die "BENCH_STORES: unknown store $st (sqlite, postgres)"
+done
 
 # ---------------------------------------------------------------- tools
 install_missing() {
@@ -44,6 +61,9 @@ install_missing() {
 	command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
 	command -v sqlite3 >/dev/null || missing+=(sqlite3)
 	command -v curl >/dev/null || missing+=(curl)
+	if [[ " $STORES " == *" postgres "* ]] && ! command -v psql >/dev/null; then
+		missing+=(postgresql-client)
+	fi
 	if [[ $PIN == 1 ]] && ! command -v taskset >/dev/null; then missing+=(util-linux); fi
 	((${#missing[@]} == 0)) && return 0
 	log "installing: ${missing[*]}"
@@ -71,8 +91,14 @@ MOCK="$TARGET_DIR/release/mock-upstream"
 
 # ---------------------------------------------------------------- processes and cleanup
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
-mkdir -p "$WORK/wrk" "$WORK/nginx/tmp" "$WORK/tollgate-data"
+mkdir -p "$WORK/wrk" "$WORK/nginx/tmp"
 PIDS=()
+PG_DB="" # the database created for tollgate-pg, dropped on exit
+pg() { # database psql-args... -> unaligned, tuples only, stops on the first error
+	local db=$1
+	shift
+	psql "$PG_SERVER/$db" -X -q -At -v ON_ERROR_STOP=1 "$@"
+}
 
 stop_pid() { # pid [seconds]: SIGTERM, wait, then SIGKILL
 	local pid=$1 secs=${2:-10} i
@@ -89,6 +115,10 @@ cleanup() {
 	local rc=$? pid
 	trap - EXIT INT TERM
 	for pid in "${PIDS[@]}"; do stop_pid "$pid" 5; done
+	if [[ -n $PG_DB ]]; then
+		pg postgres -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" ||
+			log "could not drop database $PG_DB on $PG_SERVER"
+	fi
 	if [[ $KEEP == 1 || $rc -ne 0 ]]; then
 		log "temp dir kept: $WORK"
 	else
@@ -202,12 +232,18 @@ done
 NGINX_WORKERS=$(pgrep -c -P "$NGINX_PID" || true)
 log "nginx on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $NGINX_WORKERS workers)"
 
-# tollgate, on a fresh data dir.
-DATA="$WORK/tollgate-data"
-cat >"$WORK/tollgate.toml" <<EOF
+# tollgate, once per store, each on a fresh data dir (and, for postgres, a fresh database). The
+# admin key is printed on first start with either store.
+json_field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
+declare -A TG_PID TG_URL TG_KEY TG_DATA TG_STORE
+TG_TARGETS=()
+start_tollgate() { # target store
+	local t=$1 store=$2 dir="$WORK/$1" addr port admin account key code
+	mkdir -p "$dir/data"
+	cat >"$dir/tollgate.toml" <<EOF
 [server]
 listen = "127.0.0.1:0"
-data_dir = "$DATA"
+data_dir = "$dir/data"
 
 [providers.mock]
 kind = "openai"
@@ -215,36 +251,59 @@ base_url = "http://127.0.0.1:$MOCK_PORT/v1"
 api_key = "sk-upstream"
 models = ["gpt-*"]
 EOF
-TOLLGATE_LOG=warn "${SRV[@]}" "$TOLLGATE" serve --config "$WORK/tollgate.toml" \
-	>"$WORK/tollgate.log" 2>&1 &
-TG_PID=$!
-PIDS+=("$TG_PID")
-TG_ADDR=$(wait_for "$WORK/tollgate.log" 'tollgate listening on http://[0-9.]+:[0-9]+' "$TG_PID" tollgate)
-TG_PORT=${TG_ADDR##*:}
-ADMIN_KEY=$(wait_for "$WORK/tollgate.log" 'tg-[A-Za-z0-9]{43}' "$TG_PID" tollgate)
-TG="http://127.0.0.1:$TG_PORT"
-log "tollgate on 127.0.0.1:$TG_PORT (pid $TG_PID)"
+	if [[ $store == postgres ]]; then
+		PG_DB="tg_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+		pg postgres -c "CREATE DATABASE $PG_DB" || die "could not create database $PG_DB on $PG_SERVER"
+		log "created database $PG_DB on $PG_SERVER (dropped on exit)"
+		cat >>"$dir/tollgate.toml" <<EOF
 
-json_field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
-ACCOUNT_ID=$(curl -sf "$TG/admin/accounts" -H "Authorization: Bearer $ADMIN_KEY" \
-	-H 'Content-Type: application/json' -d '{"name":"bench"}' | json_field id)
-[[ -n $ACCOUNT_ID ]] || die "could not create an account"
-USER_KEY=$(curl -sf "$TG/admin/accounts/$ACCOUNT_ID/keys" -H "Authorization: Bearer $ADMIN_KEY" \
-	-H 'Content-Type: application/json' -d '{}' | json_field key)
-[[ -n $USER_KEY ]] || die "could not create a key"
-# Credits are enforced by default (402 without a balance): grant far more than the runs can use,
-# so the benchmark measures the default configuration, balance check included.
-CREDIT_CODE=$(curl -s -o "$WORK/credits.json" -w '%{http_code}' "$TG/admin/accounts/$ACCOUNT_ID/credits" \
-	-H "Authorization: Bearer $ADMIN_KEY" -H 'Content-Type: application/json' \
-	-d '{"amount_usd":"1000000","note":"bench"}')
-case $CREDIT_CODE in
-2*) log "granted the bench account USD 1,000,000 of credits" ;;
-404) log "no credits endpoint in this build; skipping the grant" ;;
-*)
-	cat "$WORK/credits.json" >&2
-	die "credit grant answered $CREDIT_CODE"
-	;;
-esac
+[store]
+kind = "postgres"
+url = "$PG_SERVER/$PG_DB"
+replica_id = "bench"
+EOF
+	fi
+	TOLLGATE_LOG=warn "${SRV[@]}" "$TOLLGATE" serve --config "$dir/tollgate.toml" \
+		>"$dir/tollgate.log" 2>&1 &
+	TG_PID[$t]=$!
+	PIDS+=("${TG_PID[$t]}")
+	addr=$(wait_for "$dir/tollgate.log" 'tollgate listening on http://[0-9.]+:[0-9]+' "${TG_PID[$t]}" "$t")
+	port=${addr##*:}
+	admin=$(wait_for "$dir/tollgate.log" 'tg-[A-Za-z0-9]{43}' "${TG_PID[$t]}" "$t")
+	TG_URL[$t]="http://127.0.0.1:$port"
+	TG_DATA[$t]="$dir/data"
+	TG_STORE[$t]=$store
+	log "$t ($store store) on 127.0.0.1:$port (pid ${TG_PID[$t]})"
+
+	account=$(curl -sf "${TG_URL[$t]}/admin/accounts" -H "Authorization: Bearer $admin" \
+		-H 'Content-Type: application/json' -d '{"name":"bench"}' | json_field id)
+	[[ -n $account ]] || die "$t: could not create an account"
+	key=$(curl -sf "${TG_URL[$t]}/admin/accounts/$account/keys" -H "Authorization: Bearer $admin" \
+		-H 'Content-Type: application/json' -d '{}' | json_field key)
+	[[ -n $key ]] || die "$t: could not create a key"
+	TG_KEY[$t]=$key
+	# Credits are enforced by default (402 without a balance): grant far more than the runs can
+	# use, so the benchmark measures the default configuration, balance check included.
+	code=$(curl -s -o "$dir/credits.json" -w '%{http_code}' "${TG_URL[$t]}/admin/accounts/$account/credits" \
+		-H "Authorization: Bearer $admin" -H 'Content-Type: application/json' \
+		-d '{"amount_usd":"1000000","note":"bench"}')
+	case $code in
+	2*) log "$t: granted the bench account USD 1,000,000 of credits" ;;
+	404) log "$t: no credits endpoint in this build; skipping the grant" ;;
+	*)
+		cat "$dir/credits.json" >&2
+		die "$t: credit grant answered $code"
+		;;
+	esac
+	TG_TARGETS+=("$t")
+}
+for st in $STORES; do
+	if [[ $st == sqlite ]]; then
+		start_tollgate tollgate sqlite
+	else
+		start_tollgate tollgate-pg postgres
+	fi
+done
 
 # ---------------------------------------------------------------- targets
 declare -A URL_JSON URL_SSE KEY
@@ -254,15 +313,20 @@ KEY[mock]="sk-upstream"
 URL_JSON[nginx]="http://127.0.0.1:$NGINX_PORT/v1/chat/completions"
 URL_SSE[nginx]="http://127.0.0.1:$NGINX_PORT/sse/v1/chat/completions"
 KEY[nginx]="sk-upstream"
-URL_JSON[tollgate]="$TG/v1/chat/completions"
-URL_SSE[tollgate]="$TG/v1/chat/completions"
-KEY[tollgate]="$USER_KEY"
-TARGETS=(mock nginx tollgate)
-
-# Requests tollgate was sent, for the ledger check at the end.
-TG_COMPLETED=0
-TG_SENT=0
-TG_NON2XX=0
+# Requests each tollgate was sent, for the ledger check at the end.
+declare -A TG_COMPLETED TG_SENT TG_NON2XX
+for t in "${TG_TARGETS[@]}"; do
+	URL_JSON[$t]="${TG_URL[$t]}/v1/chat/completions"
+	URL_SSE[$t]="${TG_URL[$t]}/v1/chat/completions"
+	KEY[$t]="${TG_KEY[$t]}"
+	TG_COMPLETED[$t]=0 TG_SENT[$t]=0 TG_NON2XX[$t]=0
+done
+TARGETS=(mock nginx "${TG_TARGETS[@]}")
+is_tollgate() { [[ -n ${TG_PID[$1]:-} ]]; }
+# PostgreSQL transactions in tollgate-pg's database, from here (after provisioning) until it has
+# stopped: how many round trips the requests cost (a transaction is at least one).
+pg_xacts() { pg postgres -c "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = '$PG_DB'"; }
+[[ -n $PG_DB ]] && PG_XACT0=$(pg_xacts)
 
 # Smoke test: each target answers both modes with 200, and SSE ends with [DONE].
 for t in "${TARGETS[@]}"; do
@@ -274,7 +338,9 @@ for t in "${TARGETS[@]}"; do
 		fi
 		code=$(curl -s -o "$WORK/smoke-$t-$mode.out" -w '%{http_code}' "$url" \
 			-H "Authorization: Bearer ${KEY[$t]}" -H 'Content-Type: application/json' -d "$body")
-		[[ $t == tollgate ]] && TG_SENT=$((TG_SENT + 1)) TG_COMPLETED=$((TG_COMPLETED + 1))
+		if is_tollgate "$t"; then
+			TG_SENT[$t]=$((TG_SENT[$t] + 1)) TG_COMPLETED[$t]=$((TG_COMPLETED[$t] + 1))
+		fi
 		[[ $code == 200 ]] || {
 			cat "$WORK/smoke-$t-$mode.out" >&2
 			die "smoke test: $t $mode answered $code"
@@ -284,7 +350,7 @@ for t in "${TARGETS[@]}"; do
 		fi
 	done
 done
-SSE_EVENTS=$(grep -c '^data:' "$WORK/smoke-tollgate-sse.out" || true)
+SSE_EVENTS=$(grep -c '^data:' "$WORK/smoke-${TG_TARGETS[0]}-sse.out" || true)
 log "smoke tests passed"
 
 # ---------------------------------------------------------------- wrk
@@ -303,11 +369,24 @@ proc_ticks() { # pids... -> utime+stime summed, in clock ticks
 machine_ticks() { # -> "busy total" from /proc/stat (all CPUs)
 	awk '/^cpu / { busy = $2 + $3 + $4 + $7 + $8 + $9; total = busy + $5 + $6; print busy, total }' /proc/stat
 }
-# The processes whose CPU time is charged to each target (nginx: master and workers).
+# The processes whose CPU time is charged to each target (nginx: master and workers;
+# tollgate-pg: the gateway and the PostgreSQL backends serving its database, looked up at the
+# start and at the end of each run, since its pool may open connections during one).
 declare -A TARGET_PIDS
 TARGET_PIDS[mock]="$MOCK_PID"
 TARGET_PIDS[nginx]="$NGINX_PID $(pgrep -P "$NGINX_PID" | paste -sd' ' -)"
-TARGET_PIDS[tollgate]="$TG_PID"
+for t in "${TG_TARGETS[@]}"; do TARGET_PIDS[$t]="${TG_PID[$t]}"; done
+target_pids() { # target -> pids, one line
+	local t=$1
+	if [[ ${TG_STORE[$t]:-} == postgres ]]; then
+		{
+			echo "${TG_PID[$t]}"
+			pg postgres -c "SELECT pid FROM pg_stat_activity WHERE datname = '$PG_DB'"
+		} | paste -sd' ' -
+	else
+		echo "${TARGET_PIDS[$t]}"
+	fi
+}
 
 # How busy the machine is before any load: other work on it skews every figure. Wait a while
 # (BENCH_IDLE_WAIT seconds) for it to fall under BENCH_IDLE_MAX percent, then go on regardless.
@@ -329,9 +408,10 @@ run_wrk() { # label target mode conns threads duration
 	local label=$1 t=$2 mode=$3 conns=$4 threads=$5 dur=$6
 	local url stream=0 out="$WORK/wrk/$label-$t.txt" line kv
 	if [[ $mode == sse ]]; then url=${URL_SSE[$t]} stream=1; else url=${URL_JSON[$t]}; fi
-	local p0 m0 b0 t0 p1 m1 b1 t1
+	local p0 m0 b0 t0 p1 m1 b1 t1 pids0 pids1
+	pids0=$(target_pids "$t")
 	# shellcheck disable=SC2086
-	p0=$(proc_ticks ${TARGET_PIDS[$t]})
+	p0=$(proc_ticks $pids0)
 	m0=$(proc_ticks "$MOCK_PID")
 	read -r b0 t0 < <(machine_ticks)
 	BENCH_KEY=${KEY[$t]} BENCH_STREAM=$stream "${LOAD[@]}" \
@@ -340,8 +420,10 @@ run_wrk() { # label target mode conns threads duration
 			cat "$out" >&2
 			die "wrk failed: $label $t"
 		}
+	# A process that appeared during the run counts from 0: all its time is the run's.
+	pids1=$(echo "$pids0 $(target_pids "$t")" | tr ' ' '\n' | grep . | sort -un | paste -sd' ' -)
 	# shellcheck disable=SC2086
-	p1=$(proc_ticks ${TARGET_PIDS[$t]})
+	p1=$(proc_ticks $pids1)
 	m1=$(proc_ticks "$MOCK_PID")
 	read -r b1 t1 < <(machine_ticks)
 	line=$(grep -m1 '^BENCH ' "$out") || {
@@ -355,13 +437,13 @@ run_wrk() { # label target mode conns threads duration
 	R["$label|$t|mock_cpu_us"]=$(awk -v d=$((m1 - m0)) -v n="${R["$label|$t|requests"]}" -v hz="$CLK_TCK" \
 		'BEGIN { printf "%.1f", n ? d * 1e6 / hz / n : 0 }')
 	R["$label|$t|busy"]=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", t ? 100 * b / t : 0 }')
-	if [[ $t == tollgate ]]; then
-		TG_COMPLETED=$((TG_COMPLETED + R["$label|$t|requests"]))
-		TG_SENT=$((TG_SENT + R["$label|$t|sent"]))
-		TG_NON2XX=$((TG_NON2XX + R["$label|$t|non2xx"]))
+	if is_tollgate "$t"; then
+		TG_COMPLETED[$t]=$((TG_COMPLETED[$t] + R["$label|$t|requests"]))
+		TG_SENT[$t]=$((TG_SENT[$t] + R["$label|$t|sent"]))
+		TG_NON2XX[$t]=$((TG_NON2XX[$t] + R["$label|$t|non2xx"]))
 	fi
 	local errs=$((R["$label|$t|err_connect"] + R["$label|$t|err_read"] + R["$label|$t|err_write"] + R["$label|$t|err_timeout"]))
-	log "$(printf '%-8s %-9s %10s req/s  p50 %6s us  p99 %6s us  CPU/req %6s us  busy %3s%%  non2xx %s  socket errors %s' \
+	log "$(printf '%-8s %-11s %10s req/s  p50 %6s us  p99 %6s us  CPU/req %6s us  busy %3s%%  non2xx %s  socket errors %s' \
 		"$label" "$t" "${R["$label|$t|rps"]}" "${R["$label|$t|p50_us"]}" "${R["$label|$t|p99_us"]}" \
 		"${R["$label|$t|cpu_us"]}" "${R["$label|$t|busy"]}" "${R["$label|$t|non2xx"]}" "$errs")"
 }
@@ -385,14 +467,25 @@ for sc in "${SCENARIOS[@]}"; do
 done
 
 # ---------------------------------------------------------------- ledger check
-log "stopping tollgate (SIGTERM: graceful, flushes the batch writer)"
-stop_pid "$TG_PID" 60
-TG_RC=0
-wait "$TG_PID" 2>/dev/null || TG_RC=$?
-DB="$DATA/tollgate.db"
-ROWS=$(sqlite3 "$DB" 'SELECT COUNT(*) FROM usage_records;')
-ROWS_BY_STATUS=$(sqlite3 "$DB" "SELECT status || '=' || COUNT(*) FROM usage_records GROUP BY status ORDER BY status;" | paste -sd' ' -)
-JOURNAL_LEFT=$(cat "$DATA"/journal/*.log 2>/dev/null | wc -l)
+declare -A ROWS ROWS_BY_STATUS TG_RC JOURNAL_LEFT
+Q_ROWS='SELECT COUNT(*) FROM usage_records;'
+Q_STATUS="SELECT status || '=' || COUNT(*) FROM usage_records GROUP BY status ORDER BY status;"
+for t in "${TG_TARGETS[@]}"; do
+	log "stopping $t (SIGTERM: graceful, flushes the batch writer)"
+	stop_pid "${TG_PID[$t]}" 60
+	TG_RC[$t]=0
+	wait "${TG_PID[$t]}" 2>/dev/null || TG_RC[$t]=$?
+	if [[ ${TG_STORE[$t]} == postgres ]]; then
+		sleep 1 # backends' statistics reach pg_stat_database when they exit
+		PG_XACTS=$(($(pg_xacts) - PG_XACT0))
+		ROWS[$t]=$(pg "$PG_DB" -c "$Q_ROWS")
+		ROWS_BY_STATUS[$t]=$(pg "$PG_DB" -c "$Q_STATUS" | paste -sd' ' -)
+	else
+		ROWS[$t]=$(sqlite3 "${TG_DATA[$t]}/tollgate.db" "$Q_ROWS")
+		ROWS_BY_STATUS[$t]=$(sqlite3 "${TG_DATA[$t]}/tollgate.db" "$Q_STATUS" | paste -sd' ' -)
+	fi
+	JOURNAL_LEFT[$t]=$(cat "${TG_DATA[$t]}"/journal/*.log 2>/dev/null | wc -l)
+done
 
 # ---------------------------------------------------------------- report
 fmt_us() { # microseconds -> "123 µs" or "1.23 ms"
@@ -423,7 +516,14 @@ REPORT="$WORK/report.md"
 	fi
 	echo "Runs: $DURATION each after a ${WARMUP} warm-up; mock --output-tokens $OUTPUT_TOKENS (a stream is"
 	echo "$SSE_EVENTS \`data:\` events, counted by wrk as one request); nginx $($NGINX -v 2>&1 | cut -d/ -f2) with $NGINX_WORKERS workers;"
-	echo "tollgate with default settings (tokio workers = cores, SQLite store, journal)."
+	for t in "${TG_TARGETS[@]}"; do
+		if [[ ${TG_STORE[$t]} == postgres ]]; then
+			echo "$t: default settings (tokio workers = cores, journal), PostgreSQL $(pg postgres -c 'SHOW server_version' | cut -d' ' -f1) store"
+			echo "(a fresh database on the same machine); its CPU per request includes its PostgreSQL backends'."
+		else
+			echo "$t: default settings (tokio workers = cores, SQLite store, journal)."
+		fi
+	done
 	echo "The machine was ${IDLE_BUSY}% busy before the runs (other work on it adds noise)."
 	echo "CPU per request: user+system CPU time of the target's own processes (not the mock's, not wrk's)"
 	echo "divided by the requests wrk completed; machine busy: all CPUs during the run."
@@ -444,51 +544,62 @@ REPORT="$WORK/report.md"
 			added="—"
 			[[ $t != mock ]] && added=$(fmt_signed_us $((p50 - mock_p50)))
 			vs="—"
-			[[ $t == tollgate ]] && vs="$(ratio "$rps" "$(get "$label" nginx rps)")×"
+			is_tollgate "$t" && vs="$(ratio "$rps" "$(get "$label" nginx rps)")×"
 			[[ $t == nginx ]] && vs="1.00×"
 			echo "| $name | $t | $(fmt_rps "$rps") | $(fmt_us "$p50") | $(fmt_us "$p99") | $added | $vs |" \
 				"$(get "$label" "$t" cpu_us) µs | $(get "$label" "$t" busy)% |"
 		done
 	done
 	echo
-	echo "Targets (tollgate against nginx):"
-	echo
 	pass() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
-	for mode in json sse; do
-		tr=$(ratio "$(get "$mode-c64" tollgate rps)" "$(get "$mode-c64" nginx rps)")
-		echo "- $mode, 64 connections: throughput $tr× nginx's (target ≥ 0.50×): $(pass "$tr >= 0.5")"
+	for tg in "${TG_TARGETS[@]}"; do
+		echo "Targets ($tg against nginx):"
+		echo
+		for mode in json sse; do
+			tr=$(ratio "$(get "$mode-c64" "$tg" rps)" "$(get "$mode-c64" nginx rps)")
+			echo "- $mode, 64 connections: throughput $tr× nginx's (target ≥ 0.50×): $(pass "$tr >= 0.5")"
+		done
+		for mode in json sse; do
+			m=$(get "$mode-c1" mock p50_us)
+			na=$(($(get "$mode-c1" nginx p50_us) - m))
+			ta=$(($(get "$mode-c1" "$tg" p50_us) - m))
+			echo "- $mode, 1 connection: $tg adds $(fmt_signed_us "$ta") at p50, nginx $(fmt_signed_us "$na");" \
+				"difference $(fmt_signed_us $((ta - na))) (target < 100 µs): $(pass "$ta - $na < 100")"
+		done
+		for c in 1 64; do
+			d=$(($(get "sse-c$c" "$tg" p99_us) - $(get "sse-c$c" nginx p99_us)))
+			echo "- streaming p99, $c connection$( ((c > 1)) && echo s): $tg − nginx = $(fmt_signed_us "$d") (target ≤ 5 ms): $(pass "$d <= 5000")"
+		done
+		worst=0
+		for mode in json sse; do
+			v=$(get "$mode-c1" "$tg" p50_us)
+			((v > worst)) && worst=$v
+		done
+		echo "- Nagle-style stall (a ~40 ms p50 at 1 connection): worst $tg p50 at 1 connection is $(fmt_us "$worst"): $(pass "$worst < 20000")"
+		echo
 	done
-	for mode in json sse; do
-		m=$(get "$mode-c1" mock p50_us)
-		na=$(($(get "$mode-c1" nginx p50_us) - m))
-		ta=$(($(get "$mode-c1" tollgate p50_us) - m))
-		echo "- $mode, 1 connection: tollgate adds $(fmt_signed_us "$ta") at p50, nginx $(fmt_signed_us "$na");" \
-			"difference $(fmt_signed_us $((ta - na))) (target < 100 µs): $(pass "$ta - $na < 100")"
+	for tg in "${TG_TARGETS[@]}"; do
+		where="tollgate.db usage_records"
+		[[ ${TG_STORE[$tg]} == postgres ]] && where="PostgreSQL $PG_DB usage_records"
+		echo "Ledger check, $tg (every request it was sent, including warm-up and the 2 smoke requests):"
+		echo
+		echo "- wrk + curl: ${TG_COMPLETED[$tg]} responses received (${TG_NON2XX[$tg]} non-2xx), ${TG_SENT[$tg]} requests sent" \
+			"(the $((TG_SENT[$tg] - TG_COMPLETED[$tg])) in flight when a run's time ran out are sent but never counted by wrk)"
+		echo "- $where: ${ROWS[$tg]} rows (${ROWS_BY_STATUS[$tg]}); $tg exit code after SIGTERM: ${TG_RC[$tg]}; journal lines left: ${JOURNAL_LEFT[$tg]}"
+		if ((ROWS[$tg] == TG_COMPLETED[$tg])); then
+			verdict="MATCH: one row per response received"
+		elif ((ROWS[$tg] >= TG_COMPLETED[$tg] && ROWS[$tg] <= TG_SENT[$tg])); then
+			verdict="MATCH: every response received has a row; the $((ROWS[$tg] - TG_COMPLETED[$tg])) extra rows are requests cut off in flight at the end of a run (sent, recorded, never counted by wrk)"
+		else
+			verdict="MISMATCH: ${ROWS[$tg]} rows for ${TG_COMPLETED[$tg]} responses received / ${TG_SENT[$tg]} sent"
+		fi
+		echo "- $verdict"
+		if [[ ${TG_STORE[$tg]} == postgres ]]; then
+			echo "- PostgreSQL transactions in $PG_DB meanwhile (pg_stat_database): $PG_XACTS," \
+				"$(awk -v x="$PG_XACTS" -v n="${TG_SENT[$tg]}" 'BEGIN { printf "%.4f", n ? x / n : 0 }') per request sent"
+		fi
+		echo
 	done
-	for c in 1 64; do
-		d=$(($(get "sse-c$c" tollgate p99_us) - $(get "sse-c$c" nginx p99_us)))
-		echo "- streaming p99, $c connection$( ((c > 1)) && echo s): tollgate − nginx = $(fmt_signed_us "$d") (target ≤ 5 ms): $(pass "$d <= 5000")"
-	done
-	worst=0
-	for mode in json sse; do
-		v=$(get "$mode-c1" tollgate p50_us)
-		((v > worst)) && worst=$v
-	done
-	echo "- Nagle-style stall (a ~40 ms p50 at 1 connection): worst tollgate p50 at 1 connection is $(fmt_us "$worst"): $(pass "$worst < 20000")"
-	echo
-	echo "Ledger check (every request tollgate was sent, including warm-up and the 2 smoke requests):"
-	echo
-	echo "- wrk + curl: $TG_COMPLETED responses received ($TG_NON2XX non-2xx), $TG_SENT requests sent" \
-		"(the $((TG_SENT - TG_COMPLETED)) in flight when a run's time ran out are sent but never counted by wrk)"
-	echo "- tollgate.db usage_records: $ROWS rows ($ROWS_BY_STATUS); tollgate exit code after SIGTERM: $TG_RC; journal lines left: $JOURNAL_LEFT"
-	if ((ROWS == TG_COMPLETED)); then
-		verdict="MATCH: one row per response received"
-	elif ((ROWS >= TG_COMPLETED && ROWS <= TG_SENT)); then
-		verdict="MATCH: every response received has a row; the $((ROWS - TG_COMPLETED)) extra rows are requests cut off in flight at the end of a run (sent, recorded, never counted by wrk)"
-	else
-		verdict="MISMATCH: $ROWS rows for $TG_COMPLETED responses received / $TG_SENT sent"
-	fi
-	echo "- $verdict"
 } >"$REPORT"
 
 echo

@@ -8,7 +8,17 @@
 //! Options: `--records N` (1,000,000), `--dir PATH` (target/usage-bench/N; reused when it already
 //! holds N records), `--iterations K` (200 timed requests per endpoint, after 20 untimed),
 //! `--export` (also stream the whole benchmark account as CSV and report rows/s and peak RSS),
-//! `--out FILE` (append the Markdown report there).
+//! `--out FILE` (append the Markdown report there), `--postgres URL` (use the PostgreSQL store in
+//! that database instead of SQLite; see below).
+//!
+//! With `--postgres postgres://user@host:port/db` the records go into that database, through the
+//! same `insert_usage` (the PostgreSQL store's monthly partitions, rollups and credit debits), the
+//! gateway runs on it, and `--dir` (default target/usage-bench/pg-N) holds only its journal. The
+//! database is reused when it already holds N records from this benchmark (a `usage_bench_meta`
+//! table says so); a database this benchmark loaded with another N is emptied (its `public`
+//! schema dropped) and loaded again; any other non-empty database is refused. After loading, the
+//! rollup tables are vacuumed (the load's upserts leave them mostly dead tuples, which a live
+//! gateway's autovacuum keeps at a fraction) and every table is ANALYZEd.
 //!
 //! Data: 90 days of requests ending 2026-06-30T12:00Z, 50 accounts; the benchmarked account makes
 //! 20% of them (so at 10M records it has ~2M, ~900 per hour) over 4 keys, 10 models, platform
@@ -27,6 +37,7 @@ use tollgate::clock::ManualClock;
 use tollgate::{Application, Config};
 use tollgate_core::account::{KeyLimits, Role};
 use tollgate_core::calendar::DAY_MS;
+use tollgate_core::config::StoreKind;
 use tollgate_core::record::Provenance;
 use tollgate_core::record::{Endpoint, Source, Status, UsageRecord};
 use tollgate_core::rollup::{cover, Dims, RollupFilter};
@@ -68,6 +79,7 @@ struct Args {
     iterations: usize,
     export: bool,
     out: Option<PathBuf>,
+    postgres: Option<String>,
 }
 
 fn args() -> Args {
@@ -77,6 +89,7 @@ fn args() -> Args {
         iterations: 200,
         export: false,
         out: None,
+        postgres: None,
     };
     let mut dir = None;
     let mut it = std::env::args().skip(1);
@@ -87,10 +100,13 @@ fn args() -> Args {
             "--iterations" => a.iterations = it.next().unwrap().parse().unwrap(),
             "--export" => a.export = true,
             "--out" => a.out = Some(PathBuf::from(it.next().unwrap())),
+            "--postgres" => a.postgres = Some(it.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
-    a.dir = dir.unwrap_or_else(|| PathBuf::from(format!("target/usage-bench/{}", a.records)));
+    let prefix = if a.postgres.is_some() { "pg-" } else { "" };
+    a.dir =
+        dir.unwrap_or_else(|| PathBuf::from(format!("target/usage-bench/{prefix}{}", a.records)));
     a
 }
 
@@ -201,20 +217,99 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
+/// A direct connection to the benchmark's PostgreSQL database (for its own bookkeeping, size
+/// and ANALYZE; the gateway uses its store).
+async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("--postgres {url}: {e}"));
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("postgres connection: {e}");
+        }
+    });
+    client
+}
+
+/// What this benchmark saved in the PostgreSQL database: `Ok(saved)` if it loaded it (None if the
+/// load did not finish), `Err(())` for an empty database; a database this benchmark did not load
+/// is refused.
+async fn pg_saved(pg: &tokio_postgres::Client) -> Result<Option<Saved>, ()> {
+    let has_meta = pg
+        .query_one(
+            "SELECT to_regclass('public.usage_bench_meta') IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0);
+    if !has_meta {
+        let tables: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(
+            tables == 0,
+            "the --postgres database has {tables} tables and no usage_bench_meta: \
+             not one this benchmark loaded; give it an empty database"
+        );
+        return Err(());
+    }
+    let row = pg
+        .query_opt("SELECT saved FROM usage_bench_meta", &[])
+        .await
+        .unwrap();
+    Ok(row.and_then(|r| serde_json::from_str(r.get::<_, &str>(0)).ok()))
+}
+
 #[tokio::main]
 async fn main() {
     let a = args();
     let saved_path = a.dir.join("bench.json");
-    let saved: Option<Saved> = std::fs::read_to_string(&saved_path)
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .filter(|s: &Saved| s.records == a.records);
+    let pg = match &a.postgres {
+        Some(url) => Some(pg_connect(url).await),
+        None => None,
+    };
+    let saved: Option<Saved> = match &pg {
+        Some(pg) => match pg_saved(pg).await {
+            Ok(Some(s)) if s.records == a.records => Some(s),
+            Ok(_) => {
+                eprintln!("emptying the --postgres database (another record count, or a load that did not finish)");
+                pg.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+                    .await
+                    .unwrap();
+                None
+            }
+            Err(()) => None,
+        },
+        None => std::fs::read_to_string(&saved_path)
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .filter(|s: &Saved| s.records == a.records),
+    };
+    // A fresh load starts from a fresh data dir: an old journal must not replay into it.
     if saved.is_none() && a.dir.exists() {
         std::fs::remove_dir_all(&a.dir).unwrap();
+    }
+    if let (Some(pg), None) = (&pg, &saved) {
+        // Marks the database as this benchmark's before tollgate creates its schema (an interrupted load is then
+        // emptied and redone, not refused).
+        pg.batch_execute("CREATE TABLE usage_bench_meta (saved TEXT NOT NULL)")
+            .await
+            .unwrap();
     }
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = a.dir.clone();
+    if let Some(url) = &a.postgres {
+        config.store.kind = StoreKind::Postgres;
+        config.store.url = Some(url.clone());
+        config.store.replica_id = Some("usage-bench".into());
+    }
     let clock = ManualClock::new(NOW_MS);
     let app = Application::build_with_clock(config, Arc::new(clock))
         .await
@@ -270,16 +365,43 @@ async fn main() {
                 account_id: accounts[0].clone(),
                 load_secs: started.elapsed().as_secs_f64(),
             };
-            std::fs::write(&saved_path, serde_json::to_string(&s).unwrap()).unwrap();
+            let json = serde_json::to_string(&s).unwrap();
+            match &pg {
+                Some(pg) => {
+                    // The load's 500 upserts per rollup row leave the rollup tables mostly
+                    // dead tuples (3.4 per live day row at 10M) that a live gateway's
+                    // autovacuum keeps at a fraction: vacuum them, as autovacuum would have.
+                    // The records are insert-only; ANALYZE is enough for them.
+                    let t = Instant::now();
+                    pg.batch_execute(
+                        "VACUUM (ANALYZE) usage_rollup_minute, usage_rollup_hour, usage_rollup_day",
+                    )
+                    .await
+                    .unwrap();
+                    pg.batch_execute("ANALYZE").await.unwrap();
+                    eprintln!("VACUUM + ANALYZE in {:.1} s", t.elapsed().as_secs_f64());
+                    pg.execute("INSERT INTO usage_bench_meta (saved) VALUES ($1)", &[&json])
+                        .await
+                        .unwrap();
+                }
+                None => std::fs::write(&saved_path, json).unwrap(),
+            }
             s
         }
     };
     let base = format!("http://{}", app.local_addr().unwrap());
     tokio::spawn(app.run_until_stopped());
     let http = reqwest::Client::new();
-    let db_bytes = std::fs::metadata(a.dir.join("tollgate.db"))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let db_bytes = match &pg {
+        Some(pg) => pg
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0) as u64,
+        None => std::fs::metadata(a.dir.join("tollgate.db"))
+            .map(|m| m.len())
+            .unwrap_or(0),
+    };
 
     let cfg = tollgate_http::compat::model_configs::config_id("openai", "gpt-4o");
     let (s30, e30) = ((NOW_MS - 30 * DAY_MS) / 1000, NOW_MS / 1000);
@@ -302,8 +424,9 @@ async fn main() {
     ];
     let mut report = String::new();
     report.push_str(&format!(
-        "\n#### {} records ({:.0} MB database{})\n\n| query | p50 ms | p99 ms | max ms | response bytes |\n|---|---:|---:|---:|---:|\n",
+        "\n#### {} records ({}, {:.0} MB database{})\n\n| query | p50 ms | p99 ms | max ms | response bytes |\n|---|---:|---:|---:|---:|\n",
         saved.records,
+        if pg.is_some() { "PostgreSQL" } else { "SQLite" },
         db_bytes as f64 / 1e6,
         if saved.load_secs > 0.0 {
             format!(", loaded in {:.0} s = {:.0} records/s", saved.load_secs, saved.records as f64 / saved.load_secs)
