@@ -84,12 +84,20 @@ pub trait AccountStore: Send + Sync + 'static {
 
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
-    async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError>;
+    /// Stores a key, and writes `outbox` (its `api_key.created`) in the same transaction.
+    async fn create_key(&self, k: ApiKeyRecord, outbox: Vec<Event>) -> Result<(), StoreError>;
     async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     async fn get_key(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
     async fn list_keys(&self, account_id: Option<String>) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// Marks a key revoked; false if it does not exist.
-    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError>;
+    /// Revokes a key (once: a later call keeps the first time), writing `outbox` in the same
+    /// transaction when the key exists.
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at_ms: i64,
+        outbox: Vec<Event>,
+    ) -> Result<bool, StoreError>;
     async fn count_admin_keys(&self) -> Result<i64, StoreError>;
     async fn update_key_limits(&self, id: &str, limits: KeyLimits) -> Result<bool, StoreError>;
     /// Limit windows shared by several replicas (None: one process sees every request of a
@@ -104,7 +112,13 @@ pub trait CreditStore: Send + Sync + 'static {
     /// Appends a grant or refund. With an idempotency key already used for this account, returns
     /// the stored entry and `false` (nothing added); a reuse with different content is a
     /// `Conflict`.
-    async fn add_credit(&self, entry: CreditEntry) -> Result<(CreditEntry, bool), StoreError>;
+    /// `outbox` (its `credits.granted`) is written in the same transaction, only when the entry
+    /// is new.
+    async fn add_credit(
+        &self,
+        entry: CreditEntry,
+        outbox: Vec<Event>,
+    ) -> Result<(CreditEntry, bool), StoreError>;
     /// The entry added to this account under `idempotency_key`, if any.
     async fn find_credit(
         &self,

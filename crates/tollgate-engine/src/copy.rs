@@ -59,13 +59,13 @@ pub async fn copy(
     for k in from.list_keys(None).await? {
         match to.get_key(&k.id).await? {
             None => {
-                to.create_key(k).await?;
+                to.create_key(k, Vec::new()).await?;
                 n.keys += 1;
             }
             Some(t) => {
                 let mut updated = false;
                 if let (Some(at), None) = (k.revoked_at_ms, t.revoked_at_ms) {
-                    to.revoke_key(&k.id, at).await?;
+                    to.revoke_key(&k.id, at, Vec::new()).await?;
                     updated = true;
                 }
                 if t.limits != k.limits {

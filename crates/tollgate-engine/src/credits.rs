@@ -606,10 +606,30 @@ impl Credits {
                 ),
             ));
         }
-        let (entry, created) = self.store.add_credit(entry).await.map_err(conflict)?;
+        // `credits.granted` commits with the entry (written only if the entry is new).
+        let outbox = match self.outbox.get() {
+            Some(_) => {
+                let after = book
+                    .lock()
+                    .position()
+                    .balance_nanos
+                    .saturating_add(amount_nanos);
+                vec![crate::webhooks::events::credits_granted(
+                    &entry,
+                    self.cfg.per_usd,
+                    Some(after),
+                )]
+            }
+            None => Vec::new(),
+        };
+        let (entry, created) = self
+            .store
+            .add_credit(entry, outbox)
+            .await
+            .map_err(conflict)?;
         if created {
             // Leased: the grant went to the account's pool in the store, for any replica.
-            let balance = {
+            {
                 let mut b = book.lock();
                 match &mut b.lease {
                     None => b.balance = b.balance.saturating_add(amount_nanos),
@@ -617,18 +637,9 @@ impl Credits {
                 }
                 b.credited = b.credited.saturating_add(amount_nanos);
                 b.epoch_spent = 0;
-                match &b.lease {
-                    None => b.balance,
-                    Some(l) => l.shown,
-                }
-            };
+            }
             if let Some(o) = self.outbox.get() {
-                let e = crate::webhooks::events::credits_granted(
-                    &entry,
-                    self.cfg.per_usd,
-                    Some(balance),
-                );
-                o.emit_logged(vec![e]).await;
+                o.wake();
             }
         }
         Ok((entry, created))

@@ -205,10 +205,14 @@ impl KeyService {
             revoked_at_ms: None,
             limits,
         };
-        self.store.create_key(record.clone()).await?;
+        // The event commits with the key (none when webhooks are not wired, as in the CLI).
+        let outbox = match self.outbox.get() {
+            Some(_) => vec![crate::webhooks::events::key_created(&record)],
+            None => Vec::new(),
+        };
+        self.store.create_key(record.clone(), outbox).await?;
         if let Some(o) = self.outbox.get() {
-            o.emit_logged(vec![crate::webhooks::events::key_created(&record)])
-                .await;
+            o.wake();
         }
         Ok(IssuedKey {
             record,
@@ -217,11 +221,19 @@ impl KeyService {
     }
 
     pub async fn revoke(&self, key_id: &str) -> Result<ApiKeyRecord, DomainError> {
-        let found = self.store.revoke_key(key_id, self.clock.now_ms()).await?;
+        let now = self.clock.now_ms();
+        // The event names the key, so it needs the key first; it commits with the revocation.
+        let outbox = match (self.outbox.get(), self.store.get_key(key_id).await?) {
+            (Some(_), Some(mut k)) => {
+                k.revoked_at_ms = Some(k.revoked_at_ms.unwrap_or(now));
+                vec![crate::webhooks::events::key_revoked(&k, now)]
+            }
+            _ => Vec::new(),
+        };
+        let found = self.store.revoke_key(key_id, now, outbox).await?;
         let key = self.changed(key_id, found).await?;
         if let Some(o) = self.outbox.get() {
-            let e = crate::webhooks::events::key_revoked(&key, self.clock.now_ms());
-            o.emit_logged(vec![e]).await;
+            o.wake();
         }
         Ok(key)
     }

@@ -96,15 +96,18 @@ fn account(id: &str) -> Account {
 
 async fn grant(store: &dyn Store, account: &str, id: &str, amount: i64) {
     store
-        .add_credit(CreditEntry {
-            id: id.into(),
-            account_id: account.into(),
-            kind: CreditKind::Grant,
-            amount_nanos: amount,
-            idempotency_key: None,
-            note: None,
-            created_at_ms: 1,
-        })
+        .add_credit(
+            CreditEntry {
+                id: id.into(),
+                account_id: account.into(),
+                kind: CreditKind::Grant,
+                amount_nanos: amount,
+                idempotency_key: None,
+                note: None,
+                created_at_ms: 1,
+            },
+            Vec::new(),
+        )
         .await
         .unwrap();
 }

@@ -34,18 +34,21 @@ async fn corrupt_stored_limits_are_an_error() {
         .await
         .unwrap();
     store
-        .create_key(tollgate_core::account::ApiKeyRecord {
-            id: "key_1".into(),
-            account_id: "acct_a".into(),
-            name: "k".into(),
-            key_hash: "h".into(),
-            last4: "abcd".into(),
-            prefix: "tg-".into(),
-            role: tollgate_core::account::Role::User,
-            created_at_ms: 1,
-            revoked_at_ms: None,
-            limits: Default::default(),
-        })
+        .create_key(
+            tollgate_core::account::ApiKeyRecord {
+                id: "key_1".into(),
+                account_id: "acct_a".into(),
+                name: "k".into(),
+                key_hash: "h".into(),
+                last4: "abcd".into(),
+                prefix: "tg-".into(),
+                role: tollgate_core::account::Role::User,
+                created_at_ms: 1,
+                revoked_at_ms: None,
+                limits: Default::default(),
+            },
+            Vec::new(),
+        )
         .await
         .unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();

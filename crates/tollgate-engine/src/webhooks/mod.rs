@@ -514,6 +514,11 @@ impl Webhooks {
         Ok(n)
     }
 
+    /// An event was written with the change that caused it: deliver it soon.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Writes events a change caused, after that change committed. Logged, never failing the
     /// change (not yet in the change's own transaction: a crash between the two loses them).
     pub async fn emit_logged(&self, events: Vec<Event>) {

@@ -24,6 +24,7 @@ use tollgate_core::store::{
     AccountStore, AnomalyCount, CreditStore, KeyStore, LeaseStore, ProviderKeyStore, QuotaStore,
     RecordQuery, RecordStore,
 };
+use tollgate_core::webhook::Event;
 use tollgate_core::StoreError;
 
 use self::conn::{classify, pool_error};
@@ -265,11 +266,12 @@ impl AccountStore for PgStore {
 
 #[async_trait]
 impl KeyStore for PgStore {
-    async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError> {
+    async fn create_key(&self, k: ApiKeyRecord, outbox: Vec<Event>) -> Result<(), StoreError> {
         let limits =
             serde_json::to_string(&k.limits).map_err(|e| StoreError::invalid(e.to_string()))?;
-        let c = self.client().await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(classify)?;
+        tx.execute(
             &format!(
                 "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
             ),
@@ -288,7 +290,8 @@ impl KeyStore for PgStore {
         )
         .await
         .map_err(classify)?;
-        Ok(())
+        webhooks::enqueue_tx(&tx, &outbox).await?;
+        tx.commit().await.map_err(classify)
     }
 
     async fn find_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
@@ -330,15 +333,26 @@ impl KeyStore for PgStore {
         rows.iter().map(key_from_row).collect()
     }
 
-    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
-        let c = self.client().await?;
-        Ok(c.execute(
-            "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $2) WHERE id = $1",
-            &[&id, &at_ms],
-        )
-        .await
-        .map_err(classify)?
-            > 0)
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at_ms: i64,
+        outbox: Vec<Event>,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(classify)?;
+        let n = tx
+            .execute(
+                "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, $2) WHERE id = $1",
+                &[&id, &at_ms],
+            )
+            .await
+            .map_err(classify)?;
+        if n > 0 {
+            webhooks::enqueue_tx(&tx, &outbox).await?;
+        }
+        tx.commit().await.map_err(classify)?;
+        Ok(n > 0)
     }
 
     async fn count_admin_keys(&self) -> Result<i64, StoreError> {
@@ -373,7 +387,11 @@ impl KeyStore for PgStore {
 
 #[async_trait]
 impl CreditStore for PgStore {
-    async fn add_credit(&self, e: CreditEntry) -> Result<(CreditEntry, bool), StoreError> {
+    async fn add_credit(
+        &self,
+        e: CreditEntry,
+        outbox: Vec<Event>,
+    ) -> Result<(CreditEntry, bool), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(classify)?;
         let n = tx
@@ -401,6 +419,7 @@ impl CreditStore for PgStore {
             )
             .await
             .map_err(classify)?;
+            webhooks::enqueue_tx(&tx, &outbox).await?;
             tx.commit().await.map_err(classify)?;
             return Ok((e, true));
         }

@@ -95,6 +95,59 @@ fn encode(w: &Webhook) -> Result<(String, String), StoreError> {
     Ok((events, settings))
 }
 
+/// Writes events and their deliveries inside the caller's transaction (the outbox and the
+/// change that caused them commit together).
+pub(crate) async fn enqueue_tx(
+    tx: &tokio_postgres::Transaction<'_>,
+    events: &[Event],
+) -> Result<usize, StoreError> {
+    let mut written = 0;
+    for e in events {
+        let n = tx
+            .execute(
+                "INSERT INTO webhook_events (id, account_id, type, dedupe_key, payload, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[&e.id, &e.account_id, &e.kind.as_str(), &e.dedupe_key, &e.payload, &e.created_at_ms],
+            )
+            .await
+            .map_err(classify)?;
+        if n == 0 {
+            continue;
+        }
+        written += 1;
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {HOOK_COLUMNS} FROM webhooks WHERE account_id = $1 AND active \
+                     AND ($2::text IS NULL OR id = $2)"
+                ),
+                &[&e.account_id, &e.webhook_id],
+            )
+            .await
+            .map_err(classify)?;
+        for row in &rows {
+            let h = hook_from_row(row)?;
+            if !h.wants(e.kind) {
+                continue;
+            }
+            tx.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, state, \
+                 next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
+                &[
+                    &new_id("whd", 10),
+                    &h.id,
+                    &e.id,
+                    &e.kind.as_str(),
+                    &e.created_at_ms,
+                ],
+            )
+            .await
+            .map_err(classify)?;
+        }
+    }
+    Ok(written)
+}
+
 #[async_trait]
 impl WebhookStore for PgStore {
     async fn create_webhook(&self, w: Webhook) -> Result<(), StoreError> {
@@ -212,50 +265,7 @@ impl WebhookStore for PgStore {
     async fn enqueue_events(&self, events: Vec<Event>) -> Result<usize, StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(classify)?;
-        let mut written = 0;
-        for e in &events {
-            let n = tx
-                .execute(
-                    "INSERT INTO webhook_events (id, account_id, type, dedupe_key, payload, created_at_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-                    &[&e.id, &e.account_id, &e.kind.as_str(), &e.dedupe_key, &e.payload, &e.created_at_ms],
-                )
-                .await
-                .map_err(classify)?;
-            if n == 0 {
-                continue;
-            }
-            written += 1;
-            let rows = tx
-                .query(
-                    &format!(
-                        "SELECT {HOOK_COLUMNS} FROM webhooks WHERE account_id = $1 AND active \
-                         AND ($2::text IS NULL OR id = $2)"
-                    ),
-                    &[&e.account_id, &e.webhook_id],
-                )
-                .await
-                .map_err(classify)?;
-            for row in &rows {
-                let h = hook_from_row(row)?;
-                if !h.wants(e.kind) {
-                    continue;
-                }
-                tx.execute(
-                    "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, state, \
-                     next_attempt_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, 'pending', $5, $5)",
-                    &[
-                        &new_id("whd", 10),
-                        &h.id,
-                        &e.id,
-                        &e.kind.as_str(),
-                        &e.created_at_ms,
-                    ],
-                )
-                .await
-                .map_err(classify)?;
-            }
-        }
+        let written = enqueue_tx(&tx, &events).await?;
         tx.commit().await.map_err(classify)?;
         Ok(written)
     }

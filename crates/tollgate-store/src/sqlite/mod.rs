@@ -20,6 +20,7 @@ use tollgate_core::rollup::{
 use tollgate_core::store::{
     AccountStore, AnomalyCount, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
 };
+use tollgate_core::webhook::Event;
 use tollgate_core::StoreError;
 
 use self::conn::{bad_value, Db, Fail};
@@ -366,9 +367,10 @@ impl AccountStore for SqliteStore {
 
 #[async_trait]
 impl KeyStore for SqliteStore {
-    async fn create_key(&self, k: ApiKeyRecord) -> Result<(), StoreError> {
+    async fn create_key(&self, k: ApiKeyRecord, outbox: Vec<Event>) -> Result<(), StoreError> {
         self.with_writer(move |c| {
-            c.execute(
+            let tx = c.transaction()?;
+            tx.execute(
                 &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                 params![
                     k.id,
@@ -383,6 +385,8 @@ impl KeyStore for SqliteStore {
                     serde_json::to_string(&k.limits).map_err(|e| StoreError::invalid(e.to_string()))?
                 ],
             )?;
+            webhooks::enqueue_tx(&tx, &outbox)?;
+            tx.commit()?;
             Ok(())
         })
         .await
@@ -426,13 +430,23 @@ impl KeyStore for SqliteStore {
         .await
     }
 
-    async fn revoke_key(&self, id: &str, at_ms: i64) -> Result<bool, StoreError> {
+    async fn revoke_key(
+        &self,
+        id: &str,
+        at_ms: i64,
+        outbox: Vec<Event>,
+    ) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.with_writer(move |c| {
-            let n = c.execute(
+            let tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE api_keys SET revoked_at_ms = COALESCE(revoked_at_ms, ?2) WHERE id = ?1",
                 params![id, at_ms],
             )?;
+            if n > 0 {
+                webhooks::enqueue_tx(&tx, &outbox)?;
+            }
+            tx.commit()?;
             Ok(n > 0)
         })
         .await
@@ -465,7 +479,11 @@ impl KeyStore for SqliteStore {
 
 #[async_trait]
 impl CreditStore for SqliteStore {
-    async fn add_credit(&self, e: CreditEntry) -> Result<(CreditEntry, bool), StoreError> {
+    async fn add_credit(
+        &self,
+        e: CreditEntry,
+        outbox: Vec<Event>,
+    ) -> Result<(CreditEntry, bool), StoreError> {
         self.with_writer(move |c| {
             let tx = c.transaction()?;
             let n = tx.execute(
@@ -474,6 +492,7 @@ impl CreditStore for SqliteStore {
                 params![e.id, e.account_id, e.kind.as_str(), e.amount_nanos, e.idempotency_key, e.note, e.created_at_ms],
             )?;
             if n == 1 {
+                webhooks::enqueue_tx(&tx, &outbox)?;
                 tx.commit()?;
                 return Ok((e, true));
             }

@@ -89,6 +89,49 @@ fn encode(w: &Webhook) -> Result<(String, String), Fail> {
     Ok((events, settings))
 }
 
+/// Writes events and their deliveries inside the caller's transaction (the outbox and the
+/// change that caused them commit together).
+pub(crate) fn enqueue_tx(tx: &rusqlite::Transaction<'_>, events: &[Event]) -> Result<usize, Fail> {
+    let mut written = 0;
+    for e in events {
+        let n = tx.execute(
+            "INSERT INTO webhook_events (id, account_id, type, dedupe_key, payload, created_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            params![e.id, e.account_id, e.kind.as_str(), e.dedupe_key, e.payload, e.created_at_ms],
+        )?;
+        if n == 0 {
+            continue;
+        }
+        written += 1;
+        let hooks: Vec<Webhook> = {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {HOOK_COLUMNS} FROM webhooks WHERE account_id = ?1 AND active = 1 \
+                 AND (?2 IS NULL OR id = ?2)"
+            ))?;
+            let mut rows = stmt.query(params![e.account_id, e.webhook_id])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                out.push(hook_from_row(r)?);
+            }
+            out
+        };
+        for h in hooks.iter().filter(|h| h.wants(e.kind)) {
+            tx.execute(
+                "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, state, \
+                 next_attempt_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
+                params![
+                    new_id("whd", 10),
+                    h.id,
+                    e.id,
+                    e.kind.as_str(),
+                    e.created_at_ms
+                ],
+            )?;
+        }
+    }
+    Ok(written)
+}
+
 #[async_trait]
 impl WebhookStore for SqliteStore {
     async fn create_webhook(&self, w: Webhook) -> Result<(), StoreError> {
@@ -201,37 +244,7 @@ impl WebhookStore for SqliteStore {
     async fn enqueue_events(&self, events: Vec<Event>) -> Result<usize, StoreError> {
         self.with_writer(move |c| {
             let tx = c.transaction()?;
-            let mut written = 0;
-            for e in &events {
-                let n = tx.execute(
-                    "INSERT INTO webhook_events (id, account_id, type, dedupe_key, payload, created_at_ms) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
-                    params![e.id, e.account_id, e.kind.as_str(), e.dedupe_key, e.payload, e.created_at_ms],
-                )?;
-                if n == 0 {
-                    continue;
-                }
-                written += 1;
-                let hooks: Vec<Webhook> = {
-                    let mut stmt = tx.prepare_cached(&format!(
-                        "SELECT {HOOK_COLUMNS} FROM webhooks WHERE account_id = ?1 AND active = 1 \
-                         AND (?2 IS NULL OR id = ?2)"
-                    ))?;
-                    let mut rows = stmt.query(params![e.account_id, e.webhook_id])?;
-                    let mut out = Vec::new();
-                    while let Some(r) = rows.next()? {
-                        out.push(hook_from_row(r)?);
-                    }
-                    out
-                };
-                for h in hooks.iter().filter(|h| h.wants(e.kind)) {
-                    tx.execute(
-                        "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, state, \
-                         next_attempt_at_ms, created_at_ms) VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5)",
-                        params![new_id("whd", 10), h.id, e.id, e.kind.as_str(), e.created_at_ms],
-                    )?;
-                }
-            }
+            let written = enqueue_tx(&tx, &events)?;
             tx.commit()?;
             Ok(written)
         })

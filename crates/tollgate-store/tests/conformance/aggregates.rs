@@ -66,11 +66,11 @@ pub async fn accounts_round_trip(store: Arc<dyn Store>) {
 pub async fn keys_round_trip(store: Arc<dyn Store>) {
     store.create_account(account("acct_a")).await.unwrap();
     store
-        .create_key(key("key_1", "acct_a", Role::Admin))
+        .create_key(key("key_1", "acct_a", Role::Admin), Vec::new())
         .await
         .unwrap();
     store
-        .create_key(key("key_2", "acct_a", Role::User))
+        .create_key(key("key_2", "acct_a", Role::User), Vec::new())
         .await
         .unwrap();
     let found = store.find_key_by_hash("hash-of-key_2").await.unwrap();
@@ -97,41 +97,41 @@ pub async fn keys_round_trip(store: Arc<dyn Store>) {
         store.get_key("key_2").await.unwrap().unwrap().limits,
         limits
     );
-    assert!(store.revoke_key("key_1", 50).await.unwrap());
+    assert!(store.revoke_key("key_1", 50, Vec::new()).await.unwrap());
     // A second revoke keeps the first time.
-    assert!(store.revoke_key("key_1", 60).await.unwrap());
+    assert!(store.revoke_key("key_1", 60, Vec::new()).await.unwrap());
     assert_eq!(
         store.get_key("key_1").await.unwrap().unwrap().revoked_at_ms,
         Some(50)
     );
     assert_eq!(store.count_admin_keys().await.unwrap(), 0);
-    assert!(!store.revoke_key("key_x", 1).await.unwrap());
+    assert!(!store.revoke_key("key_x", 1, Vec::new()).await.unwrap());
     // Key hashes are unique.
     let mut dup = key("key_3", "acct_a", Role::User);
     dup.key_hash = "hash-of-key_2".into();
-    assert!(store.create_key(dup).await.is_err());
+    assert!(store.create_key(dup, Vec::new()).await.is_err());
 }
 
 pub async fn credits_are_idempotent_and_conflicts_are_refused(store: Arc<dyn Store>) {
     store.create_account(account("acct_a")).await.unwrap();
     let (_, new) = store
-        .add_credit(credit("c1", "acct_a", 100, Some("idem")))
+        .add_credit(credit("c1", "acct_a", 100, Some("idem")), Vec::new())
         .await
         .unwrap();
     assert!(new);
     let (e, new) = store
-        .add_credit(credit("c2", "acct_a", 100, Some("idem")))
+        .add_credit(credit("c2", "acct_a", 100, Some("idem")), Vec::new())
         .await
         .unwrap();
     assert!(!new);
     assert_eq!(e.id, "c1");
     let err = store
-        .add_credit(credit("c3", "acct_a", 200, Some("idem")))
+        .add_credit(credit("c3", "acct_a", 200, Some("idem")), Vec::new())
         .await
         .unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Conflict);
     store
-        .add_credit(credit("c4", "acct_a", 50, None))
+        .add_credit(credit("c4", "acct_a", 50, None), Vec::new())
         .await
         .unwrap();
     let t = store.credit_totals("acct_a", true).await.unwrap();
@@ -264,11 +264,11 @@ pub async fn credits_are_found_by_idempotency_key(store: Arc<dyn Store>) {
     store.create_account(account("acct_a")).await.unwrap();
     store.create_account(account("acct_b")).await.unwrap();
     store
-        .add_credit(credit("c1", "acct_a", 100, Some("idem")))
+        .add_credit(credit("c1", "acct_a", 100, Some("idem")), Vec::new())
         .await
         .unwrap();
     store
-        .add_credit(credit("c2", "acct_a", 7, None))
+        .add_credit(credit("c2", "acct_a", 7, None), Vec::new())
         .await
         .unwrap();
     assert_eq!(

@@ -35,7 +35,8 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@webhooks $open;
             webhooks_round_trip,
             events_fan_out_once,
-            deliveries_are_claimed_once_and_retried
+            deliveries_are_claimed_once_and_retried,
+            the_outbox_commits_with_its_change
         );
     };
     (@webhooks $open:expr; $($name:ident),*) => {

@@ -266,3 +266,43 @@ pub async fn deliveries_are_claimed_once_and_retried(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
 }
+
+/// Events written with the change that caused them: a new credit entry writes its event, a
+/// replay of it (same idempotency key) writes nothing; a key and its revocation likewise.
+pub async fn the_outbox_commits_with_its_change(store: Arc<dyn Store>) {
+    use tollgate_core::credit::{CreditEntry, CreditKind};
+    store
+        .create_account(tollgate_core::account::Account {
+            id: "acct_1".into(),
+            name: "a".into(),
+            created_at_ms: 1,
+            disabled: false,
+        })
+        .await
+        .unwrap();
+    store
+        .create_webhook(hook("wh_1", "acct_1", EventType::ALL.to_vec(), 1))
+        .await
+        .unwrap();
+    let entry = |id: &str| CreditEntry {
+        id: id.into(),
+        account_id: "acct_1".into(),
+        kind: CreditKind::Grant,
+        amount_nanos: 500,
+        idempotency_key: Some("once".into()),
+        note: None,
+        created_at_ms: 10,
+    };
+    let granted = event("evt_g1", "acct_1", EventType::CreditsGranted, None, 10);
+    let (_, new) = store.add_credit(entry("c1"), vec![granted]).await.unwrap();
+    assert!(new);
+    let replayed = event("evt_g2", "acct_1", EventType::CreditsGranted, None, 11);
+    let (_, new) = store.add_credit(entry("c2"), vec![replayed]).await.unwrap();
+    assert!(!new, "the same idempotency key");
+    let claimed = store.claim_deliveries(100, 1_000, 10).await.unwrap();
+    let ids: Vec<&str> = claimed
+        .iter()
+        .map(|c| c.delivery.event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["evt_g1"], "a replayed grant writes no event");
+}
