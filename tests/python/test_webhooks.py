@@ -384,3 +384,31 @@ def test_rate_limit_refusals_are_coalesced_per_key_and_minute(gw, receiver):
     assert e["data"]["refused_count"] == 3
     time.sleep(0.5)
     assert len(receiver.requests) == 1
+
+
+def test_projected_exhaustion_fires_once_per_grant_epoch(gw, receiver):
+    account = gw.create_account("webhook-projection", grant_usd="0.001")  # 1,000,000 nano-USD
+    r = gw.admin.post(f"/v1/webhooks?account_id={account}",
+                      json={"url": receiver.url, "events": ["credits.projected_exhaustion"]})
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    key = gw.create_key("burner", account_id=account)["key"]
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    # A few cents' worth of burn per hour would last days; this pace (measured over at least
+    # a minute) empties the balance within hours: inside the default 24 h horizon.
+    for _ in range(20):
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200
+    [req] = receiver.wait(1)
+    e = verify(secret, req)
+    assert e["type"] == "credits.projected_exhaustion"
+    d = e["data"]
+    assert d["burn_rate_nanos_per_hour"] > 0
+    assert d["window_hours"] == 6 and d["horizon_hours"] == 24
+    assert d["projected_exhaustion_at"].endswith("Z")
+    assert 0 < d["credits_remaining"] < 1000
+    for _ in range(5):
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200
+    time.sleep(1.0)
+    assert len(receiver.requests) == 1, "once per grant epoch"

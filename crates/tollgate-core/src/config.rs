@@ -201,6 +201,10 @@ pub struct WebhooksConfig {
     pub secret_overlap_hours: u64,
     /// Deliveries in flight per endpoint at most.
     pub max_in_flight_per_endpoint: usize,
+    /// `credits.projected_exhaustion`: the burn rate is measured over this many recent hours…
+    pub projection_window_hours: u64,
+    /// …and the event fires when it empties the balance within this many hours.
+    pub projection_horizon_hours: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -211,6 +215,8 @@ impl Default for WebhooksConfig {
             disable_after_failing_hours: 72,
             secret_overlap_hours: 24,
             max_in_flight_per_endpoint: 4,
+            projection_window_hours: 6,
+            projection_horizon_hours: 24,
         }
     }
 }
@@ -466,6 +472,14 @@ impl Config {
         if !(1..=120).contains(&w.timeout_secs) {
             return Err(InvalidConfig(
                 "webhooks.timeout_secs must be 1 to 120".into(),
+            ));
+        }
+        if !(1..=720).contains(&w.projection_window_hours)
+            || !(1..=8_760).contains(&w.projection_horizon_hours)
+        {
+            return Err(InvalidConfig(
+                "webhooks.projection_window_hours must be 1 to 720 and webhooks.projection_horizon_hours 1 to 8760"
+                    .into(),
             ));
         }
         if w.disable_after_failing_hours == 0 || w.max_in_flight_per_endpoint == 0 {

@@ -187,3 +187,30 @@ pub fn rate_limit_exceeded(
     ));
     e
 }
+
+/// `credits.projected_exhaustion`: at the recent burn rate the balance runs out at
+/// `exhausted_at_ms`, within the configured horizon.
+pub fn projected_exhaustion(
+    account_id: &str,
+    burn_nanos_per_hour: i64,
+    at: Position,
+    exhausted_at_ms: i64,
+    (window_hours, horizon_hours): (u64, u64),
+    per_usd: i64,
+    now_ms: i64,
+) -> Event {
+    event(
+        account_id,
+        EventType::CreditsProjectedExhaustion,
+        serde_json::json!({
+            "account_id": account_id,
+            "burn_rate_credits_per_hour": nanos_to_credits(burn_nanos_per_hour, per_usd),
+            "burn_rate_nanos_per_hour": burn_nanos_per_hour,
+            "credits_remaining": nanos_to_credits(at.balance_nanos.max(0), per_usd),
+            "projected_exhaustion_at": iso(exhausted_at_ms),
+            "window_hours": window_hours,
+            "horizon_hours": horizon_hours,
+        }),
+        now_ms,
+    )
+}

@@ -26,6 +26,7 @@ pub(crate) struct Watched {
     /// nano-USD for `credits.low`, if it wants that event and set one.
     pub low_nanos: Option<i64>,
     pub depleted: bool,
+    pub projected: bool,
 }
 
 #[derive(Debug)]
@@ -49,6 +50,36 @@ fn used_bp(p: Position) -> i64 {
 pub(crate) struct Watches {
     map: RwLock<HashMap<String, Arc<Watch>>>,
     loading: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Recent charges per watched account, for `credits.projected_exhaustion`.
+    burn: parking_lot::Mutex<HashMap<String, std::collections::VecDeque<(Instant, i64)>>>,
+}
+
+/// A burn rate is not extrapolated from less than this much time (a burst of a few seconds
+/// would otherwise project any balance away).
+const MIN_BURN_SPAN: Duration = Duration::from_secs(60);
+
+impl Watches {
+    /// Adds a charge; returns the burn rate over the window, nano-USD per hour.
+    fn burn_per_hour(&self, account_id: &str, charge: i64, window: Duration) -> i64 {
+        let now = Instant::now();
+        let mut map = self.burn.lock();
+        let q = map.entry(account_id.to_string()).or_default();
+        q.push_back((now, charge));
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > window)
+            || q.len() > 10_000
+        {
+            q.pop_front();
+        }
+        let spent: i64 = q.iter().map(|(_, c)| *c).fold(0, i64::saturating_add);
+        let span = q
+            .front()
+            .map_or(MIN_BURN_SPAN, |(t, _)| now.duration_since(*t))
+            .max(MIN_BURN_SPAN);
+        let per_hour = i128::from(spent) * 3_600_000 / i128::from(span.as_millis().max(1) as i64);
+        i64::try_from(per_hour).unwrap_or(i64::MAX)
+    }
 }
 
 impl Watches {
@@ -86,6 +117,7 @@ impl Webhooks {
                                     .filter(|_| h.wants(EventType::CreditsLow))
                                     .and_then(|c| me.credits_to_nanos(c)),
                                 depleted: h.wants(EventType::CreditsDepleted),
+                                projected: h.wants(EventType::CreditsProjectedExhaustion),
                                 id: h.id,
                             })
                             .collect();
@@ -153,6 +185,40 @@ impl Webhooks {
                 per_usd,
                 now,
             ));
+        }
+        if watch.hooks.iter().any(|h| h.projected) && after.balance_nanos > 0 {
+            let charge = after
+                .epoch_spent_nanos
+                .saturating_sub(before.epoch_spent_nanos);
+            let window = Duration::from_secs(self.cfg.projection_window_hours.saturating_mul(3600));
+            let rate = self.watches.burn_per_hour(account_id, charge, window);
+            let horizon_ms = i64::try_from(self.cfg.projection_horizon_hours)
+                .unwrap_or(i64::MAX / 3_600_000)
+                .saturating_mul(3_600_000);
+            if rate > 0 {
+                let left_ms = i128::from(after.balance_nanos) * 3_600_000 / i128::from(rate);
+                let left_ms = i64::try_from(left_ms).unwrap_or(i64::MAX);
+                if left_ms <= horizon_ms {
+                    for h in watch.hooks.iter().filter(|h| h.projected) {
+                        let mut e = events::projected_exhaustion(
+                            account_id,
+                            rate,
+                            after,
+                            now.saturating_add(left_ms),
+                            (
+                                self.cfg.projection_window_hours,
+                                self.cfg.projection_horizon_hours,
+                            ),
+                            per_usd,
+                            now,
+                        );
+                        e.webhook_id = Some(h.id.clone());
+                        e.dedupe_key =
+                            Some(format!("credits.projected_exhaustion:{}:{epoch}", h.id));
+                        out.push(e);
+                    }
+                }
+            }
         }
         if !out.is_empty() {
             self.emit_later(out);
