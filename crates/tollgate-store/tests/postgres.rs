@@ -319,3 +319,71 @@ async fn a_partition_dropped_by_another_replica_is_recreated() {
     let t = a.credit_totals("acct", true).await.unwrap();
     assert_eq!(t.charges_nanos_records, Some(t.charges_nanos));
 }
+
+/// Three replicas claiming one outbox at once never hold one delivery twice, and together
+/// claim every due delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_outbox_without_claiming_twice() {
+    use tollgate_core::store::WebhookStore;
+    use tollgate_core::webhook::{Event, EventType, SealedSecret, Webhook, WebhookSettings};
+    let db = TestDb::create().await;
+    let mut stores = Vec::new();
+    for r in ["r1", "r2", "r3"] {
+        stores.push(Arc::new(PgStore::connect(&db.url, 4, r).await.unwrap()));
+    }
+    stores[0]
+        .create_webhook(Webhook {
+            id: "wh_1".into(),
+            account_id: "acct".into(),
+            url: "https://example.com/h".into(),
+            events: vec![EventType::CreditsGranted],
+            settings: WebhookSettings::default(),
+            active: true,
+            disabled_reason: None,
+            secret: SealedSecret {
+                nonce: vec![0; 12],
+                ciphertext: vec![0; 48],
+            },
+            previous_secret: None,
+            previous_until_ms: None,
+            failing_since_ms: None,
+            created_at_ms: 1,
+        })
+        .await
+        .unwrap();
+    let events: Vec<Event> = (0..200)
+        .map(|i| {
+            Event::new(
+                format!("evt_{i}"),
+                "acct",
+                EventType::CreditsGranted,
+                serde_json::json!({}),
+                10,
+            )
+        })
+        .collect();
+    assert_eq!(stores[1].enqueue_events(events).await.unwrap(), 200);
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let store = stores[i % 3].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim_deliveries(100, 100_000, 7).await.unwrap();
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|c| c.delivery.event_id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(n, 200, "every delivery claimed");
+    assert_eq!(all.len(), 200, "none claimed twice");
+}
