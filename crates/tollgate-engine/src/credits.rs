@@ -320,7 +320,7 @@ impl Credits {
             // Unrenewed past its validity: learn whether the store still holds it first.
             renew(leases, &self.books, &self.clock, self.lease_secs).await?;
         }
-        let (need, in_flight) = {
+        let (need, cover) = {
             let b = book.lock();
             let need = amount.saturating_sub(b.available());
             let dry = b
@@ -332,17 +332,18 @@ impl Credits {
                 return Ok(());
             }
             let cover = b.lease.as_ref().map_or(0, LeaseState::cover);
-            (need, b.held.max(cover))
+            (need, cover)
         };
         let now_ms = self.clock.now_ms();
         let lease_ms = (self.lease_secs as i64).saturating_mul(1000);
         let granted = leases
             .take_lease(
                 account_id,
-                // Under load the lease grows with what is in flight and with `LEASE_COVER` of
-                // the recent spend, so top-ups stay rare and the lease outlasts a short
-                // database outage.
-                need.saturating_mul(TOP_UP_FACTOR).max(in_flight),
+                // Under steady load the lease grows to `LEASE_COVER` of the recent spend, so
+                // top-ups stay rare and the lease outlasts a short database outage. Not with
+                // what is in flight: in a burst the first replica would take the whole balance
+                // and the others would refuse while it sat in that lease.
+                need.saturating_mul(TOP_UP_FACTOR).max(cover),
                 now_ms,
                 now_ms.saturating_add(lease_ms),
             )
