@@ -388,9 +388,15 @@ impl Credits {
         }
         let totals = self.store.credit_totals(account_id, false).await?;
         let leased = self.store.leases().is_some();
+        // Leased: what this replica's lease still holds in the store (a restart under the same
+        // replica id takes its lease back, confirmed by a renewal before it is spent), else
+        // nothing until a lease is taken.
+        let own = match self.store.leases() {
+            Some(l) => l.lease_totals(account_id).await?.own_nanos.max(0),
+            None => 0,
+        };
         let book = Arc::new(Mutex::new(Book {
-            // Leased: nothing to spend until a lease is taken.
-            balance: if leased { 0 } else { totals.balance_nanos() },
+            balance: if leased { own } else { totals.balance_nanos() },
             held: 0,
             lease: leased.then(|| LeaseState {
                 shown: totals.balance_nanos(),
