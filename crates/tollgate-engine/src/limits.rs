@@ -369,7 +369,7 @@ impl Limiter {
             }
         }
         self.admit_local(l, &entry, &w, max_cost_nanos)
-            .map_err(|Refusal::Limited(kind, e)| {
+            .map_err(|(kind, e)| {
                 self.note_refusal(caller, kind, &w);
                 e
             })
@@ -440,13 +440,13 @@ impl Limiter {
         roll_minute(&mut s, w);
         let headers = w.headers(l, s.requests, s.tokens);
         if l.rpm_limit.is_some_and(|rpm| s.requests >= rpm) {
-            return Err(Refusal::Limited(
+            return Err((
                 QuotaKind::Requests,
                 w.refusal(QuotaKind::Requests, l, s.spent, headers),
             ));
         }
         if l.tpm_limit.is_some_and(|tpm| s.tokens >= tpm) {
-            return Err(Refusal::Limited(
+            return Err((
                 QuotaKind::Tokens,
                 w.refusal(QuotaKind::Tokens, l, s.spent, headers),
             ));
@@ -458,7 +458,7 @@ impl Limiter {
                 .saturating_add(max_cost_nanos)
                 > limit
             {
-                return Err(Refusal::Limited(
+                return Err((
                     QuotaKind::SpendNanos,
                     w.refusal(QuotaKind::SpendNanos, l, s.spent, headers),
                 ));
@@ -665,9 +665,7 @@ enum AdmitError {
 }
 
 /// A local refusal, with the limit that made it.
-enum Refusal {
-    Limited(QuotaKind, DomainError),
-}
+type Refusal = (QuotaKind, DomainError);
 
 fn roll_minute(s: &mut KeyState, w: &Windows) {
     let minute = w.minute_start.div_euclid(MINUTE_MS);

@@ -385,6 +385,43 @@ impl KeyStore for PgStore {
     }
 }
 
+/// Inserts a credit entry unless it conflicts (`ON CONFLICT {target} DO NOTHING`); a new entry
+/// joins the account's unleased balance, spendable by every replica. True if it was new.
+async fn insert_credit(
+    tx: &tokio_postgres::Transaction<'_>,
+    e: &CreditEntry,
+    conflict_target: &str,
+) -> Result<bool, StoreError> {
+    let n = tx
+        .execute(
+            &format!(
+                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT {conflict_target} DO NOTHING"
+            ),
+            &[
+                &e.id,
+                &e.account_id,
+                &e.kind.as_str(),
+                &e.amount_nanos,
+                &e.idempotency_key,
+                &e.note,
+                &e.created_at_ms,
+            ],
+        )
+        .await
+        .map_err(classify)?;
+    if n == 1 {
+        tx.execute(
+            "INSERT INTO credit_pools (account_id, available_nanos) VALUES ($1, $2) \
+             ON CONFLICT (account_id) DO UPDATE SET available_nanos = credit_pools.available_nanos + $2",
+            &[&e.account_id, &e.amount_nanos],
+        )
+        .await
+        .map_err(classify)?;
+    }
+    Ok(n == 1)
+}
+
 #[async_trait]
 impl CreditStore for PgStore {
     async fn add_credit(
@@ -394,31 +431,9 @@ impl CreditStore for PgStore {
     ) -> Result<(CreditEntry, bool), StoreError> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(classify)?;
-        let n = tx
-            .execute(
-                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (account_id, idempotency_key) DO NOTHING",
-                &[
-                    &e.id,
-                    &e.account_id,
-                    &e.kind.as_str(),
-                    &e.amount_nanos,
-                    &e.idempotency_key,
-                    &e.note,
-                    &e.created_at_ms,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        if n == 1 {
-            // The grant becomes spendable by every replica: it joins the unleased balance.
-            tx.execute(
-                "INSERT INTO credit_pools (account_id, available_nanos) VALUES ($1, $2) \
-                 ON CONFLICT (account_id) DO UPDATE SET available_nanos = credit_pools.available_nanos + $2",
-                &[&e.account_id, &e.amount_nanos],
-            )
-            .await
-            .map_err(classify)?;
+        // A used idempotency key skips the entry (and the caller learns which entry holds it).
+        let new = insert_credit(&tx, &e, "(account_id, idempotency_key)").await?;
+        if new {
             webhooks::enqueue_tx(&tx, &outbox).await?;
             tx.commit().await.map_err(classify)?;
             return Ok((e, true));
@@ -466,33 +481,9 @@ impl CreditStore for PgStore {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(classify)?;
         // No conflict target: a stored id and a used idempotency key both skip the entry.
-        let n = tx
-            .execute(
-                "INSERT INTO credit_entries (id, account_id, kind, amount_nanos, idempotency_key, note, created_at_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                &[
-                    &e.id,
-                    &e.account_id,
-                    &e.kind.as_str(),
-                    &e.amount_nanos,
-                    &e.idempotency_key,
-                    &e.note,
-                    &e.created_at_ms,
-                ],
-            )
-            .await
-            .map_err(classify)?;
-        if n == 1 {
-            tx.execute(
-                "INSERT INTO credit_pools (account_id, available_nanos) VALUES ($1, $2) \
-                 ON CONFLICT (account_id) DO UPDATE SET available_nanos = credit_pools.available_nanos + $2",
-                &[&e.account_id, &e.amount_nanos],
-            )
-            .await
-            .map_err(classify)?;
-        }
+        let new = insert_credit(&tx, &e, "").await?;
         tx.commit().await.map_err(classify)?;
-        Ok(n == 1)
+        Ok(new)
     }
 
     async fn list_credits(
