@@ -250,6 +250,10 @@ kind = "openai"
 base_url = "http://127.0.0.1:$MOCK_PORT/v1"
 api_key = "sk-upstream"
 models = ["gpt-*"]
+
+[webhooks]
+# The hanging-receiver scenario's receiver is on 127.0.0.1.
+allow_private_targets = true
 EOF
 	if [[ $store == postgres ]]; then
 		PG_DB="tg_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
@@ -466,6 +470,40 @@ for sc in "${SCENARIOS[@]}"; do
 	done
 done
 
+# ---------------------------------------------------------------- hanging webhook receiver
+# The first tollgate again at 64 connections, now with a webhook whose receiver accepts
+# connections and never answers, and 50 events queued for it: the dispatcher holds
+# max_in_flight_per_endpoint attempts open on it for timeout_secs each, and the proxy must not
+# notice.
+HOOK_TG=${TG_TARGETS[0]}
+HANG_PORT_FILE="$WORK/hang.port"
+python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0)); s.listen(128)
+print(s.getsockname()[1], flush=True)
+held = []
+while True:
+    c, _ = s.accept(); held.append(c)
+' >"$HANG_PORT_FILE" &
+HANG_PID=$!
+PIDS+=("$HANG_PID")
+for _ in $(seq 1 50); do [[ -s $HANG_PORT_FILE ]] && break; sleep 0.1; done
+HANG_PORT=$(head -1 "$HANG_PORT_FILE")
+[[ -n $HANG_PORT ]] || die "the hanging receiver did not start"
+HOOK_ID=$(curl -sf "${TG_URL[$HOOK_TG]}/v1/webhooks" -H "Authorization: Bearer ${TG_KEY[$HOOK_TG]}" \
+	-H 'Content-Type: application/json' \
+	-d "{\"url\":\"http://127.0.0.1:$HANG_PORT/hook\",\"events\":[\"credits.low\"]}" | json_field id)
+[[ -n $HOOK_ID ]] || die "$HOOK_TG: could not create the webhook"
+for _ in $(seq 1 50); do
+	curl -sf -o /dev/null -X POST "${TG_URL[$HOOK_TG]}/v1/webhooks/$HOOK_ID/test" \
+		-H "Authorization: Bearer ${TG_KEY[$HOOK_TG]}" || die "$HOOK_TG: could not queue a test event"
+done
+sleep 1
+HANG_CONNS=$(ss -Htn state established "( sport = :$HANG_PORT )" 2>/dev/null | wc -l)
+log "hanging receiver on 127.0.0.1:$HANG_PORT holds $HANG_CONNS connection(s) from $HOOK_TG"
+run_wrk json-c64-hang "$HOOK_TG" json 64 2 "$DURATION"
+
 # ---------------------------------------------------------------- ledger check
 declare -A ROWS ROWS_BY_STATUS TG_RC JOURNAL_LEFT
 Q_ROWS='SELECT COUNT(*) FROM usage_records;'
@@ -578,6 +616,16 @@ REPORT="$WORK/report.md"
 		echo "- Nagle-style stall (a ~40 ms p50 at 1 connection): worst $tg p50 at 1 connection is $(fmt_us "$worst"): $(pass "$worst < 20000")"
 		echo
 	done
+	hr=$(get json-c64-hang "$HOOK_TG" rps)
+	hp=$(get json-c64-hang "$HOOK_TG" p99_us)
+	bp=$(get json-c64 "$HOOK_TG" p99_us)
+	echo "Hanging webhook receiver ($HOOK_TG, non-streaming, 64 connections; the receiver accepts and"
+	echo "never answers, 50 events queued, $HANG_CONNS connection(s) held to it after 1 s):"
+	echo
+	echo "- $(fmt_rps "$hr") req/s (target ≥ 2,000): $(pass "$hr >= 2000")"
+	echo "- p99 $(fmt_us "$hp") against $(fmt_us "$bp") without it (target ≤ 1.5× + 2 ms): $(pass "$hp <= 1.5 * $bp + 2000")"
+	echo "- connections held by the dispatcher: $HANG_CONNS (max_in_flight_per_endpoint = 4): $(pass "$HANG_CONNS <= 4 && $HANG_CONNS > 0")"
+	echo
 	for tg in "${TG_TARGETS[@]}"; do
 		where="tollgate.db usage_records"
 		[[ ${TG_STORE[$tg]} == postgres ]] && where="PostgreSQL $PG_DB usage_records"

@@ -412,3 +412,88 @@ def test_projected_exhaustion_fires_once_per_grant_epoch(gw, receiver):
         assert c.post("/v1/chat/completions", json=chat).status_code == 200
     time.sleep(1.0)
     assert len(receiver.requests) == 1, "once per grant epoch"
+
+
+def test_key_spend_limit_thresholds_fire_once_per_period(gw, receiver):
+    account = gw.create_account("webhook-key-spend", grant_usd="1")
+    r = gw.admin.post(
+        f"/v1/webhooks?account_id={account}",
+        json={"url": receiver.url, "events": ["usage.threshold"],
+              "settings": {"usage_threshold_percent": [50, 90]}},
+    )
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    k = gw.admin.post(f"/admin/accounts/{account}/keys",
+                      json={"name": "capped", "limits": {"spend_limit_nanos": 600_000,
+                                                         "spend_period": "daily"}})
+    assert k.status_code == 201, k.text
+    key, key_id = k.json()["key"], k.json()["id"]
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    statuses = []
+    for _ in range(600):
+        statuses.append(c.post("/v1/chat/completions", json=chat).status_code)
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429 and statuses.count(200) > 5, statuses
+    time.sleep(1.5)
+    got = [verify(secret, q) for q in receiver.requests]
+    # Only the key's limit is near: $1 of account credits is far from 50 %.
+    assert sorted(e["data"]["threshold_percent"] for e in got) == [50, 90], got
+    for e in got:
+        d = e["data"]
+        assert e["type"] == "usage.threshold"
+        assert d["key_id"] == key_id and d["period"] == "daily"
+        assert d["percent_used"] >= d["threshold_percent"]
+        assert d["spend_limit_credits"] == 600  # 600,000 nano-USD; a credit is a micro-USD
+        day = time.strftime("%Y-%m-%dT00:00:00.000Z", time.gmtime())
+        assert d["period_start"] == day, d
+        # Each rounded down to whole credits, as everywhere in the LLMHub API.
+        assert d["credits_used"] + d["credits_remaining"] in (599, 600), d
+    # Further refusals and requests in the same period add nothing.
+    c.post("/v1/chat/completions", json=chat)
+    time.sleep(0.5)
+    assert len(receiver.requests) == 2
+
+
+@pytest.fixture(scope="module")
+def gw_refire(start_gateway):
+    return start_gateway(ALLOW_PRIVATE + "projection_refire_hours = 12\n")
+
+
+def test_projected_exhaustion_fires_again_when_it_moves_earlier(gw_refire, receiver):
+    gw = gw_refire
+    chat = {"model": "gpt-4o-mini", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}
+    # What one request costs, on an account of its own.
+    probe = gw.create_account("projection-probe", grant_usd="1")
+    pk = gw.create_key("probe", account_id=probe)["key"]
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=chat, timeout=30,
+                      headers={"authorization": f"Bearer {pk}"}).status_code == 200
+    left = gw.admin.get(f"/admin/accounts/{probe}/credits").json()["live_balance_nanos"]
+    cost = 1_000_000_000 - left
+    assert cost > 0
+    # A balance that ten requests (burn measured over a minute) project to empty in 24 h:
+    # n requests project B / (60 n c) hours; the first event at n ≈ 10, the projection falls
+    # below 24 - 12 = 12 h at n ≈ 20 (fires again), and can never fall 12 h below that.
+    grant_nanos = 10 * 60 * 24 * cost
+    account = gw.create_account("webhook-refire")
+    g = gw.admin.post(f"/admin/accounts/{account}/credits",
+                      json={"amount_usd": f"{grant_nanos / 1e9:.9f}"})
+    assert g.status_code == 201, g.text
+    r = gw.admin.post(f"/v1/webhooks?account_id={account}",
+                      json={"url": receiver.url, "events": ["credits.projected_exhaustion"]})
+    assert r.status_code == 201, r.text
+    secret = r.json()["secret"]
+    key = gw.create_key("burner", account_id=account)["key"]
+    c = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {key}"}, timeout=30)
+    for _ in range(40):
+        assert c.post("/v1/chat/completions", json=chat).status_code == 200
+    first, second = [verify(secret, q) for q in receiver.wait(2)]
+    time.sleep(1.0)
+    assert len(receiver.requests) == 2, [verify(secret, q) for q in receiver.requests]
+    assert first["type"] == second["type"] == "credits.projected_exhaustion"
+    at = [time.mktime(time.strptime(e["data"]["projected_exhaustion_at"][:19], "%Y-%m-%dT%H:%M:%S"))
+          for e in (first, second)]
+    assert at[0] - at[1] > 12 * 3600, (first, second)

@@ -203,8 +203,11 @@ pub struct WebhooksConfig {
     pub max_in_flight_per_endpoint: usize,
     /// `credits.projected_exhaustion`: the burn rate is measured over this many recent hours…
     pub projection_window_hours: u64,
-    /// …and the event fires when it empties the balance within this many hours.
+    /// …and the event fires when it empties the balance within this many hours; once per grant
+    /// epoch, and again only when the projection moves earlier by more than
+    /// `projection_refire_hours`.
     pub projection_horizon_hours: u64,
+    pub projection_refire_hours: u64,
 }
 
 impl Default for WebhooksConfig {
@@ -217,6 +220,7 @@ impl Default for WebhooksConfig {
             max_in_flight_per_endpoint: 4,
             projection_window_hours: 6,
             projection_horizon_hours: 24,
+            projection_refire_hours: 6,
         }
     }
 }
@@ -476,9 +480,10 @@ impl Config {
         }
         if !(1..=720).contains(&w.projection_window_hours)
             || !(1..=8_760).contains(&w.projection_horizon_hours)
+            || !(1..=8_760).contains(&w.projection_refire_hours)
         {
             return Err(InvalidConfig(
-                "webhooks.projection_window_hours must be 1 to 720 and webhooks.projection_horizon_hours 1 to 8760"
+                "webhooks.projection_window_hours must be 1 to 720, and webhooks.projection_horizon_hours and webhooks.projection_refire_hours 1 to 8760"
                     .into(),
             ));
         }

@@ -103,11 +103,25 @@ pub struct Permit {
     done: bool,
     /// The key's rate windows, for the response's `x-ratelimit-*` headers.
     pub rate: RateStatus,
+    /// Set when the key has a spend limit and webhooks may watch it.
+    watch: Option<Box<SpendWatch>>,
+}
+
+/// What `usage.threshold` by key needs to know of a permit's spend window.
+struct SpendWatch {
+    outbox: Arc<crate::webhooks::Webhooks>,
+    account_id: String,
+    key_id: String,
+    period: Period,
+    period_start: i64,
+    period_end: Option<i64>,
+    limit: i64,
 }
 
 impl Permit {
     pub fn settle(mut self, tokens: u64, cost_nanos: i64, now_ms: i64) {
         self.done = true;
+        let mut used = None;
         if let Some(state) = &self.state {
             let mut s = state.lock();
             s.held -= self.spend_hold;
@@ -131,6 +145,29 @@ impl Permit {
                         .saturating_add(self.spend_hold.saturating_sub(cost_nanos));
                 }
             }
+            if self.watch.is_some() && cost_nanos > 0 {
+                // Shared mode: the window's use across replicas as of this replica's last take
+                // (what its slice and holds do not account for); else this process's count.
+                let sp = &s.slices[slot(QuotaKind::SpendNanos)];
+                let shared = match self.spend_window {
+                    Some(window) if sp.window == window => {
+                        sp.seen.saturating_sub(sp.avail).saturating_sub(s.held)
+                    }
+                    _ => 0,
+                };
+                used = Some(s.spent.max(shared));
+            }
+        }
+        if let (Some(w), Some(used_nanos)) = (&self.watch, used) {
+            w.outbox.on_key_spend(crate::webhooks::KeySpend {
+                account_id: &w.account_id,
+                key_id: &w.key_id,
+                period: w.period,
+                period_start_ms: w.period_start,
+                period_end_ms: w.period_end,
+                limit_nanos: w.limit,
+                used_nanos,
+            });
         }
     }
 }
@@ -330,6 +367,7 @@ impl Limiter {
                 spend_window: None,
                 done: false,
                 rate: RateStatus::default(),
+                watch: None,
             });
         }
         let entry = self
@@ -352,14 +390,28 @@ impl Limiter {
                 s.spent = spent;
             }
         }
+        let mut permit = self
+            .admit_windows(caller, &entry, &w, max_cost_nanos)
+            .await?;
+        permit.watch = self.spend_watch(caller, &w);
+        Ok(permit)
+    }
+
+    async fn admit_windows(
+        &self,
+        caller: &Caller,
+        entry: &KeyEntry,
+        w: &Windows,
+        max_cost_nanos: i64,
+    ) -> Result<Permit, DomainError> {
         if let Some(quotas) = self.store.quotas() {
             match self
-                .admit_shared(quotas, caller, &entry, &w, max_cost_nanos)
+                .admit_shared(quotas, caller, entry, w, max_cost_nanos)
                 .await
             {
                 Err(AdmitError::Refused(e)) => return Err(e),
                 Err(AdmitError::Limited(kind, e)) => {
-                    self.note_refusal(caller, kind, &w);
+                    self.note_refusal(caller, kind, w);
                     return Err(e);
                 }
                 Ok(permit) => return Ok(permit),
@@ -368,11 +420,26 @@ impl Limiter {
                 Err(AdmitError::StoreAway) => {}
             }
         }
-        self.admit_local(l, &entry, &w, max_cost_nanos)
+        self.admit_local(&caller.limits, entry, w, max_cost_nanos)
             .map_err(|(kind, e)| {
-                self.note_refusal(caller, kind, &w);
+                self.note_refusal(caller, kind, w);
                 e
             })
+    }
+
+    fn spend_watch(&self, caller: &Caller, w: &Windows) -> Option<Box<SpendWatch>> {
+        let limit = caller.limits.spend_limit_nanos?;
+        let outbox = self.outbox.get()?.clone();
+        let end = w.end(QuotaKind::SpendNanos);
+        Some(Box::new(SpendWatch {
+            outbox,
+            account_id: caller.account_id.clone(),
+            key_id: caller.key_id.clone(),
+            period: w.period,
+            period_start: w.period_start,
+            period_end: (end != i64::MAX).then_some(end),
+            limit,
+        }))
     }
 
     /// Counts a refusal for `rate_limit.exceeded`: the first in a key's limit and minute
@@ -474,6 +541,7 @@ impl Limiter {
             spend_window: None,
             done: false,
             rate: headers,
+            watch: None,
         })
     }
 
@@ -631,6 +699,7 @@ impl Limiter {
             spend_window,
             done: false,
             rate: headers,
+            watch: None,
         }
     }
 

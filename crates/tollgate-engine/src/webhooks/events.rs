@@ -131,6 +131,34 @@ pub fn usage_threshold(
     )
 }
 
+/// `usage.threshold` for a key's spend limit: `used_bp` hundredths of a percent of the limit
+/// are used in the limit's period.
+pub fn key_usage_threshold(
+    k: &super::KeySpend<'_>,
+    percent: u8,
+    used_bp: i64,
+    per_usd: i64,
+    now_ms: i64,
+) -> Event {
+    event(
+        k.account_id,
+        EventType::UsageThreshold,
+        serde_json::json!({
+            "account_id": k.account_id,
+            "key_id": k.key_id,
+            "threshold_percent": percent,
+            "percent_used": used_bp as f64 / 100.0,
+            "credits_used": nanos_to_credits(k.used_nanos, per_usd),
+            "credits_remaining": nanos_to_credits(k.limit_nanos.saturating_sub(k.used_nanos).max(0), per_usd),
+            "spend_limit_credits": nanos_to_credits(k.limit_nanos, per_usd),
+            "period": k.period.as_str(),
+            "period_start": if k.period == tollgate_core::account::Period::Total { None } else { Some(iso(k.period_start_ms)) },
+            "period_end": k.period_end_ms.map(iso),
+        }),
+        now_ms,
+    )
+}
+
 /// `credits.low`: the balance fell below the endpoint's `credits_low_threshold`.
 pub fn credits_low(
     account_id: &str,

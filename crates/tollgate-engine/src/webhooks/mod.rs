@@ -10,6 +10,7 @@ pub mod sign;
 mod watch;
 
 pub use events::Position;
+pub use watch::KeySpend;
 
 use std::sync::Arc;
 

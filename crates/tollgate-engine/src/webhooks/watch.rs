@@ -52,7 +52,14 @@ pub(crate) struct Watches {
     loading: parking_lot::Mutex<std::collections::HashSet<String>>,
     /// Recent charges per watched account, for `credits.projected_exhaustion`.
     burn: parking_lot::Mutex<HashMap<String, std::collections::VecDeque<(Instant, i64)>>>,
+    /// Dedupe keys this process has written (or is writing): a crossing is asked for once.
+    fired: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// Per endpoint and epoch: the projected exhaustion time last fired.
+    projected: parking_lot::Mutex<HashMap<String, i64>>,
 }
+
+/// Memo entries kept at most; past it the memo starts over (the store's dedupe still holds).
+const MEMO_MAX: usize = 100_000;
 
 /// A burn rate is not extrapolated from less than this much time (a burst of a few seconds
 /// would otherwise project any balance away).
@@ -83,6 +90,19 @@ impl Watches {
 }
 
 impl Watches {
+    /// True the first time this process sees `key`.
+    fn first_time(&self, key: &str) -> bool {
+        let mut fired = self.fired.lock();
+        if fired.contains(key) {
+            return false;
+        }
+        if fired.len() >= MEMO_MAX {
+            fired.clear();
+        }
+        fired.insert(key.to_string());
+        true
+    }
+
     pub fn forget(&self, account_id: &str) {
         self.map.write().remove(account_id);
     }
@@ -141,7 +161,12 @@ impl Webhooks {
         credits.checked_mul(tollgate_core::money::NANOS_PER_USD / self.per_usd.max(1))
     }
 
-    /// A request of `account_id` was charged: emits each crossing between `before` and `after`.
+    /// A request of `account_id` was charged: emits each threshold the account is past now.
+    ///
+    /// Level-triggered, not edge-triggered: a threshold already passed fires at the next charge
+    /// if its event is not yet written (a restart between the charge and the outbox write, an
+    /// endpoint created later, a watch list not loaded yet). The dedupe key keeps it to one
+    /// event per crossing in the store; `fired` keeps this process from asking twice.
     pub fn on_charge(self: &Arc<Self>, account_id: &str, before: Position, after: Position) {
         let Some(watch) = self.watch(account_id) else {
             return;
@@ -152,77 +177,197 @@ impl Webhooks {
         let now = self.clock.now_ms();
         let per_usd = self.per_usd;
         let epoch = after.credited_nanos;
-        let mut out: Vec<Event> = Vec::new();
-        let (was, is) = (used_bp(before), used_bp(after));
+        let mut out = Pending::default();
+        let is = used_bp(after);
         for h in &watch.hooks {
             for &p in &h.usage_percents {
-                let at = i64::from(p) * 100;
-                if was < at && is >= at {
-                    let mut e = events::usage_threshold(account_id, p, is, after, per_usd, now);
-                    e.webhook_id = Some(h.id.clone());
-                    e.dedupe_key = Some(format!("usage.threshold:{}:{epoch}:{p}", h.id));
-                    out.push(e);
+                if is >= i64::from(p) * 100 {
+                    let key = format!("usage.threshold:{}:{epoch}:{p}", h.id);
+                    if self.watches.first_time(&key) {
+                        let e = events::usage_threshold(account_id, p, is, after, per_usd, now);
+                        out.push(e, &h.id, key);
+                    }
                 }
             }
             if let Some(t) = h.low_nanos {
-                if before.balance_nanos >= t && after.balance_nanos < t {
-                    let mut e = events::credits_low(account_id, t, after, per_usd, now);
-                    e.webhook_id = Some(h.id.clone());
-                    e.dedupe_key = Some(format!("credits.low:{}:{epoch}", h.id));
-                    out.push(e);
+                if after.balance_nanos < t {
+                    let key = format!("credits.low:{}:{epoch}", h.id);
+                    if self.watches.first_time(&key) {
+                        out.push(
+                            events::credits_low(account_id, t, after, per_usd, now),
+                            &h.id,
+                            key,
+                        );
+                    }
                 }
             }
         }
-        if watch.hooks.iter().any(|h| h.depleted)
-            && before.balance_nanos > 0
-            && after.balance_nanos <= 0
-        {
-            out.push(events::credits_depleted(
-                account_id,
-                epoch,
-                after.balance_nanos,
-                0,
-                per_usd,
-                now,
-            ));
+        if watch.hooks.iter().any(|h| h.depleted) && after.balance_nanos <= 0 {
+            let e =
+                events::credits_depleted(account_id, epoch, after.balance_nanos, 0, per_usd, now);
+            if let Some(key) = e.dedupe_key.clone() {
+                if self.watches.first_time(&key) {
+                    out.events.push(e);
+                    out.keys.push(key);
+                }
+            }
         }
         if watch.hooks.iter().any(|h| h.projected) && after.balance_nanos > 0 {
             let charge = after
                 .epoch_spent_nanos
                 .saturating_sub(before.epoch_spent_nanos);
-            let window = Duration::from_secs(self.cfg.projection_window_hours.saturating_mul(3600));
-            let rate = self.watches.burn_per_hour(account_id, charge, window);
-            let horizon_ms = i64::try_from(self.cfg.projection_horizon_hours)
+            self.project(account_id, charge, after, &watch, &mut out);
+        }
+        self.send(out);
+    }
+
+    /// `credits.projected_exhaustion`: once per endpoint and grant epoch, and again each time
+    /// the projection moves earlier by more than `projection_refire_hours` than the last one
+    /// this process saw fire.
+    fn project(
+        self: &Arc<Self>,
+        account_id: &str,
+        charge: i64,
+        after: Position,
+        watch: &Watch,
+        out: &mut Pending,
+    ) {
+        let window = Duration::from_secs(self.cfg.projection_window_hours.saturating_mul(3600));
+        let rate = self.watches.burn_per_hour(account_id, charge, window);
+        if rate <= 0 {
+            return;
+        }
+        let hours_ms = |h: u64| {
+            i64::try_from(h)
                 .unwrap_or(i64::MAX / 3_600_000)
-                .saturating_mul(3_600_000);
-            if rate > 0 {
-                let left_ms = i128::from(after.balance_nanos) * 3_600_000 / i128::from(rate);
-                let left_ms = i64::try_from(left_ms).unwrap_or(i64::MAX);
-                if left_ms <= horizon_ms {
-                    for h in watch.hooks.iter().filter(|h| h.projected) {
-                        let mut e = events::projected_exhaustion(
-                            account_id,
-                            rate,
-                            after,
-                            now.saturating_add(left_ms),
-                            (
-                                self.cfg.projection_window_hours,
-                                self.cfg.projection_horizon_hours,
-                            ),
-                            per_usd,
-                            now,
-                        );
-                        e.webhook_id = Some(h.id.clone());
-                        e.dedupe_key =
-                            Some(format!("credits.projected_exhaustion:{}:{epoch}", h.id));
-                        out.push(e);
+                .saturating_mul(3_600_000)
+        };
+        let left_ms = i128::from(after.balance_nanos) * 3_600_000 / i128::from(rate);
+        let left_ms = i64::try_from(left_ms).unwrap_or(i64::MAX);
+        if left_ms > hours_ms(self.cfg.projection_horizon_hours) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let at = now.saturating_add(left_ms);
+        let margin = hours_ms(self.cfg.projection_refire_hours).max(1);
+        let epoch = after.credited_nanos;
+        for h in watch.hooks.iter().filter(|h| h.projected) {
+            let slot = format!("credits.projected_exhaustion:{}:{epoch}", h.id);
+            // The first of an epoch has the plain key (once across replicas and restarts); a
+            // re-fire is keyed by the margin-wide bucket it falls in, so replicas that see the
+            // same move send it once.
+            let key = {
+                let mut last = self.watches.projected.lock();
+                if last.len() >= MEMO_MAX {
+                    last.clear();
+                }
+                match last.get(&slot).copied() {
+                    None => {
+                        last.insert(slot.clone(), at);
+                        slot.clone()
                     }
+                    Some(prev) if at < prev.saturating_sub(margin) => {
+                        last.insert(slot.clone(), at);
+                        format!("{slot}:{}", at.div_euclid(margin))
+                    }
+                    Some(_) => continue,
+                }
+            };
+            let e = events::projected_exhaustion(
+                account_id,
+                rate,
+                after,
+                at,
+                (
+                    self.cfg.projection_window_hours,
+                    self.cfg.projection_horizon_hours,
+                ),
+                self.per_usd,
+                now,
+            );
+            out.push(e, &h.id, key);
+        }
+    }
+
+    /// A key with a spend limit per period was charged: `used_nanos` of `limit_nanos` are used
+    /// in the period from `period_start_ms` (as this process sees it). Emits `usage.threshold`
+    /// with the key's id for each threshold past, once per endpoint, key, period and threshold.
+    pub fn on_key_spend(self: &Arc<Self>, spend: KeySpend<'_>) {
+        let Some(watch) = self.watch(spend.account_id) else {
+            return;
+        };
+        if spend.limit_nanos <= 0 {
+            return;
+        }
+        let is = i64::try_from(
+            i128::from(spend.used_nanos.max(0)) * 10_000 / i128::from(spend.limit_nanos),
+        )
+        .unwrap_or(i64::MAX);
+        let now = self.clock.now_ms();
+        let mut out = Pending::default();
+        for h in &watch.hooks {
+            for &p in &h.usage_percents {
+                if is < i64::from(p) * 100 {
+                    continue;
+                }
+                let key = format!(
+                    "usage.threshold:{}:key:{}:{}:{p}",
+                    h.id, spend.key_id, spend.period_start_ms
+                );
+                if self.watches.first_time(&key) {
+                    let e = events::key_usage_threshold(&spend, p, is, self.per_usd, now);
+                    out.push(e, &h.id, key);
                 }
             }
         }
-        if !out.is_empty() {
-            self.emit_later(out);
+        self.send(out);
+    }
+
+    /// Writes pending events in the background; if the write fails, this process forgets it
+    /// sent them, so the next charge tries again.
+    fn send(self: &Arc<Self>, out: Pending) {
+        if out.events.is_empty() {
+            return;
         }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.emit(out.events).await {
+                tracing::warn!(error = %e.message, "could not write webhook events; will retry at the next charge");
+                let mut fired = me.watches.fired.lock();
+                for k in &out.keys {
+                    fired.remove(k);
+                }
+            }
+        });
+    }
+}
+
+/// A key's spend in its limit's period, for `usage.threshold` by key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpend<'a> {
+    pub account_id: &'a str,
+    pub key_id: &'a str,
+    pub period: tollgate_core::account::Period,
+    pub period_start_ms: i64,
+    /// None for a total (never resetting) limit.
+    pub period_end_ms: Option<i64>,
+    pub limit_nanos: i64,
+    pub used_nanos: i64,
+}
+
+/// Events to write, with their dedupe keys.
+#[derive(Default)]
+struct Pending {
+    events: Vec<Event>,
+    keys: Vec<String>,
+}
+
+impl Pending {
+    fn push(&mut self, mut e: Event, webhook_id: &str, key: String) {
+        e.webhook_id = Some(webhook_id.to_string());
+        e.dedupe_key = Some(key.clone());
+        self.events.push(e);
+        self.keys.push(key);
     }
 }
 
