@@ -208,6 +208,8 @@ pub struct WebhooksConfig {
     /// `projection_refire_hours`.
     pub projection_horizon_hours: u64,
     pub projection_refire_hours: u64,
+    /// Finished deliveries (and their attempts) are kept this many days.
+    pub history_days: u32,
 }
 
 impl Default for WebhooksConfig {
@@ -221,6 +223,7 @@ impl Default for WebhooksConfig {
             projection_window_hours: 6,
             projection_horizon_hours: 24,
             projection_refire_hours: 6,
+            history_days: 30,
         }
     }
 }
@@ -477,6 +480,11 @@ impl Config {
             return Err(InvalidConfig(
                 "webhooks.timeout_secs must be 1 to 120".into(),
             ));
+        }
+        if !(1..=MAX_RETENTION_DAYS).contains(&w.history_days) {
+            return Err(InvalidConfig(format!(
+                "webhooks.history_days must be 1 to {MAX_RETENTION_DAYS}"
+            )));
         }
         if !(1..=720).contains(&w.projection_window_hours)
             || !(1..=8_760).contains(&w.projection_horizon_hours)

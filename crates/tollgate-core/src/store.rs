@@ -315,6 +315,11 @@ pub trait WebhookStore: Send + Sync + 'static {
         delivery_id: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError>;
+    /// Forgets finished history created before `before_ms`: succeeded and failed deliveries
+    /// with their attempts, and events left without deliveries. An event with a dedupe key
+    /// keeps its row (without its payload), so the crossing it stands for never fires again.
+    /// Returns the deliveries removed.
+    async fn prune_webhook_history(&self, before_ms: i64) -> Result<u64, StoreError>;
 }
 
 /// A complete backend.

@@ -20,11 +20,17 @@ const CLAIM_BATCH: usize = 32;
 const MAX_RESPONSE_BYTES: usize = 4096;
 /// A claim outlives an attempt by far, so only a dead dispatcher's claims are taken over.
 const CLAIM_MS: i64 = 5 * 60 * 1000;
+/// Claimed deliveries held by this process (in flight or waiting for their endpoint's slot) at
+/// most: a dead receiver with a long queue must not make it claim the whole outbox.
+const MAX_HELD: usize = 1024;
+/// Finished history is pruned this often.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 pub struct Dispatcher {
     hooks: Arc<Webhooks>,
     client: reqwest::Client,
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
+    held: Arc<Semaphore>,
 }
 
 impl Dispatcher {
@@ -47,25 +53,40 @@ impl Dispatcher {
             hooks,
             client,
             in_flight: Mutex::new(HashMap::new()),
+            held: Arc::new(Semaphore::new(MAX_HELD)),
         });
         tokio::spawn(async move { d.run().await });
     }
 
     async fn run(self: Arc<Self>) {
         let wake = self.hooks.wake.clone();
+        let mut pruned: Option<Instant> = None;
         loop {
+            if pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                pruned = Some(Instant::now());
+                self.prune().await;
+            }
             let now = self.hooks.clock.now_ms();
-            match self
-                .hooks
-                .store
-                .claim_deliveries(now, now.saturating_add(CLAIM_MS), CLAIM_BATCH)
-                .await
-            {
+            let room = self.held.available_permits().min(CLAIM_BATCH);
+            let claimed = if room == 0 {
+                Ok(Vec::new())
+            } else {
+                let until = now.saturating_add(CLAIM_MS);
+                self.hooks.store.claim_deliveries(now, until, room).await
+            };
+            match claimed {
                 Ok(claims) => {
-                    let full = claims.len() == CLAIM_BATCH;
+                    let full = room > 0 && claims.len() == room;
                     for c in claims {
+                        let Ok(permit) = self.held.clone().try_acquire_owned() else {
+                            break; // not reached: `room` permits were free; the claim expires
+                        };
                         let d = self.clone();
-                        tokio::spawn(async move { d.deliver(c).await });
+                        let until = now.saturating_add(CLAIM_MS);
+                        tokio::spawn(async move {
+                            d.deliver(c, until).await;
+                            drop(permit);
+                        });
                     }
                     if full {
                         continue;
@@ -86,11 +107,35 @@ impl Dispatcher {
             .clone()
     }
 
-    async fn deliver(&self, c: Claimed) {
+    /// Forgets deliveries finished more than `webhooks.history_days` ago.
+    async fn prune(&self) {
+        let days = i64::from(self.hooks.cfg.history_days);
+        let before = self
+            .hooks
+            .clock
+            .now_ms()
+            .saturating_sub(days.saturating_mul(86_400_000));
+        match self.hooks.store.prune_webhook_history(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deliveries = n, "pruned webhook history"),
+            Err(e) => tracing::warn!(error = %e, "could not prune webhook history"),
+        }
+    }
+
+    async fn deliver(&self, c: Claimed, claimed_until_ms: i64) {
         let slots = self.endpoint_slots(&c.webhook.id);
         let Ok(_slot) = slots.acquire_owned().await else {
             return;
         };
+        // Waited so long for the endpoint that the claim could run out mid-attempt: another
+        // dispatcher may take it over then, so leave it to the claim's expiry (never two
+        // attempts of one delivery at once).
+        let attempt_ms = i64::try_from(self.hooks.cfg.timeout_secs)
+            .unwrap_or(i64::MAX / 1000)
+            .saturating_mul(1000);
+        if self.hooks.clock.now_ms().saturating_add(attempt_ms) >= claimed_until_ms {
+            return;
+        }
         let outcome = self.attempt(&c).await;
         if let Err(e) = self
             .hooks

@@ -15,6 +15,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0002_limit_windows.sql"),
     include_str!("migrations/0003_retired_records.sql"),
     include_str!("migrations/0004_webhooks.sql"),
+    include_str!("migrations/0005_webhook_history.sql"),
 ];
 
 /// Any key will do as long as it is tollgate's own: `pg_advisory_lock` keys are database-wide.

@@ -455,4 +455,39 @@ impl WebhookStore for PgStore {
             .map_err(classify)?;
         Ok(n > 0)
     }
+
+    async fn prune_webhook_history(&self, before_ms: i64) -> Result<u64, StoreError> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(classify)?;
+        tx.execute(
+            "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries \
+                 WHERE state IN ('succeeded', 'failed') AND created_at_ms < $1)",
+            &[&before_ms],
+        )
+        .await
+        .map_err(classify)?;
+        let n = tx
+            .execute(
+                "DELETE FROM webhook_deliveries WHERE state IN ('succeeded', 'failed') AND created_at_ms < $1",
+                &[&before_ms],
+            )
+            .await
+            .map_err(classify)?;
+        tx.execute(
+            "DELETE FROM webhook_events WHERE created_at_ms < $1 AND dedupe_key IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+            &[&before_ms],
+        )
+        .await
+        .map_err(classify)?;
+        tx.execute(
+            "UPDATE webhook_events SET payload = '' WHERE created_at_ms < $1 AND payload <> '' AND NOT EXISTS \
+                 (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+            &[&before_ms],
+        )
+        .await
+        .map_err(classify)?;
+        tx.commit().await.map_err(classify)?;
+        Ok(n)
+    }
 }

@@ -76,6 +76,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0005_record_anomaly.sql"),
     include_str!("migrations/0006_retired_records.sql"),
     include_str!("migrations/0007_webhooks.sql"),
+    include_str!("migrations/0008_webhook_history.sql"),
 ];
 
 pub(crate) struct Db {

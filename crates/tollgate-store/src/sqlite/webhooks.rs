@@ -424,4 +424,32 @@ impl WebhookStore for SqliteStore {
         })
         .await
     }
+
+    async fn prune_webhook_history(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.with_writer(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM webhook_deliveries \
+                 WHERE state IN ('succeeded', 'failed') AND created_at_ms < ?1)",
+                params![before_ms],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM webhook_deliveries WHERE state IN ('succeeded', 'failed') AND created_at_ms < ?1",
+                params![before_ms],
+            )?;
+            tx.execute(
+                "DELETE FROM webhook_events WHERE created_at_ms < ?1 AND dedupe_key IS NULL AND NOT EXISTS \
+                 (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+                params![before_ms],
+            )?;
+            tx.execute(
+                "UPDATE webhook_events SET payload = '' WHERE created_at_ms < ?1 AND payload <> '' AND NOT EXISTS \
+                 (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = webhook_events.id)",
+                params![before_ms],
+            )?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
+    }
 }

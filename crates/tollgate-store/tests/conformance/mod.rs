@@ -36,7 +36,8 @@ macro_rules! conformance_suite {
             webhooks_round_trip,
             events_fan_out_once,
             deliveries_are_claimed_once_and_retried,
-            the_outbox_commits_with_its_change
+            the_outbox_commits_with_its_change,
+            finished_history_is_pruned_and_dedupe_keys_stay
         );
     };
     (@webhooks $open:expr; $($name:ident),*) => {

@@ -306,3 +306,80 @@ pub async fn the_outbox_commits_with_its_change(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(ids, ["evt_g1"], "a replayed grant writes no event");
 }
+
+/// Pruning forgets finished deliveries (and their attempts) older than the cutoff, keeps
+/// pending ones and newer ones, and keeps each dedupe key used, so a crossing never fires again.
+pub async fn finished_history_is_pruned_and_dedupe_keys_stay(store: Arc<dyn Store>) {
+    store
+        .create_webhook(hook("wh_p", "acct_1", EventType::ALL.to_vec(), 1))
+        .await
+        .unwrap();
+    let old_ok = event(
+        "evt_old_ok",
+        "acct_1",
+        EventType::CreditsLow,
+        Some("low:p"),
+        100,
+    );
+    let old_failing = event(
+        "evt_old_pending",
+        "acct_1",
+        EventType::CreditsGranted,
+        None,
+        110,
+    );
+    let old_plain = event(
+        "evt_old_plain",
+        "acct_1",
+        EventType::CreditsGranted,
+        None,
+        120,
+    );
+    let new_ok = event(
+        "evt_new_ok",
+        "acct_1",
+        EventType::CreditsGranted,
+        None,
+        5_000,
+    );
+    store
+        .enqueue_events(vec![old_ok, old_failing, old_plain, new_ok])
+        .await
+        .unwrap();
+    let claimed = store.claim_deliveries(6_000, 60_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    for c in &claimed {
+        let o = if c.delivery.event_id == "evt_old_pending" {
+            outcome(DeliveryState::Pending, 6_000, Some(100_000))
+        } else {
+            outcome(DeliveryState::Succeeded, 6_000, None)
+        };
+        store.finish_attempt(&c.delivery.id, o).await.unwrap();
+    }
+    assert_eq!(store.list_attempts("wh_p", 10).await.unwrap().len(), 4);
+
+    assert_eq!(store.prune_webhook_history(1_000).await.unwrap(), 2);
+    let mut left: Vec<String> = store
+        .list_attempts("wh_p", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.event_id)
+        .collect();
+    left.sort();
+    assert_eq!(left, vec!["evt_new_ok", "evt_old_pending"]);
+    assert_eq!(store.prune_webhook_history(1_000).await.unwrap(), 0);
+    // The pruned crossing's key is still used.
+    let again = event(
+        "evt_again",
+        "acct_1",
+        EventType::CreditsLow,
+        Some("low:p"),
+        7_000,
+    );
+    assert_eq!(store.enqueue_events(vec![again]).await.unwrap(), 0);
+    // The pending delivery is still delivered when due.
+    let due = store.claim_deliveries(100_000, 200_000, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery.event_id, "evt_old_pending");
+}

@@ -242,3 +242,113 @@ async fn a_hanging_receiver_holds_bounded_connections_and_leaves_proxy_latency_a
     assert!(d50 <= b50 * 2.0 + 5.0, "p50 {b50:.2} -> {d50:.2} ms");
     assert!(d99 <= b99 * 3.0 + 50.0, "p99 {b99:.2} -> {d99:.2} ms");
 }
+
+/// `usage.threshold` by a key's daily spend limit fires once per threshold and UTC day: the
+/// same crossing seen again adds nothing; the next day's crossing fires again with its own
+/// period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_threshold_fires_once_per_utc_day() {
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    };
+    let clock = tollgate::clock::ManualClock::new(at("2026-03-01T23:00:00Z"));
+    let app = spawn_app_with(Spawn {
+        grant_usd: Some("100.00"),
+        clock: Some(clock.clone()),
+        extra_toml: "\n[webhooks]\nallow_private_targets = true\n".into(),
+    })
+    .await;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
+    let receiver = axum::Router::new().route(
+        "/hook",
+        post(move |body: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(serde_json::from_str(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, receiver).await });
+    let r = app
+        .http
+        .post(format!("{}/v1/webhooks", app.base))
+        .bearer_auth(&app.user_key)
+        .json(&json!({"url": format!("http://127.0.0.1:{port}/hook"),
+                      "events": ["usage.threshold"],
+                      "settings": {"usage_threshold_percent": [50]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key: Value = app
+        .http
+        .post(format!("{}/admin/accounts/{}/keys", app.base, app.account_id))
+        .bearer_auth(&app.admin_key)
+        .json(&json!({"name": "daily", "limits": {"spend_limit_nanos": 1_000_000, "spend_period": "daily"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_string();
+    let spend_the_day = || async {
+        for served in 0..100 {
+            let r = app
+                .http
+                .post(format!("{}/v1/chat/completions", app.base))
+                .bearer_auth(&key)
+                .json(&json!({"model": "gpt-4o", "max_tokens": 10,
+                              "messages": [{"role": "user", "content": "hello there world"}],
+                              "mock": {"output_tokens": 10}}))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == 429 {
+                return served;
+            }
+            assert_eq!(r.status(), 200);
+            r.bytes().await.unwrap();
+        }
+        panic!("the daily limit never refused");
+    };
+    let events_now = |rx: &mut mpsc::UnboundedReceiver<Value>| {
+        let mut got = Vec::new();
+        while let Ok(v) = rx.try_recv() {
+            got.push(v);
+        }
+        got
+    };
+
+    assert!(spend_the_day().await >= 5);
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a threshold event")
+        .unwrap();
+    assert_eq!(first["type"], "usage.threshold");
+    assert_eq!(first["data"]["threshold_percent"], 50);
+    assert_eq!(first["data"]["period"], "daily");
+    assert_eq!(first["data"]["period_start"], "2026-03-01T00:00:00.000Z");
+    assert_eq!(first["data"]["period_end"], "2026-03-02T00:00:00.000Z");
+    // Refused again within the day: nothing new.
+    assert_eq!(spend_the_day().await, 0);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(events_now(&mut rx).is_empty());
+
+    clock.set(at("2026-03-02T00:00:01Z"));
+    assert!(spend_the_day().await >= 5);
+    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("the next day's threshold event")
+        .unwrap();
+    assert_eq!(second["data"]["period_start"], "2026-03-02T00:00:00.000Z");
+    assert_ne!(first["data"]["key_id"], Value::Null);
+    assert_eq!(first["data"]["key_id"], second["data"]["key_id"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(events_now(&mut rx).is_empty(), "once per day");
+}
