@@ -31,6 +31,7 @@ pub struct Config {
     pub security: SecurityConfig,
     pub records: RecordsConfig,
     pub webhooks: WebhooksConfig,
+    pub metrics: MetricsConfig,
     /// Upstream providers by name. Each says which models it serves.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Extra or overriding price entries, by model name.
@@ -184,6 +185,29 @@ pub struct RecordsConfig {
     /// forever. On PostgreSQL whole months go, once a month ends before the cutoff. Default:
     /// none (keep every record).
     pub retention_days: Option<u32>,
+}
+
+/// `GET /metrics` (Prometheus).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` and count (off: 404, and nothing is counted).
+    pub enabled: bool,
+    /// When set, `/metrics` needs `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Distinct `model` label values at most; later models count as `other`, so a client
+    /// naming models cannot grow the series without bound.
+    pub max_models: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            token: None,
+            max_models: 200,
+        }
+    }
 }
 
 /// Webhook deliveries.
@@ -392,6 +416,7 @@ impl Default for Config {
             security: SecurityConfig::default(),
             records: RecordsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            metrics: MetricsConfig::default(),
             providers,
             prices: BTreeMap::new(),
         }
@@ -400,6 +425,16 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        if self.metrics.token.as_deref().is_some_and(|t| t.len() < 16) {
+            return Err(InvalidConfig(
+                "metrics.token must be at least 16 characters (or leave it unset)".into(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.metrics.max_models) {
+            return Err(InvalidConfig(
+                "metrics.max_models must be 1 to 10000".into(),
+            ));
+        }
         if self.server.key_prefix.is_empty() || self.server.key_prefix.len() > 16 {
             return Err(InvalidConfig(
                 "server.key_prefix must be 1 to 16 characters".into(),

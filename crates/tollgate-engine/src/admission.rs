@@ -136,7 +136,8 @@ impl Engine {
             permit,
             available,
             bounds,
-        );
+        )
+        .with_in_flight(self.metrics.as_ref().map(|m| m.in_flight()));
         Ok(Admitted {
             api_key,
             available,

@@ -23,6 +23,7 @@ pub mod fs;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod reports;
 pub mod routing;
 pub mod settle;
@@ -56,6 +57,8 @@ pub struct Engine {
     pub prices: PriceTable,
     pub router: ModelRouter,
     pub webhooks: Arc<webhooks::Webhooks>,
+    /// None when `metrics.enabled` is off.
+    pub metrics: Option<Arc<metrics::Metrics>>,
 }
 
 /// How long a validated key is trusted before it is re-read. Replicas sharing PostgreSQL
@@ -101,9 +104,16 @@ impl Engine {
         store: Arc<dyn Store>,
         clock: SharedClock,
         prices: PriceTable,
-        sinks: Vec<Arc<dyn RecordSink>>,
+        mut sinks: Vec<Arc<dyn RecordSink>>,
     ) -> anyhow::Result<(Self, Option<IssuedKey>)> {
         crate::fs::create_private_dir(&config.server.data_dir)?;
+        let metrics = config
+            .metrics
+            .enabled
+            .then(|| Arc::new(metrics::Metrics::new(config.metrics.max_models)));
+        if let Some(m) = &metrics {
+            sinks.push(m.clone());
+        }
         let ledger = Ledger::start(
             store.clone(),
             LedgerOptions::from_config(
@@ -115,6 +125,9 @@ impl Engine {
             settle::interrupted_record,
         )
         .await?;
+        if let Some(m) = &metrics {
+            m.watch_ledger(ledger.stats_handle());
+        }
         let keys = KeyService::new(
             store.clone(),
             clock.clone(),
@@ -145,6 +158,9 @@ impl Engine {
             config.webhooks.clone(),
             config.credits.per_usd,
         ));
+        if let Some(m) = &metrics {
+            webhooks.count_attempts(m.webhook_attempts());
+        }
         webhooks.start_dispatcher();
         keys.set_outbox(webhooks.clone());
         credits.set_outbox(webhooks.clone());
@@ -162,6 +178,7 @@ impl Engine {
                 prices,
                 router,
                 webhooks,
+                metrics,
             },
             bootstrap,
         ))

@@ -93,9 +93,18 @@ pub struct Ticket {
     bounds: Bounds,
     /// The start journaled when the request is sent (`on_sent`), closed by `settle`.
     start: Arc<Mutex<StartState>>,
+    /// Counts the request in `tollgate_requests_in_flight` until the ticket is gone.
+    in_flight: Option<crate::metrics::InFlight>,
 }
 
 impl Ticket {
+    #[allow(clippy::too_many_arguments)]
+    /// Counted in flight while the ticket lives (settled or dropped).
+    pub(crate) fn with_in_flight(mut self, guard: Option<crate::metrics::InFlight>) -> Self {
+        self.in_flight = guard;
+        self
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ledger: Ledger,
@@ -131,6 +140,7 @@ impl Ticket {
         };
         Self {
             start: Arc::new(Mutex::new(StartState::Pending)),
+            in_flight: None,
             ledger,
             arrival,
             facts: Arc::new(facts),

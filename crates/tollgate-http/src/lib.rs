@@ -9,6 +9,7 @@
 //! - `compat`: the seed platforms' usage endpoints (LLMHub, CrossModel, ElectronHub, Runtype,
 //!   OpenAI organization usage, exports)
 //! - `admin`: accounts, keys, credits, provider keys, raw records
+//! - `metrics`: `GET /metrics` (Prometheus)
 //! - `server`: the listener and graceful shutdown
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod body;
 pub mod compat;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod params;
 pub mod proxy;
 pub mod router;

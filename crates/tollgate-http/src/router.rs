@@ -35,6 +35,7 @@ fn all_routes() -> Routes {
         .merge(compat::routes())
         .merge(webhooks::routes())
         .get("/health", Public, health)
+        .get("/metrics", Public, crate::metrics::metrics)
 }
 
 async fn health() -> &'static str {

@@ -90,6 +90,16 @@ pub struct LedgerStats {
     pub dead_lettered: AtomicU64,
     /// Records committed to the store by this process.
     pub committed: AtomicU64,
+    /// Records journaled by `record` and not yet written by the writer.
+    pub(crate) queued: std::sync::atomic::AtomicI64,
+    pub commits: crate::metrics::CommitStats,
+}
+
+impl LedgerStats {
+    /// Records journaled and not yet committed to the store.
+    pub fn backlog(&self) -> i64 {
+        self.queued.load(Ordering::Relaxed).max(0)
+    }
 }
 
 impl Ledger {
@@ -183,10 +193,15 @@ impl Ledger {
         Ok(Self { journal, tx, stats })
     }
 
+    pub fn stats_handle(&self) -> Arc<LedgerStats> {
+        self.stats.clone()
+    }
+
     /// The hot-path call: durable (against a process kill) when it returns.
     pub fn record(&self, record: UsageRecord) {
-        let tx = &self.tx;
+        let (tx, stats) = (&self.tx, &self.stats);
         let appended = self.journal.append(record, |seq, r| {
+            stats.queued.fetch_add(1, Ordering::Relaxed);
             // The writer outlives every request; if it is gone the process is shutting down and
             // the journal replay on the next start covers the record.
             let _ = tx.send(WriterMsg::Record(seq, r));

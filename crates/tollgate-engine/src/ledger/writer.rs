@@ -59,8 +59,14 @@ impl Writer {
         let mut pending = vec![batch];
         let mut inserted = 0;
         while let Some(part) = pending.pop() {
+            let started = std::time::Instant::now();
             match self.insert_retrying(&part).await {
                 Ok(n) => {
+                    self.stats
+                        .commits
+                        .seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.stats.commits.batch_records.observe(part.len() as f64);
                     inserted += n;
                     self.stats
                         .committed
@@ -153,7 +159,10 @@ impl Writer {
             }
             if !batch.is_empty() {
                 let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
-                match self.write(records).await {
+                let n = records.len() as i64;
+                let written = self.write(records).await;
+                self.stats.queued.fetch_sub(n, Ordering::Relaxed);
+                match written {
                     Ok(_) => journal.committed(last_seq),
                     // The journal keeps these records; the next start replays them.
                     Err(e) => tracing::error!(error = %e, "could not write the dead-letter file"),

@@ -137,6 +137,14 @@ impl Dispatcher {
             return;
         }
         let outcome = self.attempt(&c).await;
+        if let Some(counter) = self.hooks.attempts.get() {
+            counter.count(match (outcome.state, outcome.disable.is_some()) {
+                (_, true) => "disabled",
+                (DeliveryState::Succeeded, _) => "succeeded",
+                (DeliveryState::Pending, _) => "retrying",
+                (DeliveryState::Failed, _) => "failed",
+            });
+        }
         if let Err(e) = self
             .hooks
             .store

@@ -223,6 +223,8 @@ pub struct Webhooks {
     per_usd: i64,
     /// What each account's endpoints watch for (`watch.rs`).
     watches: watch::Watches,
+    /// Attempts by result, when metrics are on.
+    attempts: std::sync::OnceLock<crate::metrics::AttemptCounter>,
 }
 
 impl Webhooks {
@@ -242,7 +244,13 @@ impl Webhooks {
             wake: Arc::new(Notify::new()),
             per_usd,
             watches: watch::Watches::default(),
+            attempts: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Counts delivery attempts in `tollgate_webhook_attempts_total` from now on.
+    pub fn count_attempts(&self, counter: crate::metrics::AttemptCounter) {
+        let _ = self.attempts.set(counter);
     }
 
     fn cipher(&self) -> Result<&ChaCha20Poly1305, DomainError> {
