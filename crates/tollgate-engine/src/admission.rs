@@ -39,23 +39,7 @@ impl Engine {
         price: &PriceEntry,
         req: &mut ProxyRequest,
     ) -> Result<Admitted, DomainError> {
-        // Who pays: the account's own key for this provider (source `user`), else the platform's.
-        let (api_key, source) = match self
-            .provider_keys
-            .get(&caller.account_id, &provider.name)
-            .await?
-        {
-            Some(own) => (own, Source::User),
-            None => match provider.api_key.clone() {
-                Some(k) => (k, Source::Platform),
-                None => {
-                    return Err(DomainError::new(
-                        Code::ModelUnavailable,
-                        format!("provider {} has no API key configured", provider.name),
-                    ))
-                }
-            },
-        };
+        let (api_key, source) = self.provider_key(caller, provider).await?;
         // The most this request can cost: every body byte an input token (a BPE token is at
         // least a byte), plus a fixed allowance for each part whose size the body does not show
         // (media, files, server-side tools), plus the output cap (per choice, times `n`) at the
@@ -143,6 +127,45 @@ impl Engine {
             rate,
             ticket,
         })
+    }
+
+    /// Who pays: the account's own key for this provider (source `user`), else the platform's.
+    async fn provider_key(
+        &self,
+        caller: &Caller,
+        provider: &Provider,
+    ) -> Result<(String, Source), DomainError> {
+        match self
+            .provider_keys
+            .get(&caller.account_id, &provider.name)
+            .await?
+        {
+            Some(own) => Ok((own, Source::User)),
+            None => match provider.api_key.clone() {
+                Some(k) => Ok((k, Source::Platform)),
+                None => Err(DomainError::new(
+                    Code::ModelUnavailable,
+                    format!("provider {} has no API key configured", provider.name),
+                )),
+            },
+        }
+    }
+
+    /// Admission of a call that generates nothing and is not billed (Anthropic's
+    /// `count_tokens`): the key's limits see it as a request (rpm, allowed models) costing
+    /// nothing; no credit is held and no record is written. The permit is settled at once, at
+    /// zero tokens and cost. Returns the upstream credential and the key's rate windows.
+    pub async fn admit_unbilled(
+        &self,
+        caller: &Caller,
+        provider: &Provider,
+        model: &str,
+    ) -> Result<(String, RateStatus), DomainError> {
+        let (api_key, _source) = self.provider_key(caller, provider).await?;
+        let mut permit = self.limiter.admit(caller, model, 0).await?;
+        let rate = std::mem::take(&mut permit.rate);
+        permit.settle(0, 0, self.clock.now_ms());
+        Ok((api_key, rate))
     }
 
     /// Records an authenticated request the gateway answered itself without forwarding it
