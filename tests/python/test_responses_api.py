@@ -258,6 +258,34 @@ def test_output_is_capped_to_what_the_balance_covers(gateway, mock):
     assert rec["charged_nanos"] <= 1_000_000
 
 
+@pytest.mark.parametrize("usd", ["0.000145", "0.000245"], ids=["10-tokens", "20-tokens"])
+def test_a_cap_is_never_below_the_apis_minimum_of_16(gateway, mock, usd):
+    """The hold of `{"input": "hi"}` counts its input as 18 tokens at 2,500 nano-USD (the dearest
+    input class), and output costs 10,000 a token: these balances cover about 10 and 20 output
+    tokens. OpenAI refuses a `max_output_tokens` below 16, so the first is a 402 (where chat
+    would be capped to 10), the second goes up capped to 20."""
+    account = gateway.create_account(f"responses-floor-{usd}", grant_usd=usd)
+    key = gateway.create_key("responses-floor", account_id=account)["key"]
+    before = len(mock.ledger())
+    r = httpx.post(gateway.v1 + "/responses",
+                   json={"model": MODEL, "input": "hi", "mock": {"output_tokens": 500}},
+                   headers={"Authorization": f"Bearer {key}"}, timeout=15)
+    if usd == "0.000145":
+        assert r.status_code == 402, r.text
+        assert r.json()["error"]["code"] == "insufficient_balance"
+        assert len(mock.ledger()) == before
+        chat = httpx.post(gateway.v1 + "/chat/completions",
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=15)
+        assert chat.status_code == 200, chat.text
+        assert int(chat.headers["x-tollgate-max-tokens"]) < 16
+    else:
+        assert r.status_code == 200, r.text
+        cap = int(r.headers["x-tollgate-max-tokens"])
+        assert 16 <= cap <= 20
+        assert mock.ledger_for(r.headers["x-request-id"])["output_tokens"] == cap
+
+
 def test_unfunded_account_gets_402_in_the_openai_shape(gateway, mock):
     account = gateway.create_account("responses-broke")
     key = gateway.create_key("responses-broke", account_id=account)["key"]

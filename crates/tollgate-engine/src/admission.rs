@@ -18,6 +18,9 @@ use crate::routing::Provider;
 use crate::settle::{refused_record, Arrival, Bounds, HoldBound, Ticket};
 use crate::Engine;
 
+/// The least `max_output_tokens` OpenAI's Responses API accepts.
+const RESPONSES_MIN_OUTPUT: u64 = 16;
+
 pub struct Admitted {
     /// The credential sent upstream.
     pub api_key: String,
@@ -51,6 +54,12 @@ impl Engine {
             _ => req.max_output_tokens(),
         };
         let per_choice = client_max.unwrap_or(price.max_output_tokens);
+        // The smallest output cap the API accepts: OpenAI refuses a Responses
+        // `max_output_tokens` below 16, so a cap the gateway sets is never lower.
+        let floor = match api {
+            Endpoint::Responses => RESPONSES_MIN_OUTPUT,
+            _ => 1,
+        };
         let max_output = per_choice.saturating_mul(choices);
         let fee = self.config.credits.byok_fee_bps;
         let opaque = tokenizer::opaque_input_parts(&req.json)
@@ -69,10 +78,10 @@ impl Engine {
                 .saturating_add(opaque);
             held_input = input;
             let full = charge(source, price.max_cost(input, Some(max_output)), fee);
-            // The least: the input and one token per choice (below that, 402).
+            // The least: the input and the smallest output cap per choice (below that, 402).
             let least = charge(
                 source,
-                price.max_cost(input, Some(choices.min(max_output))),
+                price.max_cost(input, Some(choices.saturating_mul(floor).min(max_output))),
                 fee,
             );
             (full, least)
@@ -90,7 +99,7 @@ impl Engine {
                 .unwrap_or(0)
         };
         // The hold covers less output than asked: the request goes upstream capped to it.
-        let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(1));
+        let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(floor));
         if let Some(cap) = capped {
             req.cap_output(api, cap)?;
         }
