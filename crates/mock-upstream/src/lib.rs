@@ -22,9 +22,9 @@
 //!   embeddings: the
 //!   words of every input (token-id arrays count one per id), no +1;
 //! * output = `output_tokens` words, capped by the request's `max_tokens` /
-//!   `max_completion_tokens` (unless `ignore_max_tokens`); OpenAI chat adds
-//!   `reasoning_tokens` to
-//!   `completion_tokens`;
+//!   `max_completion_tokens` / `max_output_tokens` (Responses) (unless
+//!   `ignore_max_tokens`); OpenAI chat and Responses add `reasoning_tokens`
+//!   to `completion_tokens` / `output_tokens`;
 //! * `cached_tokens` (clamped to the input) is part of OpenAI's
 //!   `prompt_tokens` but excluded from Anthropic's `input_tokens`; the ledger
 //!   always records the total input and the cached count separately.
@@ -113,7 +113,8 @@ pub struct MockConfig {
     pub output_tokens: u64,
     /// Cached input tokens reported (clamped to the input size).
     pub cached_tokens: u64,
-    /// Reasoning tokens (OpenAI chat only), added to `completion_tokens`.
+    /// Reasoning tokens (OpenAI chat and Responses), added to `completion_tokens` /
+    /// `output_tokens`.
     pub reasoning_tokens: u64,
     /// Never report usage.
     pub omit_usage: bool,

@@ -75,10 +75,8 @@ impl ProxyRequest {
     }
 
     pub fn parse(api: Endpoint, bytes: Bytes) -> Result<Self, DomainError> {
-        let json = json_object(&bytes)?;
-        let Some(obj) = json.as_object() else {
-            return Err(DomainError::internal("checked to be an object"));
-        };
+        let map = json_object(&bytes)?;
+        let obj = &map;
         let model = model_of(obj)?;
         match api {
             Endpoint::ChatCompletions | Endpoint::Messages => require_messages(obj)?,
@@ -142,6 +140,7 @@ impl ProxyRequest {
                 ))
             }
         };
+        let json = Value::Object(map);
         let forward = if api == Endpoint::ChatCompletions && stream && !client_wants_usage {
             // Ask for the usage chunk; the client, which did not ask, will not see it.
             let mut changed = json.clone();
@@ -165,30 +164,27 @@ impl ProxyRequest {
 /// The model a `/v1/messages/count_tokens` body names, once the body is checked as a messages
 /// body is (a JSON object, `model`, non-empty `messages`); `max_tokens` is not needed to count.
 pub fn count_tokens_model(bytes: &[u8]) -> Result<String, DomainError> {
-    let json = json_object(bytes)?;
-    let Some(obj) = json.as_object() else {
-        return Err(DomainError::internal("checked to be an object"));
-    };
-    let model = model_of(obj)?;
-    require_messages(obj)?;
+    let obj = json_object(bytes)?;
+    let model = model_of(&obj)?;
+    require_messages(&obj)?;
     Ok(model)
 }
 
-/// The body as JSON, refused unless it is an object.
-fn json_object(bytes: &[u8]) -> Result<Value, DomainError> {
+/// The body as a JSON object, refused if it is anything else.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, DomainError> {
     let json: Value = serde_json::from_slice(bytes).map_err(|e| {
         DomainError::new(
             Code::InvalidJson,
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
-    if !json.is_object() {
-        return Err(DomainError::new(
+    match json {
+        Value::Object(map) => Ok(map),
+        _ => Err(DomainError::new(
             Code::InvalidJson,
             "the request body must be a JSON object",
-        ));
+        )),
     }
-    Ok(json)
 }
 
 fn model_of(obj: &serde_json::Map<String, Value>) -> Result<String, DomainError> {
