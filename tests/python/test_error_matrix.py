@@ -27,8 +27,15 @@ ENDPOINTS = {
             "messages": [{"role": "user", "content": "hi there"}],
         },
     ),
+    "responses": (
+        "/v1/responses",
+        "gpt-4o",
+        {"model": "gpt-4o", "input": [{"role": "user", "content": "hi there"}]},
+    ),
 }
-DEAD_MODEL = {"chat": "gpt-dead-1", "messages": "claude-dead-1"}
+DEAD_MODEL = {"chat": "gpt-dead-1", "messages": "claude-dead-1", "responses": "gpt-dead-1"}
+# The field each endpoint requires besides `model`.
+REQUIRED = {"chat": "messages", "messages": "messages", "responses": "input"}
 
 OPENAI_TYPE = {
     400: "invalid_request_error",
@@ -220,13 +227,14 @@ def test_missing_model(gw, mock, http, style, endpoint):
 @pytest.mark.parametrize("messages", [None, []], ids=["absent", "empty"])
 def test_missing_messages(gw, mock, http, style, endpoint, messages):
     path, _, body = ENDPOINTS[endpoint]
-    body = {k: v for k, v in body.items() if k != "messages"}
+    field = REQUIRED[endpoint]
+    body = {k: v for k, v in body.items() if k != field}
     if messages is not None:
-        body["messages"] = messages
+        body[field] = messages
     snap = Snapshot(gw, mock)
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
     rid = check_error(r, expected_shape(style, path, True), 400, "invalid_request",
-                      param="messages", message_contains="messages")
+                      param=field, message_contains=field)
     snap.assert_refused(rid, 400)
 
 
@@ -251,7 +259,7 @@ def test_embeddings_without_input(gw, mock, http, style):
 
 def test_unknown_model(gw, mock, http, style, endpoint):
     path, _, body = ENDPOINTS[endpoint]
-    model = "gpt-nope-7" if endpoint == "chat" else "claude-nope-7"
+    model = "claude-nope-7" if endpoint == "messages" else "gpt-nope-7"
     body = {**body, "model": model}
     snap = Snapshot(gw, mock)
     r = http.post(gw.url + path, json=body, headers=auth_headers(style, gw.key))
@@ -341,7 +349,7 @@ def test_upstream_unreachable(gw, mock, http, style, endpoint):
     assert rec is not None, "an upstream failure must still be recorded"
     assert rec["status"] == "error" and rec["http_status"] == 502
     assert rec["error_code"] == "provider_error"
-    assert rec["provider"] == ("dead" if endpoint == "chat" else "deadant")
+    assert rec["provider"] == ("deadant" if endpoint == "messages" else "dead")
     assert (rec["input_tokens"], rec["output_tokens"], rec["cost_nanos"]) == (0, 0, 0)
 
 

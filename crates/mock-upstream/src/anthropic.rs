@@ -194,3 +194,48 @@ pub(crate) async fn messages(
     let slot = common::record(&st, &cfg, entry);
     common::sse_response(common::sse_body(&st, &cfg, sse, slot), &id)
 }
+
+#[derive(Deserialize)]
+struct CountTokensRequest {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    messages: Vec<Message>,
+    #[serde(default)]
+    system: Words,
+    #[serde(default)]
+    mock: Option<serde_json::Value>,
+}
+
+/// `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, N counted as `messages` would
+/// count the same body's input (cache reads are not told apart here). The ledger entry's
+/// `input_tokens` (and `reported_input_tokens`) is N; nothing is generated.
+pub(crate) async fn count_tokens(
+    State(st): State<Arc<MockState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let api = Api::CountTokens;
+    let req: CountTokensRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
+    };
+    let cfg = match st.effective_config(req.mock.as_ref()) {
+        Ok(c) => c,
+        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
+    };
+    let id = next_id(api.id_prefix());
+    let mut entry = common::base_entry(api, id, &req.model, &headers, false);
+    if let Some(resp) = common::gate(&st, &cfg, api, &entry).await {
+        return resp;
+    }
+    let input = tokens::messages_tokens(&req.messages) + req.system.0;
+    let reported = cfg.report_input_tokens.unwrap_or(input);
+    entry.status = 200;
+    entry.input_tokens = input;
+    entry.usage_reported = true;
+    entry.reported_input_tokens = Some(reported);
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "input_tokens": reported })).unwrap_or_default();
+    common::finish_json(&st, &cfg, api, entry, body)
+}

@@ -20,6 +20,10 @@ pub(crate) enum Api {
     Chat,
     Embeddings,
     Messages,
+    /// OpenAI's Responses API.
+    Responses,
+    /// Anthropic's `messages/count_tokens`.
+    CountTokens,
 }
 
 impl Api {
@@ -28,6 +32,8 @@ impl Api {
             Api::Chat => "chat.completions",
             Api::Embeddings => "embeddings",
             Api::Messages => "messages",
+            Api::Responses => "responses",
+            Api::CountTokens => "messages.count_tokens",
         }
     }
 
@@ -36,13 +42,15 @@ impl Api {
             Api::Chat => "chatcmpl-",
             Api::Embeddings => "emb-",
             Api::Messages => "msg_",
+            Api::Responses => "resp_",
+            Api::CountTokens => "cnt_",
         }
     }
 
     /// Provider-specific error body.
     pub fn error_body(self, status: u16, message: &str) -> Vec<u8> {
         let body = match self {
-            Api::Chat | Api::Embeddings => {
+            Api::Chat | Api::Embeddings | Api::Responses => {
                 let kind = if (400..500).contains(&status) {
                     "invalid_request_error"
                 } else {
@@ -52,7 +60,7 @@ impl Api {
                     "error": {"message": message, "type": kind, "param": null, "code": "mock_error"}
                 })
             }
-            Api::Messages => {
+            Api::Messages | Api::CountTokens => {
                 let kind = match status {
                     400 => "invalid_request_error",
                     401 => "authentication_error",
@@ -108,7 +116,9 @@ pub(crate) fn base_entry(
             .map(str::to_owned)
     };
     let auth = match api {
-        Api::Messages => header_str("x-api-key").or_else(|| header_str("authorization")),
+        Api::Messages | Api::CountTokens => {
+            header_str("x-api-key").or_else(|| header_str("authorization"))
+        }
         _ => header_str("authorization").or_else(|| header_str("x-api-key")),
     };
     LedgerEntry {

@@ -1,8 +1,9 @@
 //! # mock-upstream
 //!
 //! A fake upstream LLM provider speaking the OpenAI (`/v1/chat/completions`,
-//! `/v1/embeddings`, `/v1/models`) and Anthropic (`/v1/messages`) wire
-//! formats, JSON and SSE streaming.
+//! `/v1/embeddings`, `/v1/responses`, `/v1/models`) and Anthropic
+//! (`/v1/messages`, `/v1/messages/count_tokens`) wire formats, JSON and SSE
+//! streaming.
 //!
 //! It exists so the tollgate gateway can be tested and benchmarked without
 //! real providers: every response is deterministic (token counts follow
@@ -14,12 +15,16 @@
 //!
 //! Token rules (one whitespace-separated word = one token):
 //! * input = words of every message content, plus 1 per message, plus the
-//!   words of the Anthropic `system` prompt (no +1 for it); embeddings: the
+//!   words of the Anthropic `system` prompt (no +1 for it); Responses: the
+//!   words of `instructions` (no +1) and of the `input` (a string is one
+//!   message: its words + 1; each item: its content words + 1);
+//!   `count_tokens` answers the input of the same body as messages would;
+//!   embeddings: the
 //!   words of every input (token-id arrays count one per id), no +1;
 //! * output = `output_tokens` words, capped by the request's `max_tokens` /
-//!   `max_completion_tokens` (unless `ignore_max_tokens`); OpenAI chat adds
-//!   `reasoning_tokens` to
-//!   `completion_tokens`;
+//!   `max_completion_tokens` / `max_output_tokens` (Responses) (unless
+//!   `ignore_max_tokens`); OpenAI chat and Responses add `reasoning_tokens`
+//!   to `completion_tokens` / `output_tokens`;
 //! * `cached_tokens` (clamped to the input) is part of OpenAI's
 //!   `prompt_tokens` but excluded from Anthropic's `input_tokens`; the ledger
 //!   always records the total input and the cached count separately.
@@ -89,6 +94,7 @@ use serde::{Deserialize, Serialize};
 mod anthropic;
 mod common;
 mod openai;
+mod responses;
 mod sse;
 mod tokens;
 
@@ -107,7 +113,8 @@ pub struct MockConfig {
     pub output_tokens: u64,
     /// Cached input tokens reported (clamped to the input size).
     pub cached_tokens: u64,
-    /// Reasoning tokens (OpenAI chat only), added to `completion_tokens`.
+    /// Reasoning tokens (OpenAI chat and Responses), added to `completion_tokens` /
+    /// `output_tokens`.
     pub reasoning_tokens: u64,
     /// Never report usage.
     pub omit_usage: bool,
@@ -193,7 +200,8 @@ pub struct LedgerEntry {
     pub id: String,
     /// The incoming `x-tollgate-request-id` header, if any.
     pub request_id: Option<String>,
-    /// `"chat.completions"`, `"embeddings"` or `"messages"`.
+    /// `"chat.completions"`, `"embeddings"`, `"messages"`, `"responses"` or
+    /// `"messages.count_tokens"` (whose `input_tokens` is the count answered).
     pub api: String,
     pub model: String,
     /// Whether the client asked for a stream.
@@ -378,6 +386,8 @@ pub fn router(state: Arc<MockState>) -> Router {
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/messages", post(anthropic::messages))
+        .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages/count_tokens", post(anthropic::count_tokens))
         .route("/_mock/ledger", get(get_ledger))
         .route("/_mock/summary", get(get_summary))
         .route("/_mock/reset", post(post_reset))

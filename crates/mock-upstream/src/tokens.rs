@@ -173,6 +173,37 @@ pub(crate) fn messages_tokens(messages: &[Message]) -> u64 {
     messages.iter().map(|m| m.content.0 + 1).sum()
 }
 
+/// Input tokens of a Responses `input`: a string is one user message (its words + 1); a list
+/// of items counts each item's `content` words + 1, as chat messages do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct ResponsesInput(pub u64);
+
+impl<'de> Deserialize<'de> for ResponsesInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InputVisitor;
+        impl<'de> Visitor<'de> for InputVisitor {
+            type Value = ResponsesInput;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of input items")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<ResponsesInput, E> {
+                Ok(ResponsesInput(count_words(v) + 1))
+            }
+            fn visit_unit<E>(self) -> Result<ResponsesInput, E> {
+                Ok(ResponsesInput(0))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ResponsesInput, A::Error> {
+                let mut n = 0;
+                while let Some(m) = seq.next_element::<Message>()? {
+                    n += m.content.0 + 1;
+                }
+                Ok(ResponsesInput(n))
+            }
+        }
+        d.deserialize_any(InputVisitor)
+    }
+}
+
 /// The `input` of an embeddings request: a string, an array of strings, an
 /// array of token ids, or an array of arrays of token ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -290,6 +321,19 @@ mod tests {
                 {"role":"assistant","content":null,"tool_calls":[]}]"#,
         )?;
         assert_eq!(messages_tokens(&m), 2 + 3 + 3);
+        Ok(())
+    }
+
+    #[test]
+    fn responses_inputs() -> Result<(), serde_json::Error> {
+        assert_eq!(
+            serde_json::from_str::<ResponsesInput>(r#""hi there""#)?.0,
+            3
+        );
+        let items = r#"[{"role":"user","content":"a b"},
+            {"role":"user","content":[{"type":"input_text","text":"c d e"}]},
+            {"type":"function_call_output","call_id":"x","output":"ignored"}]"#;
+        assert_eq!(serde_json::from_str::<ResponsesInput>(items)?.0, 3 + 4 + 1);
         Ok(())
     }
 

@@ -34,13 +34,17 @@ pub enum Endpoint {
     Embeddings,
     #[serde(rename = "messages")]
     Messages,
+    /// OpenAI's Responses API (`/v1/responses`).
+    #[serde(rename = "responses")]
+    Responses,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [
+    pub const ALL: [Endpoint; 4] = [
         Endpoint::ChatCompletions,
         Endpoint::Embeddings,
         Endpoint::Messages,
+        Endpoint::Responses,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat.completions",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
+            Endpoint::Responses => "responses",
         }
     }
 

@@ -64,6 +64,8 @@ impl ProxyRequest {
         if !set {
             let field = match api {
                 Endpoint::Messages => "max_tokens",
+                // The Responses API's one cap, reasoning included.
+                Endpoint::Responses => "max_output_tokens",
                 _ => "max_completion_tokens",
             };
             o.insert(field.into(), json!(cap));
@@ -73,49 +75,11 @@ impl ProxyRequest {
     }
 
     pub fn parse(api: Endpoint, bytes: Bytes) -> Result<Self, DomainError> {
-        let json: Value = serde_json::from_slice(&bytes).map_err(|e| {
-            DomainError::new(
-                Code::InvalidJson,
-                format!("the request body is not valid JSON: {e}"),
-            )
-        })?;
-        let Some(obj) = json.as_object() else {
-            return Err(DomainError::new(
-                Code::InvalidJson,
-                "the request body must be a JSON object",
-            ));
-        };
-        let model = match obj.get("model") {
-            Some(Value::String(m)) if !m.is_empty() => m.clone(),
-            Some(_) => {
-                return Err(DomainError::invalid(
-                    "model",
-                    "`model` must be a non-empty string",
-                ))
-            }
-            None => {
-                return Err(DomainError::invalid(
-                    "model",
-                    "missing required parameter: `model`",
-                ))
-            }
-        };
+        let map = json_object(&bytes)?;
+        let obj = &map;
+        let model = model_of(obj)?;
         match api {
-            Endpoint::ChatCompletions | Endpoint::Messages => match obj.get("messages") {
-                Some(Value::Array(m)) if !m.is_empty() => {}
-                Some(_) => {
-                    return Err(DomainError::invalid(
-                        "messages",
-                        "`messages` must be a non-empty array",
-                    ))
-                }
-                None => {
-                    return Err(DomainError::invalid(
-                        "messages",
-                        "missing required parameter: `messages`",
-                    ))
-                }
-            },
+            Endpoint::ChatCompletions | Endpoint::Messages => require_messages(obj)?,
             Endpoint::Embeddings => {
                 if !obj
                     .get("input")
@@ -127,6 +91,7 @@ impl ProxyRequest {
                     ));
                 }
             }
+            Endpoint::Responses => check_responses_input(obj)?,
         }
         if api == Endpoint::Messages && !obj.get("max_tokens").is_some_and(Value::is_u64) {
             return Err(DomainError::invalid(
@@ -139,6 +104,16 @@ impl ProxyRequest {
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(DomainError::invalid("stream", "`stream` must be a boolean")),
         };
+        // A background response is generated after this request has ended, where the
+        // gateway cannot meter it; it is refused rather than served unmetered.
+        if api == Endpoint::Responses && obj.get("background").is_some_and(|b| b == &json!(true)) {
+            return Err(DomainError::new(
+                Code::UnsupportedParameter,
+                "`background` responses are not supported: the gateway meters a response while \
+                 it is generated",
+            )
+            .with_param("background"));
+        }
         if stream && api == Endpoint::Embeddings {
             return Err(
                 DomainError::new(Code::UnsupportedParameter, "embeddings cannot stream")
@@ -165,6 +140,7 @@ impl ProxyRequest {
                 ))
             }
         };
+        let json = Value::Object(map);
         let forward = if api == Endpoint::ChatCompletions && stream && !client_wants_usage {
             // Ask for the usage chunk; the client, which did not ask, will not see it.
             let mut changed = json.clone();
@@ -182,6 +158,81 @@ impl ProxyRequest {
             json: Arc::new(json),
             forward,
         })
+    }
+}
+
+/// The model a `/v1/messages/count_tokens` body names, once the body is checked as a messages
+/// body is (a JSON object, `model`, non-empty `messages`); `max_tokens` is not needed to count.
+pub fn count_tokens_model(bytes: &[u8]) -> Result<String, DomainError> {
+    let obj = json_object(bytes)?;
+    let model = model_of(&obj)?;
+    require_messages(&obj)?;
+    Ok(model)
+}
+
+/// The body as a JSON object, refused if it is anything else.
+fn json_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, DomainError> {
+    let json: Value = serde_json::from_slice(bytes).map_err(|e| {
+        DomainError::new(
+            Code::InvalidJson,
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    match json {
+        Value::Object(map) => Ok(map),
+        _ => Err(DomainError::new(
+            Code::InvalidJson,
+            "the request body must be a JSON object",
+        )),
+    }
+}
+
+fn model_of(obj: &serde_json::Map<String, Value>) -> Result<String, DomainError> {
+    match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => Ok(m.clone()),
+        Some(_) => Err(DomainError::invalid(
+            "model",
+            "`model` must be a non-empty string",
+        )),
+        None => Err(DomainError::invalid(
+            "model",
+            "missing required parameter: `model`",
+        )),
+    }
+}
+
+fn require_messages(obj: &serde_json::Map<String, Value>) -> Result<(), DomainError> {
+    match obj.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => Ok(()),
+        Some(_) => Err(DomainError::invalid(
+            "messages",
+            "`messages` must be a non-empty array",
+        )),
+        None => Err(DomainError::invalid(
+            "messages",
+            "missing required parameter: `messages`",
+        )),
+    }
+}
+
+/// Responses: `input` is a non-empty string or list of items; it may be left out only when the
+/// upstream holds the input (`previous_response_id`, `conversation`, a stored `prompt`).
+fn check_responses_input(obj: &serde_json::Map<String, Value>) -> Result<(), DomainError> {
+    let stored = ["previous_response_id", "conversation", "prompt"]
+        .iter()
+        .any(|k| obj.get(*k).is_some_and(|v| !v.is_null()));
+    match obj.get("input") {
+        Some(Value::String(s)) if !s.is_empty() || stored => Ok(()),
+        Some(Value::Array(a)) if !a.is_empty() || stored => Ok(()),
+        None | Some(Value::Null) if stored => Ok(()),
+        None | Some(Value::Null) => Err(DomainError::invalid(
+            "input",
+            "missing required parameter: `input` (string or array of items)",
+        )),
+        Some(_) => Err(DomainError::invalid(
+            "input",
+            "`input` must be a non-empty string or a non-empty array of items",
+        )),
     }
 }
 
@@ -227,11 +278,50 @@ mod tests {
         );
         r.cap_output(Endpoint::Messages, 7).unwrap();
         assert_eq!(forwarded(&r)["max_tokens"], 5, "never raised");
+        // Responses: `max_output_tokens` is lowered, or added.
+        let mut r = parse(
+            Endpoint::Responses,
+            json!({"model": "m", "input": "hi", "stream": true}),
+        );
+        r.cap_output(Endpoint::Responses, 7).unwrap();
+        let f = forwarded(&r);
+        assert_eq!(f["max_output_tokens"], 7);
+        assert!(f.get("max_completion_tokens").is_none() && f.get("stream_options").is_none());
         // Several caps: the hold assumes the largest.
         let r = parse(
             Endpoint::ChatCompletions,
             json!({"model": "m", "messages": msgs, "max_tokens": 9, "max_completion_tokens": 4}),
         );
         assert_eq!(r.max_output_tokens(), Some(9));
+    }
+
+    #[test]
+    fn responses_input_is_checked_and_background_refused() {
+        let bad = |body: Value| {
+            ProxyRequest::parse(Endpoint::Responses, Bytes::from(body.to_string()))
+                .err()
+                .map(|e| (e.code, e.param))
+        };
+        let items = json!([{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}]);
+        assert!(bad(json!({"model": "m", "input": "hi"})).is_none());
+        assert!(bad(json!({"model": "m", "input": items})).is_none());
+        assert!(bad(json!({"model": "m", "previous_response_id": "resp_1"})).is_none());
+        let input = Some((Code::InvalidRequest, Some("input".to_string())));
+        assert_eq!(bad(json!({"model": "m"})), input);
+        assert_eq!(bad(json!({"model": "m", "input": []})), input);
+        assert_eq!(bad(json!({"model": "m", "input": 5})), input);
+        assert_eq!(
+            bad(json!({"model": "m", "input": "hi", "background": true})),
+            Some((Code::UnsupportedParameter, Some("background".to_string())))
+        );
+        assert!(bad(json!({"model": "m", "input": "hi", "background": false})).is_none());
+        assert_eq!(
+            count_tokens_model(
+                br#"{"model": "c", "messages": [{"role": "user", "content": "x"}]}"#
+            )
+            .ok(),
+            Some("c".to_string())
+        );
+        assert!(count_tokens_model(br#"{"model": "c"}"#).is_err());
     }
 }

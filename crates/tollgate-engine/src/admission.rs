@@ -18,6 +18,9 @@ use crate::routing::Provider;
 use crate::settle::{refused_record, Arrival, Bounds, HoldBound, Ticket};
 use crate::Engine;
 
+/// The least `max_output_tokens` OpenAI's Responses API accepts.
+const RESPONSES_MIN_OUTPUT: u64 = 16;
+
 pub struct Admitted {
     /// The credential sent upstream.
     pub api_key: String,
@@ -39,23 +42,7 @@ impl Engine {
         price: &PriceEntry,
         req: &mut ProxyRequest,
     ) -> Result<Admitted, DomainError> {
-        // Who pays: the account's own key for this provider (source `user`), else the platform's.
-        let (api_key, source) = match self
-            .provider_keys
-            .get(&caller.account_id, &provider.name)
-            .await?
-        {
-            Some(own) => (own, Source::User),
-            None => match provider.api_key.clone() {
-                Some(k) => (k, Source::Platform),
-                None => {
-                    return Err(DomainError::new(
-                        Code::ModelUnavailable,
-                        format!("provider {} has no API key configured", provider.name),
-                    ))
-                }
-            },
-        };
+        let (api_key, source) = self.provider_key(caller, provider).await?;
         // The most this request can cost: every body byte an input token (a BPE token is at
         // least a byte), plus a fixed allowance for each part whose size the body does not show
         // (media, files, server-side tools), plus the output cap (per choice, times `n`) at the
@@ -67,6 +54,12 @@ impl Engine {
             _ => req.max_output_tokens(),
         };
         let per_choice = client_max.unwrap_or(price.max_output_tokens);
+        // The smallest output cap the API accepts: OpenAI refuses a Responses
+        // `max_output_tokens` below 16, so a cap the gateway sets is never lower.
+        let floor = match api {
+            Endpoint::Responses => RESPONSES_MIN_OUTPUT,
+            _ => 1,
+        };
         let max_output = per_choice.saturating_mul(choices);
         let fee = self.config.credits.byok_fee_bps;
         let opaque = tokenizer::opaque_input_parts(&req.json)
@@ -85,10 +78,10 @@ impl Engine {
                 .saturating_add(opaque);
             held_input = input;
             let full = charge(source, price.max_cost(input, Some(max_output)), fee);
-            // The least: the input and one token per choice (below that, 402).
+            // The least: the input and the smallest output cap per choice (below that, 402).
             let least = charge(
                 source,
-                price.max_cost(input, Some(choices.min(max_output))),
+                price.max_cost(input, Some(choices.saturating_mul(floor).min(max_output))),
                 fee,
             );
             (full, least)
@@ -106,7 +99,7 @@ impl Engine {
                 .unwrap_or(0)
         };
         // The hold covers less output than asked: the request goes upstream capped to it.
-        let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(1));
+        let capped = (enforce && allowance < max_output).then(|| (allowance / choices).max(floor));
         if let Some(cap) = capped {
             req.cap_output(api, cap)?;
         }
@@ -144,6 +137,45 @@ impl Engine {
             rate,
             ticket,
         })
+    }
+
+    /// Who pays: the account's own key for this provider (source `user`), else the platform's.
+    async fn provider_key(
+        &self,
+        caller: &Caller,
+        provider: &Provider,
+    ) -> Result<(String, Source), DomainError> {
+        match self
+            .provider_keys
+            .get(&caller.account_id, &provider.name)
+            .await?
+        {
+            Some(own) => Ok((own, Source::User)),
+            None => match provider.api_key.clone() {
+                Some(k) => Ok((k, Source::Platform)),
+                None => Err(DomainError::new(
+                    Code::ModelUnavailable,
+                    format!("provider {} has no API key configured", provider.name),
+                )),
+            },
+        }
+    }
+
+    /// Admission of a call that generates nothing and is not billed (Anthropic's
+    /// `count_tokens`): the key's limits see it as a request (rpm, allowed models) costing
+    /// nothing; no credit is held and no record is written. The permit is settled at once, at
+    /// zero tokens and cost. Returns the upstream credential and the key's rate windows.
+    pub async fn admit_unbilled(
+        &self,
+        caller: &Caller,
+        provider: &Provider,
+        model: &str,
+    ) -> Result<(String, RateStatus), DomainError> {
+        let (api_key, _source) = self.provider_key(caller, provider).await?;
+        let mut permit = self.limiter.admit(caller, model, 0).await?;
+        let rate = std::mem::take(&mut permit.rate);
+        permit.settle(0, 0, self.clock.now_ms());
+        Ok((api_key, rate))
     }
 
     /// Records an authenticated request the gateway answered itself without forwarding it

@@ -14,8 +14,10 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     pub api_key: Option<String>,
-    /// Endpoint URLs, parsed once: chat/completions, embeddings, messages.
-    pub urls: [Option<Url>; 3],
+    /// Endpoint URLs, parsed once: chat/completions, embeddings, messages, responses.
+    pub urls: [Option<Url>; 4],
+    /// Anthropic's `messages/count_tokens` (not a metered endpoint: no record, no price).
+    pub count_tokens_url: Option<Url>,
 }
 
 impl Provider {
@@ -24,6 +26,7 @@ impl Provider {
             Endpoint::ChatCompletions => 0,
             Endpoint::Embeddings => 1,
             Endpoint::Messages => 2,
+            Endpoint::Responses => 3,
         };
         self.urls[i].as_ref()
     }
@@ -46,7 +49,13 @@ impl ModelRouter {
             let provider = Arc::new(Provider {
                 name: name.clone(),
                 kind: p.kind,
-                urls: [url("chat/completions"), url("embeddings"), url("messages")],
+                urls: [
+                    url("chat/completions"),
+                    url("embeddings"),
+                    url("messages"),
+                    url("responses"),
+                ],
+                count_tokens_url: url("messages/count_tokens"),
                 api_key: p.resolve_key(&env),
             });
             for m in &p.models {
@@ -63,6 +72,12 @@ impl ModelRouter {
             .prefixes
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         router
+    }
+
+    /// The Anthropic provider that counts tokens for `model` (`/v1/messages/count_tokens`), or
+    /// why none does: as `resolve` for messages.
+    pub fn resolve_count_tokens(&self, model: &str) -> Result<&Arc<Provider>, DomainError> {
+        self.resolve(model, Endpoint::Messages)
     }
 
     /// The provider that serves `model` on `api`, or why none does.
@@ -84,6 +99,14 @@ impl ModelRouter {
             (Endpoint::Embeddings, ProviderKind::Anthropic) => Err(DomainError::invalid(
                 "model",
                 format!("model {model} has no embeddings endpoint"),
+            )),
+            // The model exists (so not 404), but its provider speaks another API, as for
+            // messages to an OpenAI model: the caller is told where to send it.
+            (Endpoint::Responses, ProviderKind::Anthropic) => Err(DomainError::invalid(
+                "model",
+                format!(
+                    "model {model} is served by an Anthropic provider, which has no Responses API; call /v1/messages"
+                ),
             )),
             _ => Ok(provider),
         }

@@ -17,8 +17,8 @@ pub enum ErrorStyle {
 
 impl ErrorStyle {
     /// A non-empty `x-api-key` or an `anthropic-version` header means an Anthropic-style caller;
-    /// otherwise OpenAI-style, except that an unauthenticated call to the Anthropic endpoint is
-    /// answered Anthropic-style.
+    /// otherwise OpenAI-style, except that an unauthenticated call to an Anthropic endpoint
+    /// (`/v1/messages`, `/v1/messages/count_tokens`) is answered Anthropic-style.
     pub fn detect(headers: &axum::http::HeaderMap, path: &str) -> Self {
         let has_x_api_key = headers
             .get("x-api-key")
@@ -27,13 +27,17 @@ impl ErrorStyle {
         let anthropic_sdk = headers.contains_key("anthropic-version");
         if has_x_api_key
             || anthropic_sdk
-            || (path == "/v1/messages" && !headers.contains_key("authorization"))
+            || (is_anthropic_path(path) && !headers.contains_key("authorization"))
         {
             ErrorStyle::Anthropic
         } else {
             ErrorStyle::OpenAi
         }
     }
+}
+
+fn is_anthropic_path(path: &str) -> bool {
+    path == "/v1/messages" || path == "/v1/messages/count_tokens"
 }
 
 /// The one mapping of domain codes to HTTP: status, OpenAI `type`, Anthropic `error.type`.

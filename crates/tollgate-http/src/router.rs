@@ -30,6 +30,8 @@ fn all_routes() -> Routes {
         .post("/v1/chat/completions", User, proxy::chat_completions)
         .post("/v1/embeddings", User, proxy::embeddings)
         .post("/v1/messages", User, proxy::messages)
+        .post("/v1/responses", User, proxy::responses)
+        .post("/v1/messages/count_tokens", User, proxy::count_tokens)
         .get("/v1/models", User, proxy::list_models)
         .nest("/admin", admin::routes())
         .merge(compat::routes())

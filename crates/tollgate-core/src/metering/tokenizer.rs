@@ -30,8 +30,9 @@ pub fn count_text(text: &str) -> u64 {
 const PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
 
-/// Estimated input tokens of a chat (OpenAI) or messages (Anthropic) request body: every
-/// message's text, the system prompt, and tool definitions.
+/// Estimated input tokens of a chat or Responses (OpenAI) or messages (Anthropic) request
+/// body: every message's (or input item's) text, the system prompt (`system`, `instructions`),
+/// and tool definitions.
 pub fn count_request_input(body: &Value) -> u64 {
     input_with(body, count_text)
 }
@@ -63,9 +64,23 @@ fn input_with(body: &Value, count: impl Fn(&str) -> u64 + Copy) -> u64 {
     if let Some(tools) = body.get("tools") {
         total = total.saturating_add(count(&tools.to_string()));
     }
-    // Embeddings: a string or a list of strings.
+    // Embeddings: a string or a list of strings. Responses: a string or a list of items
+    // (messages with string or part content, tool calls and their outputs), each item framed
+    // like a chat message.
     if let Some(input) = body.get("input") {
         total = total.saturating_add(count_content(input, count));
+        let items = input
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|i| i.is_object()).count() as u64);
+        if items > 0 {
+            total = total
+                .saturating_add(items.saturating_mul(PER_MESSAGE))
+                .saturating_add(REPLY_PRIMING);
+        }
+    }
+    // Responses: the system prompt.
+    if let Some(instructions) = body.get("instructions") {
+        total = total.saturating_add(count_content(instructions, count));
     }
     // Other fields the provider reads as input: structured-output schemas, legacy functions.
     for key in ["response_format", "functions", "tool_choice"] {
@@ -124,7 +139,9 @@ fn count_content(c: &Value, count: impl Fn(&str) -> u64 + Copy) -> u64 {
 }
 
 /// How many parts of a request carry input whose size its body does not show: image, audio,
-/// file and document parts (in messages, tool results and the system prompt), server-side tools
+/// file and document parts (in messages, Responses input items, tool results and the system
+/// prompt), Responses input kept upstream (`previous_response_id`, `conversation`, `prompt`),
+/// server-side tools
 /// (a `tools` entry whose `type` is not `function` or `custom`, e.g. Anthropic's
 /// `web_search_*`), MCP servers and OpenAI's `web_search_options`. A credit hold assumes a fixed
 /// number of tokens for each (`credits.hold_tokens_per_opaque_part`).
@@ -152,6 +169,15 @@ pub fn opaque_input_parts(body: &Value) -> u64 {
         n = n.saturating_add(m.get("content").map_or(0, in_content));
     }
     n = n.saturating_add(body.get("system").map_or(0, in_content));
+    // Responses: input items hold parts as messages do (`input_image`, `input_file`).
+    n = n.saturating_add(body.get("input").map_or(0, in_content));
+    // Responses: input the upstream keeps (an earlier response, a conversation, a stored
+    // prompt) is sized by nothing in the body.
+    let stored = ["previous_response_id", "conversation", "prompt"]
+        .iter()
+        .filter(|k| body.get(**k).is_some_and(|v| !v.is_null()))
+        .count() as u64;
+    n = n.saturating_add(stored);
     let server_tools = body
         .get("tools")
         .and_then(Value::as_array)
@@ -223,5 +249,24 @@ mod tests {
             count_request_input(&text_only) + tools_len
         );
         assert_eq!(opaque_input_parts(&serde_json::json!({"messages": []})), 0);
+    }
+
+    #[test]
+    fn responses_input_items_instructions_and_stored_input() {
+        // A string input is counted as text; items are framed like chat messages.
+        let plain = serde_json::json!({"input": "hello world", "instructions": "be brief"});
+        assert_eq!(count_request_input(&plain), 2 + 2);
+        let items = serde_json::json!({"instructions": "be brief", "input": [
+            {"role": "user", "content": "hello world"},
+            {"role": "user", "content": [{"type": "input_text", "text": "hello world"},
+                                         {"type": "input_image", "image_url": "https://example.com/a.png"}]}
+        ]});
+        assert_eq!(count_request_input(&items), 2 + (3 + 2) + (3 + 2) + 3);
+        assert_eq!(opaque_input_parts(&items), 1);
+        let stored = serde_json::json!({"previous_response_id": "resp_1", "input": "more"});
+        assert_eq!(opaque_input_parts(&stored), 1);
+        // Embeddings inputs (strings) get no framing.
+        let emb = serde_json::json!({"input": ["hello world", "hello"]});
+        assert_eq!(count_request_input(&emb), 3);
     }
 }

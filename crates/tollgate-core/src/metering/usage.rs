@@ -41,6 +41,25 @@ pub fn from_openai_usage(usage: &Value) -> Option<Usage> {
     })
 }
 
+/// The Responses API's `usage` object: `input_tokens` (cached included, as chat's
+/// `prompt_tokens`), `input_tokens_details.cached_tokens`, `output_tokens` (reasoning included),
+/// `output_tokens_details.reasoning_tokens`.
+pub fn from_responses_usage(usage: &Value) -> Option<Usage> {
+    if !usage.is_object() {
+        return None;
+    }
+    let null = Value::Null;
+    let details = usage.get("input_tokens_details").unwrap_or(&null);
+    let out_details = usage.get("output_tokens_details").unwrap_or(&null);
+    Some(Usage {
+        input_tokens: u(usage, "input_tokens"),
+        output_tokens: u(usage, "output_tokens"),
+        cached_tokens: u(details, "cached_tokens"),
+        cache_write_tokens: 0,
+        reasoning_tokens: u(out_details, "reasoning_tokens"),
+    })
+}
+
 /// Anthropic's `usage` object. Its `input_tokens` excludes cache reads and writes; they are added
 /// here so `Usage::input_tokens` means all input for every provider.
 pub fn from_anthropic_usage(usage: &Value) -> Option<Usage> {
@@ -79,6 +98,7 @@ pub fn from_response_bytes(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option
     let usage = head.usage.as_ref().and_then(|u| match api {
         Endpoint::ChatCompletions | Endpoint::Embeddings => from_openai_usage(u),
         Endpoint::Messages => from_anthropic_usage(u),
+        Endpoint::Responses => from_responses_usage(u),
     });
     (usage, head.model)
 }
@@ -111,9 +131,39 @@ pub fn response_text(api: Endpoint, body: &Value) -> String {
                 }
             }
         }
+        Endpoint::Responses => {
+            for item in body
+                .get("output")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                responses_item_text(item, &mut text);
+            }
+        }
         Endpoint::Embeddings => {}
     }
     text
+}
+
+/// The generated text of one Responses output item: a message's text parts, a function call's
+/// arguments, a reasoning item's summary.
+fn responses_item_text(item: &Value, text: &mut String) {
+    if let Some(args) = item.get("arguments").and_then(Value::as_str) {
+        text.push_str(args);
+    }
+    for key in ["content", "summary"] {
+        for part in item
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(s) = part.get("text").and_then(Value::as_str) {
+                text.push_str(s);
+            }
+        }
+    }
 }
 
 /// What the proxy should do with one SSE event after the meter has seen it.
@@ -123,8 +173,8 @@ pub enum EventAction {
     /// The usage-only chunk we asked OpenAI for on the client's behalf: the client did not ask
     /// for it, so it does not get it.
     Drop,
-    /// The stream's last event (`data: [DONE]`, `message_stop`): forward it only after the
-    /// request's record is durable.
+    /// The stream's last event (`data: [DONE]`, `message_stop`, Responses' `response.completed`
+    /// / `.incomplete` / `.failed`): forward it only after the request's record is durable.
     Terminal,
 }
 
@@ -151,6 +201,9 @@ pub struct StreamMeter {
     counted_tokens: u64,
     /// Content past `MAX_CONTENT`, not kept: bytes.
     dropped_bytes: usize,
+    /// Events seen, so an error event the gateway adds to a Responses stream carries the next
+    /// `sequence_number`.
+    events: u64,
 }
 
 /// Content kept for local counting is capped; beyond it the estimate undercounts.
@@ -181,6 +234,21 @@ struct AnthropicMessage {
     model: Option<String>,
     #[serde(default)]
     usage: Option<Value>,
+}
+
+/// A Responses stream event that carries the response object (`response.created`,
+/// `response.completed`, ...).
+#[derive(serde::Deserialize)]
+struct ResponsesEvent {
+    #[serde(default)]
+    response: Option<ResponseHead>,
+}
+
+/// The `type` of a Responses event whose SSE `event:` field is missing.
+#[derive(serde::Deserialize)]
+struct EventType {
+    #[serde(rename = "type", default)]
+    kind: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -218,14 +286,68 @@ impl StreamMeter {
             counted_bytes: 0,
             counted_tokens: 0,
             dropped_bytes: 0,
+            events: 0,
         }
+    }
+
+    /// Events seen so far.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// `event` is the SSE `event:` field (empty if none), `data` the joined `data:` lines.
     pub fn on_event(&mut self, event: &str, data: &str) -> EventAction {
+        self.events = self.events.saturating_add(1);
         match self.api {
             Endpoint::ChatCompletions | Endpoint::Embeddings => self.on_openai(data),
             Endpoint::Messages => self.on_anthropic(event, data),
+            Endpoint::Responses => self.on_responses(event, data),
+        }
+    }
+
+    /// A Responses stream: every event names its `type` (in `event:` and in the data). Deltas
+    /// are kept unparsed for a local count; the response object of the first and the last
+    /// event gives the model and the usage. The last event (`response.completed`, or
+    /// `.incomplete` at the output cap, or `.failed`) is the terminal one; there is no `[DONE]`.
+    fn on_responses(&mut self, event: &str, data: &str) -> EventAction {
+        let parsed;
+        let kind = if event.is_empty() {
+            parsed = serde_json::from_str::<EventType>(data)
+                .map(|t| t.kind)
+                .unwrap_or_default();
+            parsed.as_str()
+        } else {
+            event
+        };
+        if kind.ends_with(".delta") {
+            self.keep_content(data);
+            return EventAction::Forward;
+        }
+        let terminal = matches!(
+            kind,
+            "response.completed" | "response.incomplete" | "response.failed"
+        );
+        if kind == "error" || kind == "response.failed" {
+            self.saw_error_event = true;
+        }
+        if terminal || kind == "response.created" {
+            let response = serde_json::from_str::<ResponsesEvent>(data)
+                .ok()
+                .and_then(|e| e.response);
+            if let Some(r) = response {
+                if self.model.is_none() || terminal {
+                    self.model = r.model.or(self.model.take());
+                }
+                if let Some(u) = r.usage.as_ref().and_then(from_responses_usage) {
+                    self.usage = Some(u);
+                    self.usage_final = true;
+                }
+            }
+        }
+        if terminal {
+            EventAction::Terminal
+        } else {
+            EventAction::Forward
         }
     }
 
@@ -377,6 +499,12 @@ impl StreamMeter {
                 continue;
             };
             match self.api {
+                // Text, reasoning summary and function-call argument deltas alike.
+                Endpoint::Responses => {
+                    if let Some(t) = v.get("delta").and_then(Value::as_str) {
+                        text.push_str(t);
+                    }
+                }
                 Endpoint::Messages => {
                     let d = v.get("delta");
                     let t = d
@@ -522,5 +650,76 @@ mod tests {
             (u.input_tokens, u.cached_tokens, u.output_tokens),
             (14, 4, 7)
         );
+    }
+
+    #[test]
+    fn responses_usage_and_stream_events() {
+        let usage = json!({"input_tokens": 12, "input_tokens_details": {"cached_tokens": 4},
+            "output_tokens": 9, "output_tokens_details": {"reasoning_tokens": 3}, "total_tokens": 21});
+        let u = from_responses_usage(&usage).unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (12, 4, 9, 3)
+        );
+        let body = json!({"object": "response", "model": "gpt-4o-2024-08-06", "usage": usage,
+            "output": [{"type": "message", "content": [{"type": "output_text", "text": "hi there"}]}]});
+        let (u2, model) = from_response_bytes(Endpoint::Responses, body.to_string().as_bytes());
+        assert_eq!((u2, model.as_deref()), (Some(u), Some("gpt-4o-2024-08-06")));
+        assert_eq!(response_text(Endpoint::Responses, &body), "hi there");
+
+        let mut m = StreamMeter::new(Endpoint::Responses, false);
+        let created = r#"{"type":"response.created","sequence_number":0,"response":{"model":"gpt-4o","usage":null}}"#;
+        assert_eq!(
+            m.on_event("response.created", created),
+            EventAction::Forward
+        );
+        let delta = r#"{"type":"response.output_text.delta","delta":"hello"}"#;
+        assert_eq!(
+            m.on_event("response.output_text.delta", delta),
+            EventAction::Forward
+        );
+        // Without an `event:` field, the data's type decides.
+        let delta = r#"{"type":"response.output_text.delta","delta":" there"}"#;
+        assert_eq!(m.on_event("", delta), EventAction::Forward);
+        assert!(m.reported().is_none());
+        assert_eq!(m.estimate_output(), 2);
+        let done = format!(
+            r#"{{"type":"response.completed","response":{{"model":"gpt-4o-x","usage":{usage}}}}}"#
+        );
+        assert_eq!(
+            m.on_event("response.completed", &done),
+            EventAction::Terminal
+        );
+        assert_eq!(m.reported(), Some(u));
+        assert_eq!(m.model(), Some("gpt-4o-x"));
+        assert_eq!(m.events(), 4);
+        assert!(!m.saw_error_event);
+        // An incomplete response (the output cap) ends the stream as well; a failed one is an
+        // error.
+        let mut m = StreamMeter::new(Endpoint::Responses, false);
+        assert_eq!(
+            m.on_event("", r#"{"type":"response.incomplete","response":{}}"#),
+            EventAction::Terminal
+        );
+        let mut m = StreamMeter::new(Endpoint::Responses, false);
+        assert_eq!(
+            m.on_event(
+                "response.failed",
+                r#"{"type":"response.failed","response":{}}"#
+            ),
+            EventAction::Terminal
+        );
+        assert!(m.saw_error_event);
+        let mut m = StreamMeter::new(Endpoint::Responses, false);
+        assert_eq!(
+            m.on_event("error", r#"{"type":"error","code":"x"}"#),
+            EventAction::Forward
+        );
+        assert!(m.saw_error_event);
     }
 }

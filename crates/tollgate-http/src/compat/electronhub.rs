@@ -136,7 +136,7 @@ pub struct Me {
 }
 
 /// The endpoints tollgate serves, always listed (0 when unused).
-const ENDPOINTS: [&str; 3] = ["chat.completions", "embeddings", "messages"];
+const ENDPOINTS: [&str; 4] = ["chat.completions", "embeddings", "messages", "responses"];
 
 pub async fn me(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Me>, ApiError> {
     let (_caller, p) = (&q.caller, &q.p);

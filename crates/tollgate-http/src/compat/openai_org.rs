@@ -52,7 +52,11 @@ impl Kind {
     /// The endpoints whose requests this report counts (empty: all).
     fn endpoints(self) -> Vec<Endpoint> {
         match self {
-            Kind::Completions => vec![Endpoint::ChatCompletions, Endpoint::Messages],
+            Kind::Completions => vec![
+                Endpoint::ChatCompletions,
+                Endpoint::Messages,
+                Endpoint::Responses,
+            ],
             Kind::Embeddings => vec![Endpoint::Embeddings],
             Kind::Costs => Vec::new(),
         }

@@ -21,7 +21,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
-use tollgate_core::config::ProviderKind;
 use tollgate_core::metering::tokenizer;
 use tollgate_core::metering::usage::{self, EventAction, StreamMeter};
 use tollgate_core::money::nanos_to_credits;
@@ -118,25 +117,18 @@ impl Exchange {
             );
             return self.fail(head_tx, err, 502, None);
         };
-        let mut rb = self
-            .http
-            .post(url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("x-tollgate-request-id", self.ticket.request_id());
-        // Only the provider's own credential goes upstream; the client's key never does.
-        rb = match (self.provider.kind, self.api) {
-            (ProviderKind::Anthropic, Endpoint::Messages) => {
-                let mut rb = rb.header("x-api-key", &self.api_key).header(
-                    "anthropic-version",
-                    self.anthropic_version.as_deref().unwrap_or("2023-06-01"),
-                );
-                if let Some(beta) = &self.anthropic_beta {
-                    rb = rb.header("anthropic-beta", beta);
-                }
-                rb
-            }
-            _ => rb.bearer_auth(&self.api_key),
-        };
+        let rb = upstream::request(
+            &self.http,
+            url,
+            self.ticket.request_id(),
+            &upstream::Credential {
+                kind: self.provider.kind,
+                api: self.api,
+                api_key: &self.api_key,
+                anthropic_version: self.anthropic_version.as_deref(),
+                anthropic_beta: self.anthropic_beta.as_deref(),
+            },
+        );
         let timeout = self.timeouts.upstream;
         let body = self.req.forward.clone();
         let sent =
@@ -347,7 +339,7 @@ impl Exchange {
         // Set when the gateway ends the stream itself: the client's stream then ends cleanly
         // with this error event (instead of breaking), and `ended` carries its error code.
         let mut stopped: Option<Bytes> = None;
-        let past_deadline = |api| {
+        let past_deadline = |api, seq| {
             error_event(
                 api,
                 Code::UpstreamTimeout,
@@ -356,6 +348,7 @@ impl Exchange {
                     "the stream passed its maximum duration of {}s (server.max_stream_secs)",
                     max_stream.as_secs()
                 ),
+                seq,
             )
         };
         // Ok(true) = the stream ended properly; Ok(false) = upstream ended early; Err = broke
@@ -366,7 +359,7 @@ impl Exchange {
             // Checked here too: an upstream that always has a chunk ready never lets the
             // timeout below fire.
             if left == Some(Duration::ZERO) {
-                stopped = Some(past_deadline(self.api));
+                stopped = Some(past_deadline(self.api, meter.events()));
                 break Err("stream_deadline");
             }
             let mut wait = left.map_or(idle, |l| l.min(idle));
@@ -375,7 +368,7 @@ impl Exchange {
             }
             let next = match tokio::time::timeout(wait, upstream.next()).await {
                 Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
-                    stopped = Some(past_deadline(self.api));
+                    stopped = Some(past_deadline(self.api, meter.events()));
                     break Err("stream_deadline");
                 }
                 Err(_) => break Err("upstream_timeout"),
@@ -397,6 +390,7 @@ impl Exchange {
                             "provider {} sent a stream event larger than {limit} bytes (server.max_sse_event_bytes)",
                             self.provider.name
                         ),
+                        meter.events(),
                     ));
                     break Err("upstream_event_too_large");
                 }
@@ -439,6 +433,7 @@ impl Exchange {
                     HOLD_EXCEEDED,
                     "the stream was ended: its cost passed the credit held for it (the upstream \
                      went past the output cap it was sent)",
+                    meter.events(),
                 ));
                 break Err(HOLD_EXCEEDED);
             }
@@ -454,8 +449,11 @@ impl Exchange {
         };
         let (status, error_code) = match (&ended, client_alive) {
             (_, false) => (Status::Cancelled, Some("client_disconnected".to_string())),
-            (Ok(true), true) if !meter.saw_error_event => (Status::Success, None),
-            (Ok(true), true) => (Status::Error, Some("upstream_error_event".to_string())),
+            // An error event ends a Responses stream without a terminal event after it.
+            (Ok(_), true) if meter.saw_error_event => {
+                (Status::Error, Some("upstream_error_event".to_string()))
+            }
+            (Ok(true), true) => (Status::Success, None),
             (Ok(false), true) => (Status::Error, Some("upstream_ended_early".to_string())),
             (Err(code), true) => (Status::Error, Some((*code).to_string())),
         };
@@ -531,7 +529,7 @@ impl Exchange {
 /// `ended` of a stream the gateway cut because it passed its credit hold.
 const HOLD_EXCEEDED: &str = "credit_hold_exceeded";
 
-fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
+pub(super) fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     for (name, value) in headers {
         if let Ok(v) = HeaderValue::from_str(value) {
             response.headers_mut().insert(*name, v);
@@ -539,7 +537,7 @@ fn add_headers(response: &mut Response, headers: &[(&'static str, String)]) {
     }
 }
 
-fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+pub(super) fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -547,7 +545,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The message of an OpenAI- or Anthropic-shaped error body.
-fn upstream_message(body: &[u8]) -> Option<String> {
+pub(super) fn upstream_message(body: &[u8]) -> Option<String> {
     let v: Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error")?;
     e.get("message")
@@ -556,7 +554,7 @@ fn upstream_message(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
+pub(super) async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
     let mut stream = resp.bytes_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
@@ -569,7 +567,7 @@ async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
     Some(buf.freeze())
 }
 
-enum BodyError {
+pub(super) enum BodyError {
     /// Past the configured limit.
     TooLarge,
     Broken(reqwest::Error),
@@ -579,7 +577,7 @@ enum BodyError {
 /// length is announced). With a length, the body is read into one buffer of that size; without
 /// one, chunks are kept as they arrive and joined once into an exact-size buffer. Either way no
 /// buffer grows past the body, and a refused body is dropped at once.
-async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
+pub(super) async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
     let announced = match resp.content_length().map(usize::try_from) {
         Some(Ok(n)) if n <= max => Some(n),
         Some(_) => return Err(BodyError::TooLarge),
@@ -615,7 +613,7 @@ async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyE
 }
 
 /// A reqwest error with its causes ("connection refused" sits in the source chain).
-fn error_chain(e: &reqwest::Error) -> String {
+pub(super) fn error_chain(e: &reqwest::Error) -> String {
     let mut msg = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

@@ -1,10 +1,12 @@
-//! The proxy endpoints: `/v1/chat/completions`, `/v1/embeddings`, `/v1/messages` (OpenAI and
-//! Anthropic wire formats) and `/v1/models`. A request goes through named phases:
+//! The proxy endpoints: `/v1/chat/completions`, `/v1/embeddings`, `/v1/responses`,
+//! `/v1/messages` (OpenAI and Anthropic wire formats), `/v1/models`, and the unbilled
+//! `/v1/messages/count_tokens` (`count_tokens.rs`). A metered request goes through named phases:
 //! authenticate (extractor) → read and check the body → route → price → admit (engine) →
 //! exchange (forward, pass the answer back, `Ticket::settle` exactly once at the end).
 //! An authenticated request refused before the exchange is recorded too (status `refused`), so
 //! request counts include it; an unauthenticated one leaves nothing.
 
+mod count_tokens;
 pub mod exchange;
 pub mod sse;
 pub mod upstream;
@@ -26,6 +28,8 @@ use crate::body::read_body;
 use crate::error::{status, ApiError, ErrorStyle};
 use crate::extract::Authed;
 use crate::state::{RequestCtx, SharedState};
+
+pub use count_tokens::count_tokens;
 
 pub async fn chat_completions(
     s: State<SharedState>,
@@ -57,7 +61,17 @@ pub async fn messages(
     proxy(s, ctx, caller, headers, body, Endpoint::Messages).await
 }
 
-/// The one proxy handler; the three routes differ only in their endpoint.
+pub async fn responses(
+    s: State<SharedState>,
+    ctx: Extension<RequestCtx>,
+    caller: Authed,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    proxy(s, ctx, caller, headers, body, Endpoint::Responses).await
+}
+
+/// The one proxy handler; the metered routes differ only in their endpoint.
 async fn proxy(
     State(s): State<SharedState>,
     Extension(ctx): Extension<RequestCtx>,

@@ -15,9 +15,22 @@ use crate::error::{anthropic_type, openai_type};
 /// (as for the same failure before a stream starts), `code` is the stable machine-readable reason
 /// (e.g. `stream_deadline`), which Anthropic's format has no field for, so it leads the message.
 ///
-/// OpenAI: `data: {"error":{...}}` then `data: [DONE]`; Anthropic: `event: error`.
-pub fn error_event(api: Endpoint, kind: Code, code: &str, message: &str) -> Bytes {
+/// OpenAI chat: `data: {"error":{...}}` then `data: [DONE]`; Anthropic: `event: error`;
+/// Responses: `event: error` with `{"type":"error","code","message","param","sequence_number"}`
+/// (its own error event: `kind` has no field there, the code says it; `sequence_number` is
+/// `seq`, the next in the stream; that format has no `[DONE]`).
+pub fn error_event(api: Endpoint, kind: Code, code: &str, message: &str, seq: u64) -> Bytes {
     let text = match api {
+        Endpoint::Responses => {
+            let body = json!({
+                "type": "error",
+                "code": code,
+                "message": message,
+                "param": null,
+                "sequence_number": seq,
+            });
+            format!("event: error\ndata: {body}\n\n")
+        }
         Endpoint::Messages => {
             let body = json!({
                 "type": "error",
@@ -214,6 +227,7 @@ mod tests {
             Code::ProviderError,
             "stream_deadline",
             "too long",
+            0,
         );
         let ev = s.push(&openai).unwrap();
         assert_eq!(ev.len(), 2);
@@ -222,7 +236,7 @@ mod tests {
         assert_eq!(v["error"]["type"], "provider_error");
         assert_eq!(ev[1].fields().1, "[DONE]");
 
-        let anthropic = error_event(Endpoint::Messages, Code::ProviderError, "x", "y");
+        let anthropic = error_event(Endpoint::Messages, Code::ProviderError, "x", "y", 0);
         let ev = s.push(&anthropic).unwrap();
         assert_eq!(ev.len(), 1);
         let (e, d) = ev[0].fields();
@@ -231,6 +245,17 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "api_error");
         assert_eq!(v["error"]["message"], "x: y");
+
+        let responses = error_event(Endpoint::Responses, Code::ProviderError, "x", "y", 7);
+        let ev = s.push(&responses).unwrap();
+        assert_eq!(ev.len(), 1);
+        let (e, d) = ev[0].fields();
+        assert_eq!(e, "error");
+        let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["code"], "x");
+        assert_eq!(v["message"], "y");
+        assert_eq!(v["sequence_number"], 7);
     }
 
     #[test]

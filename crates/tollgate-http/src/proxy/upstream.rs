@@ -19,8 +19,48 @@ use std::time::Duration;
 
 use axum::http::header;
 use bytes::Bytes;
+use reqwest::Url;
 use tokio::sync::oneshot;
+use tollgate_core::config::ProviderKind;
+use tollgate_core::record::Endpoint;
 use tollgate_engine::settle::SentSignal;
+
+/// Who a request goes upstream as: only the provider's own credential is sent, never the
+/// client's key.
+pub struct Credential<'a> {
+    pub kind: ProviderKind,
+    pub api: Endpoint,
+    pub api_key: &'a str,
+    /// The client's `anthropic-version` / `anthropic-beta`, passed on to Anthropic.
+    pub anthropic_version: Option<&'a str>,
+    pub anthropic_beta: Option<&'a str>,
+}
+
+/// A POST of a JSON body to `url`, as `cred`, tagged with the gateway's request id.
+pub fn request(
+    http: &reqwest::Client,
+    url: Url,
+    request_id: &str,
+    cred: &Credential<'_>,
+) -> reqwest::RequestBuilder {
+    let rb = http
+        .post(url)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-tollgate-request-id", request_id);
+    match (cred.kind, cred.api) {
+        (ProviderKind::Anthropic, Endpoint::Messages) => {
+            let mut rb = rb.header("x-api-key", cred.api_key).header(
+                "anthropic-version",
+                cred.anthropic_version.unwrap_or("2023-06-01"),
+            );
+            if let Some(beta) = cred.anthropic_beta {
+                rb = rb.header("anthropic-beta", beta);
+            }
+            rb
+        }
+        _ => rb.bearer_auth(cred.api_key),
+    }
+}
 
 /// Retries of a request the upstream refused unprocessed (reqwest's default is 2 as well).
 const MAX_RETRIES: usize = 2;

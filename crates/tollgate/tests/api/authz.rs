@@ -25,6 +25,8 @@ const READS_NO_ACCOUNT_DATA: &[(&str, &str)] = &[
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/embeddings"),
     ("POST", "/v1/messages"),
+    ("POST", "/v1/responses"),
+    ("POST", "/v1/messages/count_tokens"),
     ("GET", "/v1/models"),
 ];
 
@@ -35,6 +37,9 @@ fn valid_body(path: &str) -> Value {
             "messages": [{"role": "user", "content": "hi"}]}),
         "/v1/embeddings" => json!({"model": "text-embedding-3-small", "input": "hi"}),
         "/v1/messages" => json!({"model": "claude-sonnet-4-20250514", "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        "/v1/responses" => json!({"model": "gpt-4o", "max_output_tokens": 5, "input": "hi"}),
+        "/v1/messages/count_tokens" => json!({"model": "claude-sonnet-4-20250514",
             "messages": [{"role": "user", "content": "hi"}]}),
         "/v1/webhooks" => json!({"url": "https://93.184.215.14/hook", "events": ["credits.low"]}),
         "/v1/webhooks/{id}/rotate-secret"
@@ -354,7 +359,8 @@ fn assert_error(label: &str, style: Style, route: &RouteInfo, key_sent: bool, a:
     assert_eq!(a.status, status, "{what}: {}", a.text);
     // An unauthenticated call to the Anthropic endpoint is answered Anthropic-style even
     // without `anthropic-version` (see ErrorStyle::detect).
-    let anthropic_shape = style == Style::Anthropic || (route.path == "/v1/messages" && !key_sent);
+    let anthropic_path = route.path == "/v1/messages" || route.path == "/v1/messages/count_tokens";
+    let anthropic_shape = style == Style::Anthropic || (anthropic_path && !key_sent);
     let msg = if anthropic_shape {
         assert_eq!(a.body["type"], "error", "{what}: {}", a.text);
         let want = match status {

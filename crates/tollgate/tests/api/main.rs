@@ -17,6 +17,7 @@ mod pg;
 mod proxy;
 mod refused;
 mod replicas;
+mod responses;
 mod retention;
 mod stale;
 mod store_copy;

@@ -13,7 +13,7 @@ use tollgate::Application;
 use crate::helpers::{create_account_and_key, grant, load_config, request_id, TestApp};
 
 /// `spawn_app` with `[server]` settings changed by `set`.
-async fn spawn_limited(set: impl FnOnce(&mut ServerConfig)) -> TestApp {
+pub(crate) async fn spawn_limited(set: impl FnOnce(&mut ServerConfig)) -> TestApp {
     let mock = MockServer::start(MockConfig::default()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = load_config(dir.path(), &mock.base_url(), "");

@@ -630,10 +630,11 @@ async fn every_endpoint_equals_the_sum_of_its_records_at_the_calendar_edges() {
         v["history"],
         json!([{"date": "2028-02-28", "requests": 1}, {"date": "2028-02-29", "requests": 2}, {"date": "2028-03-01", "requests": 1}])
     );
-    let mut endpoints: BTreeMap<String, i64> = ["chat.completions", "embeddings", "messages"]
-        .iter()
-        .map(|e| (e.to_string(), 0))
-        .collect();
+    let mut endpoints: BTreeMap<String, i64> =
+        ["chat.completions", "embeddings", "messages", "responses"]
+            .iter()
+            .map(|e| (e.to_string(), 0))
+            .collect();
     for r in &recs {
         *endpoints.get_mut(&r.endpoint).unwrap() += 1;
     }
