@@ -9,11 +9,14 @@
 //! - `compat`: the seed platforms' usage endpoints (LLMHub, CrossModel, ElectronHub, Runtype,
 //!   OpenAI organization usage, exports)
 //! - `admin`: accounts, keys, credits, provider keys, raw records
+//! - `session`: dashboard sign-ins (session cookie, CSRF token), accepted by `extract`
+//! - `dashboard`: the usage dashboard at `/dashboard` (embedded assets, its thin read APIs)
 //! - `server`: the listener and graceful shutdown
 
 pub mod admin;
 pub mod body;
 pub mod compat;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod params;
@@ -21,6 +24,7 @@ pub mod proxy;
 pub mod router;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod webhooks;
 
