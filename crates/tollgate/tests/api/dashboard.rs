@@ -375,6 +375,8 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
             .post_bearer("/v1/chat/completions", &app.chat_body(model, false))
             .await;
         assert_eq!(r.status(), 200);
+        // Apart by more than a millisecond: the log's order is the arrival's.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     // A refused request (unknown model) for the status filter.
     let r = app
