@@ -139,9 +139,10 @@ after(async () => {
 const statText = (key) => page.locator(`[data-stat="${key}"]`).innerText();
 const num = (s) => Number(String(s).replace(/[$,%\s]/g, ""));
 async function goto(route) {
+  // Re-entering the route shown already: leave it first, so the wait below sees a fresh draw.
+  if (await page.evaluate((r) => location.hash === r, route)) await page.evaluate(() => { location.hash = "#/blank"; });
   await page.evaluate((r) => { location.hash = r; }, route);
-  await page.locator("main h1").first().waitFor();
-  await page.waitForFunction(() => !document.querySelector("main")?.textContent.startsWith("Loading"));
+  await page.waitForFunction((r) => document.querySelector("main")?.dataset.ready === r, route);
 }
 function noNewErrors(since, what) {
   assert.deepEqual(consoleErrors.slice(since), [], `console errors on ${what}`);
@@ -213,7 +214,7 @@ test("the usage chart: expected points, stacked series, tooltip with exact value
   const since = consoleErrors.length;
   await goto("#/usage");
   const chart = page.locator("#chart");
-  await chart.locator("canvas").waitFor();
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("cost/day/model/"));
   assert.equal(await chart.getAttribute("data-points"), "7", "last 7 days by day");
   const rt = await ok("GET", `/v1/model-usage?period=last_7_days&granularity=day&timezone=${encodeURIComponent(TZ)}`, keyA.key);
   const models = Object.keys(rt.usageByModel).length;
@@ -229,6 +230,7 @@ test("the usage chart: expected points, stacked series, tooltip with exact value
   assert.ok(painted > 1000, `canvas pixels painted: ${painted}`);
   // Hover today's bucket (the last): the tooltip shows its exact total.
   const hoverLast = async () => {
+    await page.mouse.move(0, 0);
     const over = await page.locator("#chart .u-over").boundingBox();
     await page.mouse.move(over.x + over.width - 3, over.y + over.height / 2);
     await page.locator("#chart-tip").waitFor({ state: "visible" });
@@ -238,17 +240,18 @@ test("the usage chart: expected points, stacked series, tooltip with exact value
   assert.equal(await page.locator("#chart-tip .t").innerText(), today.date);
   assert.equal(num(await page.locator("#chart-tip [data-total]").innerText()), today.cost);
   await page.getByLabel("Metric").selectOption("requests");
-  await chart.locator("canvas").waitFor();
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("requests/day/model/"));
   await hoverLast();
   assert.equal(num(await page.locator("#chart-tip [data-total]").innerText()), today.requests);
   // Hourly for today: 24 buckets (a DST day would have 23 or 25).
   await page.getByLabel("Granularity").selectOption("hour");
   await page.getByLabel("Period").selectOption("today");
-  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.points !== "7");
+  await page.waitForFunction(() => /^requests\/hour\/model\/(\S+)\/\1$/.test(document.querySelector("#chart")?.dataset.drawn || ""));
   const rtHour = await ok("GET", `/v1/model-usage?period=today&granularity=hour&timezone=${encodeURIComponent(TZ)}`, keyA.key);
   assert.equal(Number(await chart.getAttribute("data-points")), rtHour.timeSeries.length);
   await page.getByLabel("Stack by").selectOption("key");
-  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.series === "2");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("requests/hour/key/"));
+  assert.equal(await chart.getAttribute("data-series"), "2", "team-a's two keys");
   await page.getByLabel("Granularity").selectOption("day");
   await page.getByLabel("Period").selectOption("last_7_days");
   await page.getByLabel("Metric").selectOption("cost");
