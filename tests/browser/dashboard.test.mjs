@@ -468,6 +468,13 @@ test("admin: all-accounts overview, open any account, create and revoke a key, g
   const uA = await ok("GET", `/v1/usage?account_id=${teamA}&timezone=${encodeURIComponent(TZ)}`, adminKey);
   assert.equal(num((await row.locator("td").allInnerTexts())[3]), uA.monthly.request_count);
   assert.equal(await page.locator(`#accounts-table tr[data-account-id="${teamB}"]`).count(), 1);
+  for (const [w, hgt] of [[1280, 800], [375, 800]]) {
+    await page.setViewportSize({ width: w, height: hgt });
+    const scroll = await page.evaluate(() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]);
+    assert.ok(scroll[0] <= scroll[1], `accounts at ${w}px scrolls sideways: ${scroll}`);
+    await page.screenshot({ path: path.join(ARTIFACTS, `accounts-${w}x${hgt}.png`), fullPage: true });
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
   await row.getByRole("link", { name: "Open" }).click();
   await page.locator('[data-stat="month-requests"]').waitFor();
   assert.equal(num(await statText("month-requests")), uA.monthly.request_count);
