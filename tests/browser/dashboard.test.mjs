@@ -256,6 +256,15 @@ test("the usage chart: expected points, stacked series, tooltip with exact value
   await page.getByLabel("Period").selectOption("last_7_days");
   await page.getByLabel("Metric").selectOption("cost");
   await page.getByLabel("Stack by").selectOption("model");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("cost/day/model/"));
+  // A custom range: three days, three buckets.
+  await page.getByLabel("Period").selectOption("custom");
+  await page.getByLabel("From", { exact: true }).fill(rt.timeSeries[0].date);
+  await page.getByLabel("To", { exact: true }).fill(rt.timeSeries[2].date);
+  await page.waitForFunction((end) => document.querySelector("#chart")?.dataset.drawn?.endsWith(`/${end}`), rt.timeSeries[2].date);
+  assert.equal(await chart.getAttribute("data-points"), "3");
+  await page.getByLabel("Period").selectOption("last_7_days");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.points === "7");
   noNewErrors(since, "usage");
 });
 
@@ -423,6 +432,17 @@ test("keyboard: the sign-out button and nav are reachable by Tab with labelled c
   const unlabelled = await page.evaluate(() => [...document.querySelectorAll("main select, main input")]
     .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")).map((el) => el.name));
   assert.deepEqual(unlabelled, []);
+  // The chart's tooltip moves with the arrow keys.
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn);
+  const rt = await ok("GET", `/v1/model-usage?period=last_7_days&granularity=day&timezone=${encodeURIComponent(TZ)}`, keyA.key);
+  await page.locator("#chart").focus();
+  await page.keyboard.press("End");
+  await page.locator("#chart-tip").waitFor({ state: "visible" });
+  assert.equal(await page.locator("#chart-tip .t").innerText(), rt.timeSeries[6].date);
+  await page.keyboard.press("ArrowLeft");
+  assert.equal(await page.locator("#chart-tip .t").innerText(), rt.timeSeries[5].date);
+  await page.keyboard.press("Home");
+  assert.equal(await page.locator("#chart-tip .t").innerText(), rt.timeSeries[0].date);
   await page.locator("#main").focus();
   await page.keyboard.press("Shift+Tab");
   const seen = new Set();

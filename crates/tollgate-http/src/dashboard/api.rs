@@ -99,14 +99,21 @@ pub async fn sign_in(
 
 /// `GET /dashboard/api/session`: the signed-in caller and the session's CSRF token, or
 /// `{"signed_in": false}` (a 200, so a page opened before signing in logs no failed request).
+/// It reads the session cookie only: a key in a header is not looked at, so this public route
+/// cannot tell good keys from bad ones past the failed-authentication brake.
 pub async fn session(
     State(s): State<SharedState>,
+    headers: HeaderMap,
     q: Result<UsageQuery, ApiError>,
     sess: Option<Extension<Session>>,
 ) -> Result<Response, ApiError> {
-    let body = match q {
-        Ok(q) => whoami(&s, &q, sess.as_deref()).await?,
-        Err(e) => json!({"signed_in": false, "reason": e.message}),
+    let body = match (presented_key(&headers), q) {
+        (Some(_), _) => json!({
+            "signed_in": false,
+            "reason": "this endpoint reads the session cookie, not a key",
+        }),
+        (None, Ok(q)) => whoami(&s, &q, sess.as_deref()).await?,
+        (None, Err(e)) => json!({"signed_in": false, "reason": e.message}),
     };
     let mut resp = Json(body).into_response();
     resp.headers_mut()

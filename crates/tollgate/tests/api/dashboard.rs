@@ -97,6 +97,13 @@ async fn sign_in_sets_a_strict_http_only_expiring_cookie() {
     let set = r.headers().get(SET_COOKIE).unwrap().to_str().unwrap();
     assert!(set.ends_with("; Secure"), "{set}");
 
+    // The public session read looks at the cookie only: it is no oracle for keys in headers.
+    for key in [app.user_key.as_str(), "tg-wrong"] {
+        let me = get_bearer(&app, key, "/dashboard/api/session").await;
+        assert_eq!(me["signed_in"], false, "{me}");
+        assert!(me.get("account_id").is_none());
+    }
+
     // A wrong key gets no session.
     let r = app
         .http

@@ -293,16 +293,30 @@
   PAGES.usage = async (main) => {
     usageState.tz = usageState.tz || S.tz;
     const st = usageState;
-    const chartBox = h("div", { id: "chart", role: "img", "aria-label": "Usage chart" });
-    const tip = h("div", { class: "chart-tip", hidden: true, id: "chart-tip", role: "status" });
+    // Focusable: the arrow keys move the tooltip from bucket to bucket.
+    const chartBox = h("div", { id: "chart", role: "img", tabindex: "0", "aria-label": "Usage chart" });
+    const tip = h("div", { class: "chart-tip", hidden: true, id: "chart-tip", "aria-hidden": "true" });
+    chartBox.addEventListener("keydown", (ev) => {
+      const u = S.chart;
+      if (!u || !["ArrowLeft", "ArrowRight", "Home", "End"].includes(ev.key)) return;
+      ev.preventDefault();
+      const n = u.data[0].length;
+      const cur = u.cursor.idx ?? (ev.key === "ArrowLeft" ? n : -1);
+      const i = ev.key === "Home" ? 0 : ev.key === "End" ? n - 1 : Math.min(n - 1, Math.max(0, cur + (ev.key === "ArrowLeft" ? -1 : 1)));
+      u.setCursor({ left: u.valToPos(i, "x"), top: 10 });
+    });
     const legend = h("div", { class: "legend", id: "chart-legend" });
     const summary = h("p", { class: "muted", id: "chart-summary" });
     const dl = h("span", {});
     const metric = select([["cost", "Cost (USD)"], ["tokens", "Tokens"], ["requests", "Requests"]], st.metric, { name: "metric" });
     const gran = select([["hour", "Hour"], ["day", "Day"], ["week", "Week"], ["month", "Month"]], st.granularity, { name: "granularity" });
     const group = select([["model", "Model"], ["key", "Key"], ["provider", "Provider"]], st.group, { name: "group" });
+    // Controls changed in quick succession: only the newest answer is drawn.
+    let seq = 0;
     const draw = async () => {
+      const mine = ++seq;
       const data = await api(`/dashboard/api/series${q(Object.assign(rangeParams(st), { granularity: st.granularity, group: st.group }))}`);
+      if (mine !== seq) return;
       dl.replaceChildren(csvLink({ start: data.meta.startDate, end: data.meta.endDate, timezone: data.meta.timezone }));
       plot(chartBox, tip, legend, data, st.metric);
       const total = data.groups.reduce((a, g) => a + g.points.reduce((b, p) => b + metricValue(p, st.metric), 0), 0);
@@ -388,8 +402,11 @@
     modelsState.tz = modelsState.tz || S.tz;
     const st = modelsState;
     const out = h("div", {});
+    let seq = 0;
     const load = async () => {
+      const mine = ++seq;
       const data = await api(`/dashboard/api/series${q(Object.assign(rangeParams(st), { granularity: "month", group: "model" }))}`);
+      if (mine !== seq) return;
       const totalCost = data.totals.cost_nanos;
       const rows = data.groups.map((g) => h("tr", { "data-model": g.id },
         td(g.id, "mono"), td(g.owned_by || "—"), td(int(g.totals.requests), "num"), td(int(g.totals.input_tokens), "num"),
@@ -457,8 +474,11 @@
     const model = select([["", "All models"]].concat(models.groups.map((g) => [g.id, g.id])), st.model, { name: "model" });
     const key = select([["", "All keys"]].concat(keys.data.map((k) => [k.key.id, `${k.key.name} …${k.key.last4}`])), st.key_id, { name: "key" });
     const status = select([["", "All statuses"], ["success", "success"], ["error", "error"], ["cancelled", "cancelled"], ["interrupted", "interrupted"], ["refused", "refused"]], st.status, { name: "status" });
+    let seq = 0;
     const load = async () => {
+      const mine = ++seq;
       const data = await api(`/dashboard/api/requests${q({ model: st.model, key_id: st.key_id, status: st.status, cursor: st.cursor, limit: 25 })}`);
+      if (mine !== seq) return;
       dl.replaceChildren(csvLink({ model: st.model, key_id: st.key_id }));
       const rows = data.data.map((r) => h("tr", { "data-request-id": r.request_id },
         td(when(r.created_at_ms)), td(r.key_name || r.key_id), td(r.model_requested, "mono"), td(chip(r.status)), td(r.provenance),
