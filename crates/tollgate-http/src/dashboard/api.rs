@@ -211,8 +211,6 @@ struct Group {
     label: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     owned_by: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    provider: Option<String>,
     totals: SumsView,
     points: Vec<Point>,
 }
@@ -262,7 +260,7 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
         .bucketed(scope.filter(), dims, &r.grid.bounds)
         .await?;
     let n = r.grid.len();
-    let mut groups: BTreeMap<String, (GroupKey, Vec<Sums>)> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<Sums>> = BTreeMap::new();
     let mut total = Sums::default();
     for ((i, g), v) in rows {
         let id = match group {
@@ -271,10 +269,7 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
             "provider" => g.provider.clone().unwrap_or_default(),
             _ => "all".to_string(),
         };
-        let entry = groups
-            .entry(id)
-            .or_insert_with(|| (g.clone(), vec![Sums::default(); n]));
-        entry.1[i].add(&v);
+        groups.entry(id).or_insert_with(|| vec![Sums::default(); n])[i].add(&v);
         total.add(&v);
     }
     let names = if group == "key" {
@@ -284,7 +279,7 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
     };
     let mut out: Vec<Group> = groups
         .into_iter()
-        .map(|(id, (_, points))| {
+        .map(|(id, points)| {
             let mut t = Sums::default();
             for p in &points {
                 t.add(p);
@@ -300,7 +295,6 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
                 label: names.get(&id).cloned().unwrap_or_else(|| id.clone()),
                 id,
                 owned_by,
-                provider: None,
                 totals: SumsView::from(&t),
                 points: points
                     .iter()
@@ -378,12 +372,13 @@ pub async fn keys(State(s): State<SharedState>, q: UsageQuery) -> Result<Respons
         .engine
         .totals(filter, by_key, minute_start, minute_start + MINUTE_MS)
         .await?;
-    let of = |m: &BTreeMap<GroupKey, Sums>, id: &str| {
-        m.iter()
-            .find(|(g, _)| g.key_id.as_deref() == Some(id))
-            .map(|(_, v)| *v)
-            .unwrap_or_default()
+    let per_key = |m: BTreeMap<GroupKey, Sums>| -> HashMap<String, Sums> {
+        m.into_iter()
+            .map(|(g, v)| (g.key_id.unwrap_or_default(), v))
+            .collect()
     };
+    let (month, minute) = (per_key(month), per_key(minute));
+    let of = |m: &HashMap<String, Sums>, id: &str| m.get(id).copied().unwrap_or_default();
     let mut data = Vec::new();
     for k in keys
         .iter()
@@ -483,18 +478,22 @@ pub async fn requests(State(s): State<SharedState>, q: UsageQuery) -> Result<Res
         end_ms: MAX_MS,
     };
     let names = key_names(&s, &scope.account_id).await?;
-    let mut rows = Vec::new();
-    let mut scanned = 0;
-    let mut more = false;
-    loop {
-        let want = (limit - rows.len()).max(1);
+    // Unfiltered, one page of `limit`; with a status filter, larger pages until `limit` rows
+    // match or SCAN_LIMIT records were looked at. The cursor is the last record looked at.
+    let page_size = if status.is_some() { 200 } else { limit };
+    let (mut rows, mut scanned, mut more) = (Vec::new(), 0, false);
+    'pages: loop {
         let page = s
             .engine
             .store
-            .records_page(filter.clone(), cursor.clone(), true, want + 1)
+            .records_page(filter.clone(), cursor.clone(), true, page_size + 1)
             .await?;
-        let full = page.len() > want;
-        for r in page.iter().take(want) {
+        let full = page.len() > page_size;
+        for r in page.iter().take(page_size) {
+            if rows.len() == limit || scanned == SCAN_LIMIT {
+                more = true; // `r` is still to be looked at
+                break 'pages;
+            }
             scanned += 1;
             cursor = Some(RecordCursor {
                 created_at_ms: r.created_at_ms,
@@ -509,7 +508,8 @@ pub async fn requests(State(s): State<SharedState>, q: UsageQuery) -> Result<Res
         if !full {
             break;
         }
-        if rows.len() >= limit || scanned >= SCAN_LIMIT {
+        // A full page: at least one more record follows.
+        if rows.len() == limit || scanned == SCAN_LIMIT {
             more = true;
             break;
         }

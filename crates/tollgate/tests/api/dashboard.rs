@@ -475,6 +475,29 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     .await;
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert!(page2["next_cursor"].is_null());
+    // Filtered pages of one: every success once, in order, then no cursor.
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let page = get_bearer(
+            &app,
+            key,
+            &format!("/dashboard/api/requests?status=success&limit=1{cursor}"),
+        )
+        .await;
+        for r in page["data"].as_array().unwrap() {
+            seen.push(r["request_id"].as_str().unwrap().to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    let want: Vec<String> = rows
+        .iter()
+        .filter(|r| r["status"] == "success")
+        .map(|r| r["request_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, want);
     let r = app
         .http
         .get(format!("{}/dashboard/api/requests?status=weird", app.base))
