@@ -255,7 +255,8 @@
         api(`/v1/credits${q({})}`),
         api(`/dashboard/api/live${q({})}`),
       ]);
-      const todayRow = (u.daily_breakdown || []).find((d) => d.date === u.daily_breakdown[0]?.date);
+      // Newest first: the first row is today (the period's days up to today).
+      const todayRow = (u.daily_breakdown || [])[0];
       const d = u.daily, m = u.monthly;
       const errs = (w) => pct(w.request_count - w.success_count, w.request_count);
       const cards = h("div", {},
