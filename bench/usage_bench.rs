@@ -421,6 +421,14 @@ async fn main() {
         ("OpenAI completions 24 x 1h by model+key", format!("/v1/organization/usage/completions?start_time={}&end_time={e30}&bucket_width=1h&group_by=model&group_by=api_key_id&project_ids={acct}", e30 - 86_400), true),
         ("OpenAI costs 30 x 1d by line item", format!("/v1/organization/costs?start_time={s30}&end_time={e30}&limit=30&group_by=line_item&project_ids={acct}"), true),
         ("Export 1 hour (CSV)", "/v1/usage/export?format=csv&start=2026-06-30T11:00:00Z&end=2026-06-30T12:00:00Z".into(), false),
+        ("Dashboard chart 30 days per day by model", "/dashboard/api/series?period=last_30_days&granularity=day&group=model".into(), false),
+        ("Dashboard chart 30 days per day by key, America/New_York", "/dashboard/api/series?period=last_30_days&granularity=day&group=key&timezone=America/New_York".into(), false),
+        ("Dashboard chart 7 days per hour by provider", "/dashboard/api/series?period=last_7_days&granularity=hour&group=provider".into(), false),
+        ("Dashboard keys (month, limits, last used)", "/dashboard/api/keys".into(), false),
+        ("Dashboard request log (25)", "/dashboard/api/requests?limit=25".into(), false),
+        ("Dashboard request log, status=error (25)", "/dashboard/api/requests?limit=25&status=error".into(), false),
+        ("Dashboard credits", "/dashboard/api/credits".into(), false),
+        ("Dashboard all accounts (month)", "/dashboard/api/accounts".into(), true),
     ];
     let mut report = String::new();
     report.push_str(&format!(

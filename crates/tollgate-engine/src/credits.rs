@@ -39,6 +39,8 @@ pub struct CreditView {
     pub balance_nanos: i64,
     /// Held by requests in flight, nano-USD.
     pub held_nanos: i64,
+    /// Requests in flight on this process (each holds credit from admission to settlement).
+    pub in_flight: u64,
 }
 
 #[derive(Debug)]
@@ -46,6 +48,8 @@ struct Book {
     /// What this process may spend: the balance (whole), or what is left of its lease (leased).
     balance: i64,
     held: i64,
+    /// Holds outstanding: the account's requests in flight here.
+    holds: u64,
     lease: Option<LeaseState>,
     /// Grants + refunds this book knows of; a refresh adds those made elsewhere (the CLI,
     /// another replica).
@@ -192,6 +196,7 @@ impl Hold {
             let mut b = self.book.lock();
             let before = b.position();
             b.held = b.held.saturating_sub(self.amount);
+            b.holds = b.holds.saturating_sub(1);
             b.balance = b.balance.saturating_sub(charge);
             if let Some(l) = &mut b.lease {
                 l.shown = l.shown.saturating_sub(charge);
@@ -211,6 +216,7 @@ impl Drop for Hold {
         if !self.done {
             let mut b = self.book.lock();
             b.held = b.held.saturating_sub(self.amount);
+            b.holds = b.holds.saturating_sub(1);
         }
     }
 }
@@ -398,6 +404,7 @@ impl Credits {
         let book = Arc::new(Mutex::new(Book {
             balance: if leased { own } else { totals.balance_nanos() },
             held: 0,
+            holds: 0,
             lease: leased.then(|| LeaseState {
                 shown: totals.balance_nanos(),
                 valid_until: Instant::now(),
@@ -512,6 +519,7 @@ impl Credits {
             amount = available;
         }
         b.held = b.held.saturating_add(amount);
+        b.holds = b.holds.saturating_add(1);
         let after = b.shown_available();
         let account = b.account_id.clone();
         drop(b);
@@ -703,6 +711,7 @@ impl Credits {
         Ok(CreditView {
             balance_nanos: b.shown_balance(),
             held_nanos: b.held,
+            in_flight: b.holds,
         })
     }
 

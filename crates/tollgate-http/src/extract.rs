@@ -4,7 +4,7 @@
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
 use tollgate_core::account::Caller;
 use tollgate_core::{Code, DomainError};
@@ -12,6 +12,7 @@ use tollgate_engine::reports::Scope;
 
 use crate::error::ApiError;
 use crate::params::Params;
+use crate::session;
 use crate::state::{RequestCtx, SharedState};
 
 /// The presented credential: `x-api-key: K` or `Authorization: Bearer K`.
@@ -30,18 +31,45 @@ pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     }
 }
 
-/// An authenticated caller (any role).
+/// An authenticated caller (any role). The credential is a header key or, failing that, a
+/// dashboard session cookie; a request authenticated by cookie that changes something must
+/// carry the session's CSRF token in `x-csrf-token` (a page of another origin cannot read it).
+/// The session, if any, is left in the request's extensions for the dashboard's handlers.
 pub struct Authed(pub Caller);
 
 impl FromRequestParts<SharedState> for Authed {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, s: &SharedState) -> Result<Self, ApiError> {
-        let caller = s
-            .engine
-            .keys
-            .authenticate(presented_key(&parts.headers))
-            .await?;
+        if let Some(key) = presented_key(&parts.headers) {
+            return Ok(Authed(s.engine.keys.authenticate(Some(key)).await?));
+        }
+        let Some(id) = session::cookie_id(&parts.headers) else {
+            return Ok(Authed(s.engine.keys.authenticate(None).await?));
+        };
+        let Some(sess) = s.sessions.get(id, s.engine.clock.now_ms()) else {
+            // Not `invalid_api_key`: a browser polling with a stale cookie must not trip the
+            // failed-authentication brake.
+            return Err(ApiError::new(
+                Code::MissingApiKey,
+                "the dashboard session has expired or was signed out: sign in again",
+            ));
+        };
+        // The key is checked on every request: a revoked key's session ends with it.
+        let caller = s.engine.keys.authenticate_hash(&sess.key_hash).await?;
+        let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let token = parts
+            .headers
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if !safe && !token.is_some_and(|t| session::tokens_match(t, &sess.csrf)) {
+            return Err(ApiError::new(
+                Code::PermissionDenied,
+                "a request authenticated by the session cookie must send the session's \
+                 `x-csrf-token` (GET /dashboard/api/session)",
+            ));
+        }
+        parts.extensions.insert(sess);
         Ok(Authed(caller))
     }
 }

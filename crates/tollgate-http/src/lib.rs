@@ -10,11 +10,14 @@
 //!   OpenAI organization usage, exports)
 //! - `admin`: accounts, keys, credits, provider keys, raw records
 //! - `metrics`: `GET /metrics` (Prometheus)
+//! - `session`: dashboard sign-ins (session cookie, CSRF token), accepted by `extract`
+//! - `dashboard`: the usage dashboard at `/dashboard` (embedded assets, its thin read APIs)
 //! - `server`: the listener and graceful shutdown
 
 pub mod admin;
 pub mod body;
 pub mod compat;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod metrics;
@@ -23,6 +26,7 @@ pub mod proxy;
 pub mod router;
 pub mod routes;
 pub mod server;
+pub mod session;
 pub mod state;
 pub mod webhooks;
 

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ErrorStyle};
 use crate::routes::{Access, RouteInfo, Routes};
 use crate::server::ClientAddr;
 use crate::state::{RequestCtx, SharedState};
-use crate::{admin, compat, proxy, webhooks};
+use crate::{admin, compat, dashboard, proxy, webhooks};
 
 /// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in
 /// `compat::routes`.
@@ -36,6 +36,7 @@ fn all_routes() -> Routes {
         .nest("/admin", admin::routes())
         .merge(compat::routes())
         .merge(webhooks::routes())
+        .merge(dashboard::routes())
         .get("/health", Public, health)
         .get("/metrics", Public, crate::metrics::metrics)
 }

@@ -7,10 +7,13 @@ use std::time::Instant;
 use tollgate_engine::Engine;
 
 use crate::error::ErrorStyle;
+use crate::session::Sessions;
 
 pub struct AppState {
     pub engine: Engine,
     pub http: reqwest::Client,
+    /// Dashboard sign-ins (in memory: see `session`).
+    pub sessions: Sessions,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -113,7 +113,11 @@ impl Application {
         // Load the BPE now, not inside the first request that needs an estimate.
         tokio::task::spawn_blocking(tokenizer::warm_up);
         let listener = TcpListener::bind(listen).await?;
-        let state = Arc::new(AppState { engine, http });
+        let state = Arc::new(AppState {
+            engine,
+            http,
+            sessions: Default::default(),
+        });
         let router = tollgate_http::routes(state.clone())
             .layer(axum::extract::DefaultBodyLimit::max(max_body));
         Ok(Self {

@@ -10,12 +10,12 @@
 
 mod crossmodel;
 mod electronhub;
-mod export;
+pub(crate) mod export;
 mod llmhub;
 pub mod model_configs;
 mod openai_org;
 mod openapi;
-mod runtype;
+pub(crate) mod runtype;
 
 use tollgate_core::money::{div_round_half_up, nanos_to_usd_f64};
 use tollgate_core::rollup::RecordCursor;

@@ -103,8 +103,18 @@ fn cost_of(v: &Sums) -> i64 {
     v.cost_nanos
 }
 
-pub async fn stats(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Stats>, ApiError> {
-    let (_caller, p) = (&q.caller, &q.p);
+/// The range and buckets a Runtype statistics request asks for (`period` or `startDate` /
+/// `endDate`, `granularity`, `timezone`); the dashboard's chart reads the same range.
+pub(crate) struct Range {
+    pub tz: chrono_tz::Tz,
+    pub unit: Unit,
+    pub first: NaiveDate,
+    pub last: NaiveDate,
+    pub period: String,
+    pub grid: Grid,
+}
+
+pub(crate) fn range(s: &SharedState, p: &crate::params::Params) -> Result<Range, ApiError> {
     let tz = p.timezone()?;
     let unit = match p.get("granularity")? {
         None => Unit::Day,
@@ -154,6 +164,26 @@ pub async fn stats(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<S
             ),
         )
     })?;
+    Ok(Range {
+        tz,
+        unit,
+        first,
+        last,
+        period,
+        grid,
+    })
+}
+
+pub async fn stats(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Stats>, ApiError> {
+    let p = &q.p;
+    let Range {
+        tz,
+        unit,
+        first,
+        last,
+        period,
+        grid,
+    } = range(&s, p)?;
     let scope = q.scope(&s).await?;
     let mut filter = scope.filter();
     if let Some(id) = p.get("modelConfigId")? {

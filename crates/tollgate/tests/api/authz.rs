@@ -46,6 +46,8 @@ fn valid_body(path: &str) -> Value {
         | "/v1/webhooks/{id}/test"
         | "/v1/webhooks/{id}/deliveries/{delivery_id}/retry" => json!({}),
         "/v1/webhooks/{id}" => json!({"active": true}),
+        // Signs in with the key in the header; the body is not read.
+        "/dashboard/api/session" => json!({}),
         other => panic!("POST {other} is a new user route: add a body it accepts to valid_body"),
     }
 }
@@ -270,6 +272,7 @@ fn own_param(w: &World, route: &RouteInfo, param: &str) -> String {
         // Admin routes: any value, since only whether authentication passed is checked there
         // (an admin may name any account). The account id is harmless for every admin method.
         (Access::Admin, _) => w.app.account_id.clone(),
+        (_, "file") => "app.js".into(),
         (_, "model_config_id") => tollgate_http::compat::model_configs::config_id("mock", "gpt-4o"),
         // A deleted webhook is gone: each DELETE gets one of its own.
         (_, "id") if route.method == Method::DELETE => w

@@ -6,6 +6,7 @@ mod authz;
 mod boundary;
 mod bounds;
 mod credits;
+mod dashboard;
 mod durability;
 mod files;
 mod grants;
