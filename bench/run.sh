@@ -15,6 +15,8 @@
 #   BENCH_IDLE_WAIT      seconds to wait for other work on the machine to calm down  [120]
 #   BENCH_IDLE_MAX       ... until it is at most this % busy                         [15]
 #   BENCH_STORES         tollgate stores to measure, space-separated: sqlite postgres [sqlite]
+#   BENCH_METRICS_OFF    1 = also measure "tollgate-nometrics" (SQLite, [metrics] enabled =
+#                        false) to price the Prometheus metrics                      [0]
 #   BENCH_PG             PostgreSQL server for the postgres store, as a URL without a database
 #                        name, for a role that may CREATE DATABASE
 #                                                     [postgres://postgres@127.0.0.1:5432]
@@ -255,6 +257,9 @@ models = ["gpt-*"]
 # The hanging-receiver scenario's receiver is on 127.0.0.1.
 allow_private_targets = true
 EOF
+	if [[ $t == tollgate-nometrics ]]; then
+		printf '\n[metrics]\nenabled = false\n' >>"$dir/tollgate.toml"
+	fi
 	if [[ $store == postgres ]]; then
 		PG_DB="tg_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 		pg postgres -c "CREATE DATABASE $PG_DB" || die "could not create database $PG_DB on $PG_SERVER"
@@ -308,6 +313,7 @@ for st in $STORES; do
 		start_tollgate tollgate-pg postgres
 	fi
 done
+[[ ${BENCH_METRICS_OFF:-0} == 1 ]] && start_tollgate tollgate-nometrics sqlite
 
 # ---------------------------------------------------------------- targets
 declare -A URL_JSON URL_SSE KEY
@@ -616,6 +622,17 @@ REPORT="$WORK/report.md"
 		echo "- Nagle-style stall (a ~40 ms p50 at 1 connection): worst $tg p50 at 1 connection is $(fmt_us "$worst"): $(pass "$worst < 20000")"
 		echo
 	done
+	if [[ -n ${TG_PID[tollgate-nometrics]:-} ]]; then
+		echo "Prometheus metrics (tollgate against tollgate-nometrics, same run):"
+		echo
+		for sc in json-c64 sse-c64; do
+			on=$(get "$sc" tollgate cpu_us)
+			off=$(get "$sc" tollgate-nometrics cpu_us)
+			pct=$(awk -v a="$on" -v b="$off" 'BEGIN { if (b > 0) printf "%.1f", 100 * (a - b) / b; else print "n/a" }')
+			echo "- $sc: CPU per request $on µs on, $off µs off: ${pct}% (target < 2%): $(pass "$pct < 2")"
+		done
+		echo
+	fi
 	hr=$(get json-c64-hang "$HOOK_TG" rps)
 	hp=$(get json-c64-hang "$HOOK_TG" p99_us)
 	bp=$(get json-c64 "$HOOK_TG" p99_us)
