@@ -178,10 +178,11 @@ def _binary(name: str, env_var: str) -> Path:
     return path
 
 
-def _clean_env() -> dict:
+def _clean_env(extra: dict | None = None) -> dict:
     # TOLLGATE_* variables override the config file; keep the run hermetic.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOLLGATE_")}
     env["TOLLGATE_LOG"] = os.environ.get("TOLLGATE_TEST_LOG", "info")
+    env.update(extra or {})
     return env
 
 
@@ -205,11 +206,12 @@ def _wait_for(path: Path, pattern: re.Pattern, proc: subprocess.Popen, what: str
     )
 
 
-def _spawn(argv: list, workdir: Path, stem: str) -> subprocess.Popen:
+def _spawn(argv: list, workdir: Path, stem: str, env: dict | None = None) -> subprocess.Popen:
     """Starts a process with stdout/stderr in `<stem>.out` / `<stem>.err` under `workdir`."""
     with open(workdir / f"{stem}.out", "wb") as out, open(workdir / f"{stem}.err", "wb") as err:
         return subprocess.Popen(
-            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=workdir, env=_clean_env()
+            argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=workdir,
+            env=_clean_env(env),
         )
 
 
@@ -260,7 +262,8 @@ class Mock:
 
 
 class Gateway:
-    def __init__(self, mock: Mock, workdir: Path, extra_config: str = "", **server_overrides):
+    def __init__(self, mock: Mock, workdir: Path, extra_config: str = "", env: dict | None = None,
+                 **server_overrides):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.mock = mock
@@ -295,6 +298,7 @@ class Gateway:
             [str(_binary("tollgate", "TOLLGATE_BIN")), "--config", str(self.config_path), "serve"],
             workdir,
             "tollgate",
+            env,
         )
         try:
             m = _wait_for(
@@ -395,8 +399,9 @@ def mock(tmp_path_factory):
 def start_gateway(mock, tmp_path_factory):
     started = []
 
-    def start(extra_config: str = "", **server_overrides) -> Gateway:
-        g = Gateway(mock, tmp_path_factory.mktemp("gateway"), extra_config, **server_overrides)
+    def start(extra_config: str = "", env: dict | None = None, **server_overrides) -> Gateway:
+        g = Gateway(mock, tmp_path_factory.mktemp("gateway"), extra_config, env,
+                    **server_overrides)
         started.append(g)
         return g
 

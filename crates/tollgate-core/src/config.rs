@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// How long a validated key stays cached before it is re-read from the store (so a revoke
     /// made by another process is seen within this time).
     pub key_cache_secs: u64,
+    /// One log line per request (target `tollgate::request`, at info) as its record commits:
+    /// request id, account, key id, model, status, tokens, cost, latency; never keys, prompts
+    /// or completions. JSON with `TOLLGATE_LOG_FORMAT=json`.
+    pub request_log: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -347,6 +351,7 @@ impl Default for ServerConfig {
             max_sse_event_bytes: 4 * 1024 * 1024,
             max_stream_secs: 3600,
             key_cache_secs: 5,
+            request_log: false,
         }
     }
 }

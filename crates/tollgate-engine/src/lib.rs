@@ -25,6 +25,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod reports;
+pub mod request_log;
 pub mod routing;
 pub mod settle;
 pub mod webhooks;
@@ -113,6 +114,9 @@ impl Engine {
             .then(|| Arc::new(metrics::Metrics::new(config.metrics.max_models)));
         if let Some(m) = &metrics {
             sinks.push(m.clone());
+        }
+        if config.server.request_log {
+            sinks.push(Arc::new(request_log::RequestLog));
         }
         let ledger = Ledger::start(
             store.clone(),

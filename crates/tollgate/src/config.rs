@@ -74,7 +74,7 @@ fn apply_env(tree: &mut toml::Table, env: &[(String, String)]) -> Result<(), Con
             continue;
         };
         // Variables the CLI reads itself, not config keys.
-        if rest == "CONFIG" || rest == "LOG" {
+        if rest == "CONFIG" || rest == "LOG" || rest == "LOG_FORMAT" {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
