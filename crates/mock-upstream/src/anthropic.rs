@@ -64,14 +64,11 @@ pub(crate) async fn messages(
     body: Bytes,
 ) -> Response {
     let api = Api::Messages;
-    let req: MessagesRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
-    };
-    let cfg = match st.effective_config(req.mock.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
-    };
+    let (req, cfg) =
+        match common::parse::<MessagesRequest>(&st, api, &headers, &body, |r| r.mock.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
     let streamed = req.stream.unwrap_or(false);
     let id = next_id(api.id_prefix());
     let mut entry = common::base_entry(api, id, &req.model, &headers, streamed);
@@ -216,14 +213,11 @@ pub(crate) async fn count_tokens(
     body: Bytes,
 ) -> Response {
     let api = Api::CountTokens;
-    let req: CountTokensRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
-    };
-    let cfg = match st.effective_config(req.mock.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
-    };
+    let (req, cfg) =
+        match common::parse::<CountTokensRequest>(&st, api, &headers, &body, |r| r.mock.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
     let id = next_id(api.id_prefix());
     let mut entry = common::base_entry(api, id, &req.model, &headers, false);
     if let Some(resp) = common::gate(&st, &cfg, api, &entry).await {

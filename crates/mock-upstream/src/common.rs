@@ -206,6 +206,23 @@ pub(crate) fn error_response(api: Api, status: u16, message: &str, id: &str) -> 
     resp
 }
 
+/// Parses a request body and applies its `mock` overrides: the request and the config it runs
+/// under, or the 400 (recorded) to answer with.
+pub(crate) fn parse<R: serde::de::DeserializeOwned>(
+    st: &Arc<MockState>,
+    api: Api,
+    headers: &HeaderMap,
+    body: &[u8],
+    mock_of: impl FnOnce(&R) -> Option<&serde_json::Value>,
+) -> Result<(R, MockConfig), Box<Response>> {
+    let req: R = serde_json::from_slice(body)
+        .map_err(|e| Box::new(bad_request(st, api, headers, &e.to_string())))?;
+    let cfg = st
+        .effective_config(mock_of(&req))
+        .map_err(|e| Box::new(bad_request(st, api, headers, &format!("mock: {e}"))))?;
+    Ok((req, cfg))
+}
+
 /// Rejects a malformed request (recorded in the ledger with status 400).
 pub(crate) fn bad_request(
     st: &Arc<MockState>,

@@ -89,14 +89,11 @@ pub(crate) async fn chat_completions(
     body: Bytes,
 ) -> Response {
     let api = Api::Chat;
-    let req: ChatRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
-    };
-    let cfg = match st.effective_config(req.mock.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
-    };
+    let (req, cfg) =
+        match common::parse::<ChatRequest>(&st, api, &headers, &body, |r| r.mock.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
     let streamed = req.stream.unwrap_or(false);
     let id = next_id(api.id_prefix());
     let mut entry = common::base_entry(api, id, &req.model, &headers, streamed);
@@ -287,14 +284,11 @@ pub(crate) async fn embeddings(
     body: Bytes,
 ) -> Response {
     let api = Api::Embeddings;
-    let req: EmbeddingsRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
-    };
-    let cfg = match st.effective_config(req.mock.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
-    };
+    let (req, cfg) =
+        match common::parse::<EmbeddingsRequest>(&st, api, &headers, &body, |r| r.mock.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
     let id = next_id(api.id_prefix());
     let mut entry = common::base_entry(api, id, &req.model, &headers, false);
     if let Some(resp) = common::gate(&st, &cfg, api, &entry).await {

@@ -45,14 +45,11 @@ pub(crate) async fn responses(
     body: Bytes,
 ) -> Response {
     let api = Api::Responses;
-    let req: ResponsesRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return common::bad_request(&st, api, &headers, &e.to_string()),
-    };
-    let cfg = match st.effective_config(req.mock.as_ref()) {
-        Ok(c) => c,
-        Err(e) => return common::bad_request(&st, api, &headers, &format!("mock: {e}")),
-    };
+    let (req, cfg) =
+        match common::parse::<ResponsesRequest>(&st, api, &headers, &body, |r| r.mock.as_ref()) {
+            Ok(v) => v,
+            Err(resp) => return *resp,
+        };
     let streamed = req.stream.unwrap_or(false);
     let id = next_id(api.id_prefix());
     let mut entry = common::base_entry(api, id, &req.model, &headers, streamed);

@@ -174,7 +174,12 @@ impl Engine {
         let (api_key, _source) = self.provider_key(caller, provider).await?;
         let mut permit = self.limiter.admit(caller, model, 0).await?;
         let rate = std::mem::take(&mut permit.rate);
-        permit.settle(0, 0, self.clock.now_ms());
+        permit.settle(
+            0,
+            0,
+            self.clock.now_ms(),
+            (&caller.account_id, &caller.key_id),
+        );
         Ok((api_key, rate))
     }
 

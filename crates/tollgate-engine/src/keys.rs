@@ -102,13 +102,12 @@ impl KeyService {
                 "no API key: send `Authorization: Bearer <key>` or `x-api-key: <key>`",
             ));
         };
-        self.authenticate_hash(&hash_key(secret)).await
+        self.authenticate_hash(hash_key(secret)).await
     }
 
     /// `authenticate` for a key known by its SHA-256 hash (a dashboard session keeps only the
     /// hash, not the secret): the same checks, so a session of a key revoked since stops working.
-    pub async fn authenticate_hash(&self, hash: &str) -> Result<Caller, DomainError> {
-        let hash = hash.to_string();
+    pub async fn authenticate_hash(&self, hash: String) -> Result<Caller, DomainError> {
         let cached = self.cache.read().get(&hash).cloned();
         let entry = match cached {
             Some(c) if c.loaded.elapsed() < self.ttl => c,

@@ -104,14 +104,13 @@ pub struct Permit {
     /// The key's rate windows, for the response's `x-ratelimit-*` headers.
     pub rate: RateStatus,
     /// Set when the key has a spend limit and webhooks may watch it.
-    watch: Option<Box<SpendWatch>>,
+    watch: Option<SpendWatch>,
 }
 
-/// What `usage.threshold` by key needs to know of a permit's spend window.
+/// What `usage.threshold` by key needs to know of a permit's spend window (the key's ids come
+/// with `settle`, so an admission copies no strings for it).
 struct SpendWatch {
     outbox: Arc<crate::webhooks::Webhooks>,
-    account_id: String,
-    key_id: String,
     period: Period,
     period_start: i64,
     period_end: Option<i64>,
@@ -119,7 +118,14 @@ struct SpendWatch {
 }
 
 impl Permit {
-    pub fn settle(mut self, tokens: u64, cost_nanos: i64, now_ms: i64) {
+    /// Settles with the real tokens and cost of the request of `key_id` (of `account_id`).
+    pub fn settle(
+        mut self,
+        tokens: u64,
+        cost_nanos: i64,
+        now_ms: i64,
+        (account_id, key_id): (&str, &str),
+    ) {
         self.done = true;
         let mut used = None;
         if let Some(state) = &self.state {
@@ -160,8 +166,8 @@ impl Permit {
         }
         if let (Some(w), Some(used_nanos)) = (&self.watch, used) {
             w.outbox.on_key_spend(crate::webhooks::KeySpend {
-                account_id: &w.account_id,
-                key_id: &w.key_id,
+                account_id,
+                key_id,
                 period: w.period,
                 period_start_ms: w.period_start,
                 period_end_ms: w.period_end,
@@ -427,19 +433,17 @@ impl Limiter {
             })
     }
 
-    fn spend_watch(&self, caller: &Caller, w: &Windows) -> Option<Box<SpendWatch>> {
+    fn spend_watch(&self, caller: &Caller, w: &Windows) -> Option<SpendWatch> {
         let limit = caller.limits.spend_limit_nanos?;
         let outbox = self.outbox.get()?.clone();
         let end = w.end(QuotaKind::SpendNanos);
-        Some(Box::new(SpendWatch {
+        Some(SpendWatch {
             outbox,
-            account_id: caller.account_id.clone(),
-            key_id: caller.key_id.clone(),
             period: w.period,
             period_start: w.period_start,
             period_end: (end != i64::MAX).then_some(end),
             limit,
-        }))
+        })
     }
 
     /// Counts a refusal for `rate_limit.exceeded`: the first in a key's limit and minute

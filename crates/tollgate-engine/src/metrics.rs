@@ -8,7 +8,7 @@
 //! ledger; divide by 1e9 for USD.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -71,22 +71,6 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
-/// Counters the batch writer updates as it commits.
-#[derive(Debug)]
-pub struct CommitStats {
-    pub seconds: Histogram,
-    pub batch_records: Histogram,
-}
-
-impl Default for CommitStats {
-    fn default() -> Self {
-        Self {
-            seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-        }
-    }
-}
-
 pub struct Metrics {
     /// Locked only to register the ledger's histograms and at each scrape.
     registry: Mutex<Registry>,
@@ -100,7 +84,6 @@ pub struct Metrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
-    in_flight_now: Arc<AtomicI64>,
     backlog: Gauge,
     dead_lettered: Gauge,
     webhook_attempts: Family<AttemptLabels, Counter>,
@@ -190,7 +173,6 @@ impl Metrics {
             upstream_errors,
             refusals,
             in_flight,
-            in_flight_now: Arc::new(AtomicI64::new(0)),
             backlog,
             dead_lettered,
             webhook_attempts,
@@ -220,8 +202,8 @@ impl Metrics {
 
     /// An admitted request, until the guard drops (settled or not).
     pub fn in_flight(&self) -> InFlight {
-        self.in_flight_now.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.in_flight_now.clone())
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
     }
 
     fn model_label(&self, model: &str) -> String {
@@ -238,8 +220,6 @@ impl Metrics {
 
     /// The text exposition (OpenMetrics, which Prometheus reads).
     pub fn render(&self) -> String {
-        self.in_flight
-            .set(self.in_flight_now.load(Ordering::Relaxed));
         if let Some(l) = self.ledger.get() {
             self.backlog.set(l.backlog());
             self.dead_lettered
@@ -354,11 +334,11 @@ impl AttemptCounter {
 }
 
 /// Counts a request in flight while alive.
-pub struct InFlight(Arc<AtomicI64>);
+pub struct InFlight(Gauge);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 

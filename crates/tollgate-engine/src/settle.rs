@@ -225,7 +225,8 @@ impl Ticket {
         };
         let elapsed = i64::try_from(self.arrival.started.elapsed().as_millis()).unwrap_or(i64::MAX);
         let now = self.arrival.started_ms.saturating_add(elapsed);
-        permit.settle(usage.total_tokens(), priced.cost_nanos, now);
+        let who = (self.facts.account_id.as_str(), self.facts.key_id.as_str());
+        permit.settle(usage.total_tokens(), priced.cost_nanos, now, who);
         let available = hold.settle(priced.charged_nanos);
         let mut record = record_of(
             f,

@@ -56,7 +56,11 @@ impl FromRequestParts<SharedState> for Authed {
             ));
         };
         // The key is checked on every request: a revoked key's session ends with it.
-        let caller = s.engine.keys.authenticate_hash(&sess.key_hash).await?;
+        let caller = s
+            .engine
+            .keys
+            .authenticate_hash(sess.key_hash.clone())
+            .await?;
         let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
         let token = parts
             .headers

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::sync::oneshot;
 use tollgate_core::record::UsageRecord;
@@ -92,7 +93,23 @@ pub struct LedgerStats {
     pub committed: AtomicU64,
     /// Records journaled by `record` and not yet written by the writer.
     pub(crate) queued: std::sync::atomic::AtomicI64,
-    pub commits: crate::metrics::CommitStats,
+    pub commits: CommitStats,
+}
+
+/// Counters the batch writer updates as it commits.
+#[derive(Debug)]
+pub struct CommitStats {
+    pub seconds: Histogram,
+    pub batch_records: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        Self {
+            seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            batch_records: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+        }
+    }
 }
 
 impl LedgerStats {

@@ -56,18 +56,6 @@ async fn with_cookie(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn get_bearer(app: &TestApp, key: &str, path: &str) -> Value {
-    let r = app
-        .http
-        .get(format!("{}{path}", app.base))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn sign_in_sets_a_strict_http_only_expiring_cookie() {
     let app = spawn_app().await;
@@ -99,7 +87,7 @@ async fn sign_in_sets_a_strict_http_only_expiring_cookie() {
 
     // The public session read looks at the cookie only: it is no oracle for keys in headers.
     for key in [app.user_key.as_str(), "tg-wrong"] {
-        let me = get_bearer(&app, key, "/dashboard/api/session").await;
+        let me = app.get_with(key, "/dashboard/api/session").await;
         assert_eq!(me["signed_in"], false, "{me}");
         assert!(me.get("account_id").is_none());
     }
@@ -162,7 +150,7 @@ async fn the_session_cookie_is_a_credential_and_writes_need_its_csrf_token() {
         assert_eq!(body["error"]["code"], "permission_denied");
         assert_eq!(body["error"]["type"], "permission_error");
     }
-    let list = get_bearer(&app, &app.user_key, "/v1/webhooks").await;
+    let list = app.get_with(&app.user_key, "/v1/webhooks").await;
     assert_eq!(list["data"].as_array().unwrap().len(), 0);
 
     // With the token it goes through; a header key needs no token.
@@ -393,14 +381,11 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     let key = &app.user_key;
 
     let q = "period=last_7_days&granularity=day&timezone=America/New_York";
-    let rt = get_bearer(&app, key, &format!("/v1/model-usage?{q}")).await;
+    let rt = app.get_with(key, &format!("/v1/model-usage?{q}")).await;
     for group in ["model", "key", "provider", "none"] {
-        let series = get_bearer(
-            &app,
-            key,
-            &format!("/dashboard/api/series?{q}&group={group}"),
-        )
-        .await;
+        let series = app
+            .get_with(key, &format!("/dashboard/api/series?{q}&group={group}"))
+            .await;
         let buckets = series["buckets"].as_array().unwrap();
         let ts = rt["timeSeries"].as_array().unwrap();
         assert_eq!(buckets.len(), ts.len());
@@ -424,7 +409,9 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
         assert_eq!(series["totals"]["cost"], rt["summary"]["totalCost"]);
         assert_eq!(series["totals"]["requests"], rt["summary"]["totalRequests"]);
     }
-    let by_model = get_bearer(&app, key, &format!("/dashboard/api/series?{q}&group=model")).await;
+    let by_model = app
+        .get_with(key, &format!("/dashboard/api/series?{q}&group=model"))
+        .await;
     for g in by_model["groups"].as_array().unwrap() {
         let id = g["id"].as_str().unwrap();
         let m = &rt["usageByModel"][id];
@@ -437,23 +424,25 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     }
 
     // The request log: newest first, the export's rows, filtered by status and model, paged.
-    let log = get_bearer(&app, key, "/dashboard/api/requests?limit=10").await;
+    let log = app.get_with(key, "/dashboard/api/requests?limit=10").await;
     let rows = log["data"].as_array().unwrap();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0]["status"], "refused");
     assert_eq!(rows[0]["model_requested"], "gpt-nope-1");
-    let refused = get_bearer(&app, key, "/dashboard/api/requests?status=refused").await;
+    let refused = app
+        .get_with(key, "/dashboard/api/requests?status=refused")
+        .await;
     assert_eq!(refused["data"].as_array().unwrap().len(), 1);
-    let ok = get_bearer(
-        &app,
-        key,
-        "/dashboard/api/requests?status=success&model=gpt-4o-mini",
-    )
-    .await;
+    let ok = app
+        .get_with(
+            key,
+            "/dashboard/api/requests?status=success&model=gpt-4o-mini",
+        )
+        .await;
     let ok = ok["data"].as_array().unwrap();
     assert_eq!(ok.len(), 2);
     assert!(ok.iter().all(|r| r["model_requested"] == "gpt-4o-mini"));
-    let export = get_bearer(&app, key, "/v1/usage/export?format=json").await;
+    let export = app.get_with(key, "/v1/usage/export?format=json").await;
     let newest_success = export
         .as_array()
         .unwrap()
@@ -464,26 +453,26 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     let mut row = ok[0].clone();
     row.as_object_mut().unwrap().remove("key_name");
     assert_eq!(&row, newest_success);
-    let page1 = get_bearer(&app, key, "/dashboard/api/requests?limit=3").await;
+    let page1 = app.get_with(key, "/dashboard/api/requests?limit=3").await;
     assert_eq!(page1["data"].as_array().unwrap().len(), 3);
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let page2 = get_bearer(
-        &app,
-        key,
-        &format!("/dashboard/api/requests?limit=3&cursor={cursor}"),
-    )
-    .await;
+    let page2 = app
+        .get_with(
+            key,
+            &format!("/dashboard/api/requests?limit=3&cursor={cursor}"),
+        )
+        .await;
     assert_eq!(page2["data"].as_array().unwrap().len(), 1);
     assert!(page2["next_cursor"].is_null());
     // Filtered pages of one: every success once, in order, then no cursor.
     let (mut seen, mut cursor) = (Vec::new(), String::new());
     loop {
-        let page = get_bearer(
-            &app,
-            key,
-            &format!("/dashboard/api/requests?status=success&limit=1{cursor}"),
-        )
-        .await;
+        let page = app
+            .get_with(
+                key,
+                &format!("/dashboard/api/requests?status=success&limit=1{cursor}"),
+            )
+            .await;
         for r in page["data"].as_array().unwrap() {
             seen.push(r["request_id"].as_str().unwrap().to_string());
         }
@@ -508,7 +497,7 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     assert_eq!(r.status(), 400);
 
     // Keys: a user key lists its own account's keys with their month and last use.
-    let keys = get_bearer(&app, key, "/dashboard/api/keys").await;
+    let keys = app.get_with(key, "/dashboard/api/keys").await;
     let k = &keys["data"][0];
     assert_eq!(k["key"]["id"], app.key_id.as_str());
     assert!(k["key"].get("key_hash").is_none());
@@ -516,13 +505,13 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
     assert_eq!(k["last_used_ms"], rows[0]["created_at_ms"]);
 
     // Credits: the balance as /v1/credits has it, and the grant behind it.
-    let credits = get_bearer(&app, key, "/dashboard/api/credits").await;
-    let v1 = get_bearer(&app, key, "/v1/credits").await;
+    let credits = app.get_with(key, "/dashboard/api/credits").await;
+    let v1 = app.get_with(key, "/v1/credits").await;
     assert_eq!(credits["balance_credits"], v1["balance_credits"]);
     assert_eq!(credits["available_credits"], v1["available_credits"]);
     assert_eq!(credits["entries"].as_array().unwrap().len(), 1);
     assert_eq!(credits["entries"][0]["amount_nanos"], 100_000_000_000i64);
-    let live = get_bearer(&app, key, "/dashboard/api/live").await;
+    let live = app.get_with(key, "/dashboard/api/live").await;
     assert_eq!(live["in_flight"], 0);
 
     // The all-accounts overview is the admin's, with each account's month.
@@ -534,14 +523,16 @@ async fn the_thin_reads_agree_with_the_usage_apis() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let all = get_bearer(&app, &app.admin_key, "/dashboard/api/accounts").await;
+    let all = app
+        .get_with(&app.admin_key, "/dashboard/api/accounts")
+        .await;
     let mine = all["data"]
         .as_array()
         .unwrap()
         .iter()
         .find(|a| a["id"] == app.account_id.as_str())
         .unwrap();
-    let usage = get_bearer(&app, key, "/v1/usage").await;
+    let usage = app.get_with(key, "/v1/usage").await;
     assert_eq!(mine["month"]["requests"], usage["monthly"]["request_count"]);
     assert_eq!(mine["cost_micro"], usage["monthly"]["cost_micro"]);
     assert_eq!(mine["credits_used"], usage["total_credits_used"]);
@@ -567,7 +558,7 @@ async fn requests_in_flight_are_counted() {
     });
     let mut seen = 0;
     for _ in 0..100 {
-        let live = get_bearer(&app, &app.user_key, "/dashboard/api/live").await;
+        let live = app.get_with(&app.user_key, "/dashboard/api/live").await;
         seen = seen.max(live["in_flight"].as_u64().unwrap());
         if seen > 0 {
             break;
@@ -576,6 +567,6 @@ async fn requests_in_flight_are_counted() {
     }
     assert_eq!(seen, 1);
     assert_eq!(slow.await.unwrap(), 200);
-    let live = get_bearer(&app, &app.user_key, "/dashboard/api/live").await;
+    let live = app.get_with(&app.user_key, "/dashboard/api/live").await;
     assert_eq!(live["in_flight"], 0);
 }

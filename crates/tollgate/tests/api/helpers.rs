@@ -143,6 +143,18 @@ pub async fn create_account_and_key(
 }
 
 impl TestApp {
+    /// GET `path` with `key`; asserts 200 and returns the JSON body.
+    pub async fn get_with(&self, key: &str, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json().await.unwrap()
+    }
     pub fn chat_body(&self, model: &str, stream: bool) -> Value {
         json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there world"}]})
     }

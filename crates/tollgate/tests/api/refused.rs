@@ -23,18 +23,6 @@ impl TestApp {
             .unwrap()
     }
 
-    async fn get_with(&self, key: &str, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        r.json().await.unwrap()
-    }
-
     /// A new key of the test account with `limits`: (id, key).
     async fn limited_key(&self, limits: Value) -> (String, String) {
         let v: Value = self
