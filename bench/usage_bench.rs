@@ -36,6 +36,7 @@ use rand::{Rng, SeedableRng};
 use tollgate::clock::ManualClock;
 use tollgate::{Application, Config};
 use tollgate_core::account::{KeyLimits, Role};
+use tollgate_core::attribution::Tags;
 use tollgate_core::calendar::DAY_MS;
 use tollgate_core::config::StoreKind;
 use tollgate_core::record::Provenance;
@@ -162,6 +163,19 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
     };
     let cached = if rng.gen_bool(0.3) { input / 2 } else { 0 };
     let cost = input * p_in + output * p_out;
+    // Attribution as a platform serving its customers would send it: half the requests name
+    // one of 1,000 end users, and most carry a feature tag (of 8) and some a team tag (of 4).
+    let user = rng
+        .gen_bool(0.5)
+        .then(|| format!("user_{:04}", rng.gen_range(0..1_000)));
+    let mut tags = Vec::new();
+    if rng.gen_bool(0.8) {
+        tags.push(format!("feature=f{}", rng.gen_range(0..8)));
+    }
+    if rng.gen_bool(0.3) {
+        tags.push(format!("team=t{}", rng.gen_range(0..4)));
+    }
+    let tags = Tags::parse(&tags.join(",")).unwrap_or_default();
     UsageRecord {
         request_id: format!("req_{i:016x}"),
         created_at_ms: t,
@@ -193,6 +207,8 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         streamed: rng.gen_bool(0.5),
         provenance: Provenance::Provider,
         anomaly: None,
+        user,
+        tags,
     }
 }
 

@@ -6,6 +6,7 @@
 //! - `pricing`: the price table, a request's cost, its maximum cost, and who is charged what
 //! - `metering`: reading usage out of upstream answers; the bundled tokenizer for estimates
 //! - `record`, `account`, `credit`: the data the gateway keeps
+//! - `attribution`: the end user and tags a request names (checked headers and body fields)
 //! - `calendar`: day/week/month/hour arithmetic in UTC and IANA zones (the one calendar)
 //! - `rollup`: records → per-grain rollup deltas, and which rollup rows answer a query
 //! - `store`: one trait per aggregate, and the `Store` supertrait every backend implements
@@ -15,6 +16,7 @@
 //!   binary's job)
 
 pub mod account;
+pub mod attribution;
 pub mod calendar;
 pub mod clock;
 pub mod config;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::attribution::Tags;
+
 /// The bounds every stored number lives within, so that no record, and no sum of records a
 /// query can meet, overflows an i64.
 pub mod bounds {
@@ -177,6 +179,13 @@ pub struct UsageRecord {
     /// credit audit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub anomaly: Option<Anomaly>,
+    /// The end user the request was for (`x-tollgate-user`, OpenAI `user`, Anthropic
+    /// `metadata.user_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `x-tollgate-tags`, canonical.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 /// Why a record's numbers deserve a second look.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::attribution::check_user;
 use crate::error::{Code, DomainError};
 use crate::record::Endpoint;
 
@@ -21,6 +22,8 @@ pub struct ProxyRequest {
     pub json: Arc<Value>,
     /// Sent upstream: the client's bytes, untouched unless usage had to be requested.
     pub forward: Bytes,
+    /// The end user the body names (OpenAI's `user`, Anthropic's `metadata.user_id`), checked.
+    pub user: Option<String>,
 }
 
 /// The fields that cap a request's output, in the wire formats the gateway speaks.
@@ -140,6 +143,7 @@ impl ProxyRequest {
                 ))
             }
         };
+        let user = body_user(api, obj)?;
         let json = Value::Object(map);
         let forward = if api == Endpoint::ChatCompletions && stream && !client_wants_usage {
             // Ask for the usage chunk; the client, which did not ask, will not see it.
@@ -157,7 +161,35 @@ impl ProxyRequest {
             client_wants_usage,
             json: Arc::new(json),
             forward,
+            user,
         })
+    }
+}
+
+/// The end user a body names: OpenAI's `user` (chat, embeddings, responses) or Anthropic's
+/// `metadata.user_id`; a wrong type or an unbounded value is a 400 naming the field.
+fn body_user(
+    api: Endpoint,
+    obj: &serde_json::Map<String, Value>,
+) -> Result<Option<String>, DomainError> {
+    let (param, v) = match api {
+        Endpoint::Messages => (
+            "metadata.user_id",
+            obj.get("metadata").and_then(|m| m.get("user_id")),
+        ),
+        _ => ("user", obj.get("user")),
+    };
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(u)) if u.is_empty() => Ok(None),
+        Some(Value::String(u)) => {
+            check_user(u).map_err(|e| DomainError::invalid(param, format!("`{param}` {e}")))?;
+            Ok(Some(u.clone()))
+        }
+        Some(_) => Err(DomainError::invalid(
+            param,
+            format!("`{param}` must be a string"),
+        )),
     }
 }
 

@@ -135,11 +135,12 @@ pub struct Verification {
 }
 
 /// All-time rollup sums of one account at one grain, by key, model, provider, source and
-/// endpoint.
+/// endpoint, and with `by_user` the attribution rollups' by end user too.
 async fn rollup_sums(
     store: &dyn Store,
     account_id: &str,
     grain: Grain,
+    by_user: bool,
 ) -> Result<BTreeMap<GroupKey, Sums>, StoreError> {
     let dims = Dims {
         account: false,
@@ -148,6 +149,7 @@ async fn rollup_sums(
         provider: true,
         source: true,
         endpoint: true,
+        user: by_user,
     };
     let rows = store
         .rollup_rows(
@@ -209,9 +211,16 @@ pub async fn verify(from: &dyn Store, to: &dyn Store) -> Result<Verification, St
             ));
         }
         for grain in [Grain::Minute, Grain::Hour, Grain::Day] {
-            if rollup_sums(from, id, grain).await? != rollup_sums(to, id, grain).await? {
-                v.mismatches
-                    .push(format!("account {id}: {grain:?} rollups differ"));
+            for by_user in [false, true] {
+                let (a, b) = (
+                    rollup_sums(from, id, grain, by_user).await?,
+                    rollup_sums(to, id, grain, by_user).await?,
+                );
+                if a != b {
+                    let what = if by_user { "per-user " } else { "" };
+                    v.mismatches
+                        .push(format!("account {id}: {grain:?} {what}rollups differ"));
+                }
             }
         }
         if let Some(leases) = to.leases() {

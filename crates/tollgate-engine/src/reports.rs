@@ -8,26 +8,68 @@ use tollgate_core::account::{Caller, Role};
 use tollgate_core::calendar::MINUTE_MS;
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    cover, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, Sums,
+    self, cover, AttrFilter, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, Sums,
 };
 use tollgate_core::{Code, DomainError};
 
 use crate::Engine;
 
-/// Whose usage a request reads: the caller's account unless an admin names another.
+/// Whose usage a request reads: the caller's account unless an admin names another, one of
+/// its keys, and the end users or the tag the request asked for.
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub account_id: String,
     pub key_id: Option<String>,
+    /// Any of these end users (empty: any).
+    pub users: Vec<String>,
+    /// One `key=value` tag.
+    pub tag: Option<String>,
 }
 
 impl Scope {
     pub fn filter(&self) -> RollupFilter {
+        let attribution = match (&self.tag, self.users.is_empty()) {
+            (Some(t), _) => AttrFilter::Tag(t.clone()),
+            (None, false) => AttrFilter::Users(self.users.clone()),
+            (None, true) => AttrFilter::All,
+        };
         RollupFilter {
             accounts: Some(vec![self.account_id.clone()]),
             key_ids: self.key_id.iter().cloned().collect(),
+            attribution,
             ..RollupFilter::default()
         }
+    }
+
+    /// The scope's raw records created in `[start_ms, end_ms)`.
+    pub fn records(&self, start_ms: i64, end_ms: i64) -> RecordFilter {
+        RecordFilter {
+            account_id: self.account_id.clone(),
+            key_id: self.key_id.clone(),
+            users: self.users.clone(),
+            tag: self.tag.clone(),
+            start_ms,
+            end_ms,
+            ..RecordFilter::default()
+        }
+    }
+
+    /// Narrows the scope to end users and a tag (checked by the caller). A tag with users
+    /// would need the records, not the rollups (see `AttrFilter`): refused, naming `tag`.
+    pub fn attributed(
+        mut self,
+        users: Vec<String>,
+        tag: Option<String>,
+    ) -> Result<Self, DomainError> {
+        if tag.is_some() && !users.is_empty() {
+            return Err(DomainError::invalid(
+                "tag",
+                "filter by `user` or by `tag`, not both",
+            ));
+        }
+        self.users = users;
+        self.tag = tag;
+        Ok(self)
     }
 }
 
@@ -69,6 +111,8 @@ impl Engine {
         Ok(Scope {
             account_id: account,
             key_id: key,
+            users: Vec::new(),
+            tag: None,
         })
     }
 
@@ -90,17 +134,42 @@ impl Engine {
         if plan.segments.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let rows = self
-            .store
-            .rollup_rows(filter, dims, plan.segments.clone())
-            .await?;
+        let folded = if dims.user && filter.attribution == AttrFilter::All {
+            // Users from the attribution rollups; the rest (no end user) is the main rollups'
+            // total minus theirs.
+            let all = Dims {
+                user: false,
+                ..dims
+            };
+            let (users, all) = tokio::try_join!(
+                self.store
+                    .rollup_rows(filter.clone(), dims, plan.segments.clone()),
+                self.store.rollup_rows(filter, all, plan.segments.clone()),
+            )?;
+            rollup::by_user(
+                cover::fold(&plan, &aligned, all),
+                cover::fold(&plan, &aligned, users),
+            )
+        } else {
+            if dims.user && matches!(filter.attribution, AttrFilter::Tag(_)) {
+                return Err(DomainError::invalid(
+                    "tag",
+                    "a `tag` filter cannot be grouped by user",
+                ));
+            }
+            let rows = self
+                .store
+                .rollup_rows(filter, dims, plan.segments.clone())
+                .await?;
+            cover::fold(&plan, &aligned, rows)
+        };
         // Buckets of the aligned bounds back to the caller's (a bucket shorter than a minute is
         // empty and was dropped by `align`).
         let index: Vec<usize> = aligned
             .iter()
             .map(|a| floored.partition_point(|f| f <= a).saturating_sub(1))
             .collect();
-        Ok(cover::fold(&plan, &aligned, rows)
+        Ok(folded
             .into_iter()
             .map(|((i, g), v)| ((index[i], g), v))
             .collect())

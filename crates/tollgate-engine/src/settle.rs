@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use tollgate_core::account::Caller;
+use tollgate_core::attribution::Attribution;
 use tollgate_core::metering::{tokenizer, Usage};
 use tollgate_core::pricing::{price, PriceEntry, Priced, UnitPrices};
 use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
@@ -27,6 +28,8 @@ pub struct Arrival {
     pub request_id: String,
     pub started: Instant,
     pub started_ms: i64,
+    /// Who the request is for (end user, tags), as far as it is known.
+    pub attribution: Attribution,
 }
 
 /// How the tokens of a finished request are known.
@@ -108,7 +111,7 @@ impl Ticket {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         ledger: Ledger,
-        arrival: Arrival,
+        mut arrival: Arrival,
         caller: &Caller,
         api: Endpoint,
         req: &ProxyRequest,
@@ -137,6 +140,8 @@ impl Ticket {
             streamed: req.stream,
             // Counted when the start is journaled (`SentSignal::sent`), not for every request.
             input_tokens: 0,
+            user: arrival.attribution.user.take(),
+            tags: std::mem::take(&mut arrival.attribution.tags),
         };
         Self {
             start: Arc::new(Mutex::new(StartState::Pending)),
@@ -394,6 +399,8 @@ fn record_of(s: &RequestStart, usage: &Usage, priced: Priced, end: End) -> Usage
         streamed: s.streamed,
         provenance: end.provenance,
         anomaly: None,
+        user: s.user.clone(),
+        tags: s.tags.clone(),
     }
 }
 
@@ -469,6 +476,8 @@ pub(crate) fn refused_record(
         byok_fee_bps: 0,
         streamed,
         input_tokens: 0,
+        user: arrival.attribution.user.clone(),
+        tags: arrival.attribution.tags.clone(),
     };
     record_of(
         &start,

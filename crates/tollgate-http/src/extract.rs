@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
 use tollgate_core::account::Caller;
+use tollgate_core::attribution::{check_user, parse_tag};
 use tollgate_core::{Code, DomainError};
 use tollgate_engine::reports::Scope;
 
@@ -97,6 +98,9 @@ impl FromRequestParts<SharedState> for Admin {
     }
 }
 
+/// The most end users one usage query may name.
+const MAX_USER_FILTER: usize = 100;
+
 /// A usage-API request: the caller and the query string's parameters.
 pub struct UsageQuery {
     pub caller: Caller,
@@ -120,13 +124,38 @@ impl FromRequestParts<SharedState> for UsageQuery {
 impl UsageQuery {
     /// Whose usage this request reads (`account_id` / `key_id`, checked against the caller).
     pub async fn scope(&self, s: &SharedState) -> Result<Scope, ApiError> {
+        let (users, tag) = self.attribution()?;
         Ok(s.engine
             .scope(
                 &self.caller,
                 self.p.get("account_id")?,
                 self.p.get("key_id")?,
             )
-            .await?)
+            .await?
+            .attributed(users, tag)?)
+    }
+
+    /// `user` (one or more end users) and `tag` (one `key=value`), checked.
+    fn attribution(&self) -> Result<(Vec<String>, Option<String>), ApiError> {
+        let users = self.p.all("user");
+        if users.len() > MAX_USER_FILTER {
+            return Err(ApiError::invalid(
+                "user",
+                format!("at most {MAX_USER_FILTER} users per query"),
+            ));
+        }
+        for u in &users {
+            check_user(u).map_err(|e| ApiError::invalid("user", format!("`user` {e}")))?;
+        }
+        let tag = match self.p.get("tag")? {
+            None => None,
+            Some(t) => {
+                let (k, v) =
+                    parse_tag(t).map_err(|e| ApiError::invalid("tag", format!("`tag`: {e}")))?;
+                Some(format!("{k}={v}"))
+            }
+        };
+        Ok((users, tag))
     }
 
     /// Waits until the caller's finished requests are in the store; if the store is behind, the

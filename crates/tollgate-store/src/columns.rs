@@ -1,14 +1,14 @@
 //! What both backends' schemas share: the column lists, in the order the row readers expect,
 //! and the rollup table of each grain.
 
-use tollgate_core::rollup::{Dims, Grain};
+use tollgate_core::rollup::{AttrFilter, Dims, Grain, RollupFilter};
 
 pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos, anomaly";
+    streamed, provenance, charged_nanos, anomaly, end_user, tags";
 
 pub(crate) const KEY_COLUMNS: &str =
     "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
@@ -22,6 +22,21 @@ pub(crate) fn rollup_table(g: Grain) -> &'static str {
         Grain::Hour => "usage_rollup_hour",
         Grain::Day => "usage_rollup_day",
     }
+}
+
+/// The attribution rollup table of each grain (rows per end user and per tag).
+pub(crate) fn attr_table(g: Grain) -> &'static str {
+    match g {
+        Grain::Minute => "usage_attr_minute",
+        Grain::Hour => "usage_attr_hour",
+        Grain::Day => "usage_attr_day",
+    }
+}
+
+/// Whether a query reads the attribution rollups: it filters by users or a tag, or groups by
+/// user.
+pub(crate) fn reads_attr(filter: &RollupFilter, dims: Dims) -> bool {
+    dims.user || filter.attribution != AttrFilter::All
 }
 
 /// The rollup's dimension columns, in `GroupKey` order.
@@ -38,3 +53,13 @@ pub(crate) const DIM_COLUMNS: [&str; 6] = [
 pub(crate) fn dim_flags(d: Dims) -> [bool; 6] {
     [d.account, d.key, d.model, d.provider, d.source, d.endpoint]
 }
+
+/// Adds an upsert's increments to the row's sums (`t` is the table, `excluded` the new row).
+pub(crate) const SUMS_UPDATE: &str = "requests = t.requests + excluded.requests, \
+     success = t.success + excluded.success, \
+     input_tokens = t.input_tokens + excluded.input_tokens, \
+     output_tokens = t.output_tokens + excluded.output_tokens, \
+     cached_tokens = t.cached_tokens + excluded.cached_tokens, \
+     reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens, \
+     cost_nanos = t.cost_nanos + excluded.cost_nanos, \
+     charged_nanos = t.charged_nanos + excluded.charged_nanos";

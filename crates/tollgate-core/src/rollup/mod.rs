@@ -5,7 +5,7 @@
 
 pub mod cover;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
@@ -114,6 +114,47 @@ pub struct RollupFilter {
     pub providers: Vec<String>,
     /// The API a request came through (OpenAI's completions usage leaves out embeddings).
     pub endpoints: Vec<Endpoint>,
+    /// End users or one tag: read from the attribution rollups instead.
+    pub attribution: AttrFilter,
+}
+
+/// Which attributed usage a query reads. A record has one end user (or none) and up to ten
+/// tags, and the attribution rollups keep one row per (record's) user and per tag: so a query
+/// may name several users (each record counted once), or one tag, but not a tag and users
+/// together (a record with two of the names would count twice; that needs the records).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AttrFilter {
+    /// No attribution filter (the main rollups, unless grouping by user).
+    #[default]
+    All,
+    Users(Vec<String>),
+    /// One `key=value`.
+    Tag(String),
+}
+
+/// The kind of an attribution rollup row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttrKind {
+    User,
+    Tag,
+}
+
+impl AttrKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttrKind::User => "user",
+            AttrKind::Tag => "tag",
+        }
+    }
+}
+
+/// The key of one attribution rollup row: a main rollup key, and the user or tag.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttrKey<'a> {
+    pub row: RollupKey<'a>,
+    pub kind: AttrKind,
+    /// The end user, or the tag's `key=value`.
+    pub value: &'a str,
 }
 
 /// Dimensions to group by (besides the bucket); a dimension not grouped by comes back `None`.
@@ -125,6 +166,9 @@ pub struct Dims {
     pub provider: bool,
     pub source: bool,
     pub endpoint: bool,
+    /// By end user (read from the attribution rollups; records without one come back as
+    /// `user: None`).
+    pub user: bool,
 }
 
 /// The grouped dimensions of a row.
@@ -136,6 +180,7 @@ pub struct GroupKey {
     pub provider: Option<String>,
     pub source: Option<String>,
     pub endpoint: Option<String>,
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,6 +200,10 @@ pub struct RecordFilter {
     pub key_id: Option<String>,
     pub model: Option<String>,
     pub provider: Option<String>,
+    /// Any of these end users (empty: any).
+    pub users: Vec<String>,
+    /// Records carrying this `key=value` tag.
+    pub tag: Option<String>,
     /// `created_at_ms` in `[start_ms, end_ms)`.
     pub start_ms: i64,
     pub end_ms: i64,
@@ -184,6 +233,26 @@ impl RecordCursor {
     }
 }
 
+/// Folded sums by end user, with the usage of no end user as `user: None`: the main rollups'
+/// folded sums (`all`, grouped without user) minus what the users account for (`users`, the
+/// attribution rollups' user rows over the same range and filter). Integer subtraction, so
+/// the groups still add up to exactly the totals.
+pub fn by_user(
+    mut all: BTreeMap<(usize, GroupKey), Sums>,
+    users: BTreeMap<(usize, GroupKey), Sums>,
+) -> BTreeMap<(usize, GroupKey), Sums> {
+    for ((i, g), s) in &users {
+        let rest = GroupKey {
+            user: None,
+            ..g.clone()
+        };
+        all.entry((*i, rest)).or_default().sub(s);
+    }
+    all.retain(|_, v| v.requests != 0);
+    all.extend(users);
+    all
+}
+
 /// The key of one rollup row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 /// Borrowed from the records: a batch's deltas allocate no strings.
@@ -203,6 +272,9 @@ pub struct Deltas<'a> {
     pub minute: HashMap<RollupKey<'a>, Sums>,
     pub hour: HashMap<RollupKey<'a>, Sums>,
     pub day: HashMap<RollupKey<'a>, Sums>,
+    /// The attribution rollups: per grain, a row per end user and per tag (records with
+    /// neither add nothing here).
+    pub attr: [HashMap<AttrKey<'a>, Sums>; 3],
 }
 
 impl<'a> Deltas<'a> {
@@ -214,6 +286,15 @@ impl<'a> Deltas<'a> {
             (Grain::Day, &self.day),
         ]
     }
+
+    /// Each grain with its attribution increments.
+    pub fn attr_grains(&self) -> [(Grain, &HashMap<AttrKey<'a>, Sums>); 3] {
+        [
+            (Grain::Minute, &self.attr[0]),
+            (Grain::Hour, &self.attr[1]),
+            (Grain::Day, &self.attr[2]),
+        ]
+    }
 }
 
 /// The rollup increments of `records` (pass only the records that were newly stored, so a
@@ -223,10 +304,11 @@ pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas<
     let mut d = Deltas::default();
     for r in records {
         let sums = Sums::of(r);
-        for (grain, table) in [
-            (Grain::Minute, &mut d.minute),
-            (Grain::Hour, &mut d.hour),
-            (Grain::Day, &mut d.day),
+        let [am, ah, ad] = &mut d.attr;
+        for (grain, table, attr) in [
+            (Grain::Minute, &mut d.minute, am),
+            (Grain::Hour, &mut d.hour, ah),
+            (Grain::Day, &mut d.day, ad),
         ] {
             let w = grain.width_ms();
             let key = RollupKey {
@@ -238,6 +320,16 @@ pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas<
                 source: r.source,
                 endpoint: r.endpoint,
             };
+            let users = r.user.as_deref().map(|u| (AttrKind::User, u));
+            let tags = r.tags.pairs().map(|t| (AttrKind::Tag, t));
+            for (kind, value) in users.into_iter().chain(tags) {
+                let k = AttrKey {
+                    row: key.clone(),
+                    kind,
+                    value,
+                };
+                attr.entry(k).or_default().add(&sums);
+            }
             table.entry(key).or_default().add(&sums);
         }
     }

@@ -291,6 +291,8 @@ pub(super) mod tests {
             byok_fee_bps: 0,
             streamed: false,
             input_tokens: 7,
+            user: Some("end-user-1".into()),
+            tags: tollgate_core::attribution::Tags::parse("team=ads").unwrap(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! in the journal, so a long request's start cannot be dropped with its segment before its end.
 
 use serde::{Deserialize, Serialize};
+use tollgate_core::attribution::Tags;
 use tollgate_core::pricing::UnitPrices;
 use tollgate_core::record::{Endpoint, Source};
 
@@ -31,4 +32,8 @@ pub struct RequestStart {
     /// The request's input, counted without the BPE at admission
     /// (`tokenizer::quick_count_request_input`).
     pub input_tokens: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }

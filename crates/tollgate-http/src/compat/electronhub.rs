@@ -13,6 +13,7 @@ use super::{page_params, usd};
 use crate::error::ApiError;
 use crate::extract::UsageQuery;
 use crate::state::SharedState;
+use tollgate_core::attribution::Tags;
 use tollgate_core::calendar::{self as time, day_start, local_date, Grid, Unit, MAX_MS, MIN_MS};
 use tollgate_core::record::Status;
 use tollgate_core::rollup::{Dims, RecordFilter, Sums};
@@ -88,18 +89,7 @@ pub async fn models(
     let latest = s
         .engine
         .store
-        .records_page(
-            RecordFilter {
-                account_id: scope.account_id.clone(),
-                key_id: scope.key_id.clone(),
-                start_ms: MIN_MS,
-                end_ms: MAX_MS,
-                ..RecordFilter::default()
-            },
-            None,
-            true,
-            1,
-        )
+        .records_page(scope.records(MIN_MS, MAX_MS), None, true, 1)
         .await?;
     let last_ms = latest
         .first()
@@ -211,6 +201,13 @@ pub struct LogRow {
     pub ip: Option<String>,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// The end user the request named (`x-tollgate-user`, `user`, `metadata.user_id`); both
+    /// fields are left out when the request named none, so the seed shape is unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `x-tollgate-tags`, as an object.
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,12 +242,8 @@ pub async fn logs(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Lo
     let scope = q.scope(&s).await?;
     q.read_your_writes(&s).await;
     let filter = RecordFilter {
-        account_id: scope.account_id.clone(),
-        key_id: scope.key_id.clone(),
         model: p.get("model")?.map(str::to_string),
-        provider: None,
-        start_ms: start,
-        end_ms: end,
+        ..scope.records(start, end)
     };
     let (records, next_cursor) = s.engine.newest_page(filter, cursor, limit).await?;
     let has_more = next_cursor.is_some();
@@ -275,6 +268,8 @@ pub async fn logs(State(s): State<SharedState>, q: UsageQuery) -> Result<Json<Lo
                 input_tokens: r.input_tokens,
                 output_tokens: r.output_tokens,
                 model: r.model_requested,
+                user: r.user,
+                tags: r.tags,
                 route: r.endpoint.as_str().to_string(),
                 key_id: r.key_id,
                 id: r.request_id,

@@ -1,4 +1,4 @@
-//! `GET /v1/usage/export?format=csv|json|ndjson&start=&end=&model=&key_id=`: every per-request
+//! `GET /v1/usage/export?format=csv|json|ndjson&start=&end=&model=&key_id=&user=&tag=`: every per-request
 //! record in range, oldest first, streamed page by page as it is read (keyset pages over the
 //! `(account_id, created_at_ms)` index, a bounded channel between reader and socket), so memory
 //! stays flat however many rows match. `json` is one JSON array; `ndjson` one object per line;
@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::extract::UsageQuery;
+use tollgate_core::attribution::Tags;
 use tollgate_core::calendar::{self as time, MAX_MS, MIN_MS};
 use tollgate_core::rollup::{RecordCursor, RecordFilter};
 
@@ -62,6 +63,10 @@ pub struct Row<'a> {
     pub ttft_ms: Option<i64>,
     pub streamed: bool,
     pub provenance: &'a str,
+    /// The end user the request named, if any.
+    pub user: Option<&'a str>,
+    /// `{"feature": "search"}` in JSON; `feature=search,team=ads` in CSV.
+    pub tags: &'a Tags,
 }
 
 pub const CSV_HEADER: &[&str] = &[
@@ -94,6 +99,8 @@ pub const CSV_HEADER: &[&str] = &[
     "ttft_ms",
     "streamed",
     "provenance",
+    "user",
+    "tags",
 ];
 
 impl<'a> Row<'a> {
@@ -128,10 +135,12 @@ impl<'a> Row<'a> {
             ttft_ms: r.ttft_ms,
             streamed: r.streamed,
             provenance: r.provenance.as_str(),
+            user: r.user.as_deref(),
+            tags: &r.tags,
         }
     }
 
-    fn csv_fields(&self) -> [String; 29] {
+    fn csv_fields(&self) -> [String; 31] {
         let opt = |v: Option<i64>| v.map(|n| n.to_string()).unwrap_or_default();
         [
             self.request_id.to_string(),
@@ -163,7 +172,19 @@ impl<'a> Row<'a> {
             opt(self.ttft_ms),
             self.streamed.to_string(),
             self.provenance.to_string(),
+            self.user.map(csv_text).unwrap_or_default(),
+            self.tags.as_str().to_string(),
         ]
+    }
+}
+
+/// Client-chosen text for a spreadsheet: a leading `=`, `+`, `-` or `@` would make it a
+/// formula there (CSV injection), so such a value gets a leading `'`, as OWASP advises.
+fn csv_text(v: &str) -> String {
+    if v.starts_with(['=', '+', '-', '@']) {
+        format!("'{v}")
+    } else {
+        v.to_string()
     }
 }
 
@@ -240,12 +261,8 @@ pub async fn export(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
     q.read_your_writes(&s).await;
 
     let filter = RecordFilter {
-        account_id: scope.account_id,
-        key_id: scope.key_id,
         model,
-        provider: None,
-        start_ms: start,
-        end_ms: end,
+        ..scope.records(start, end)
     };
     // A small bounded channel: the reader runs at most a few pages ahead of the socket.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);

@@ -1,8 +1,10 @@
 //! OpenAI's Admin usage API, for admin keys: `GET /v1/organization/usage/completions` (chat
 //! completions and messages), `GET /v1/organization/usage/embeddings` and
 //! `GET /v1/organization/costs` (every request). The organization is the whole gateway; a
-//! project is an account (`project_id` = account id), `api_key_id` a tollgate key id. tollgate
-//! has no users or batch API: `user_id` is always null and `batch` false when grouped by. Usage
+//! project is an account (`project_id` = account id), `api_key_id` a tollgate key id, `user_id`
+//! the end user a request named (`x-tollgate-user`, OpenAI `user`, Anthropic
+//! `metadata.user_id`; null for usage that named none), and `user_ids` filters by it. tollgate
+//! has no batch API: `batch` is false when grouped by. Usage
 //! resolution is one minute: the data read runs from `start_time` floored to the minute to
 //! `end_time` rounded up to the minute, so a request made in the current minute is counted.
 
@@ -17,10 +19,11 @@ use super::usd;
 use crate::extract::Admin;
 use crate::params::Params;
 use crate::state::{AppState, RequestCtx, SharedState};
+use tollgate_core::attribution::check_user;
 use tollgate_core::calendar::{Grid, Unit, MAX_MS};
 use tollgate_core::calendar::{HOUR_MS, MINUTE_MS};
 use tollgate_core::record::Endpoint;
-use tollgate_core::rollup::{Dims, GroupKey, RollupFilter, Sums};
+use tollgate_core::rollup::{AttrFilter, Dims, GroupKey, RollupFilter, Sums};
 use tollgate_core::Code;
 
 use crate::error::ApiError;
@@ -141,7 +144,7 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
             (_, "project_id") => dims.account = true,
             (Kind::Completions | Kind::Embeddings, "api_key_id") => dims.key = true,
             (Kind::Completions | Kind::Embeddings, "model") => dims.model = true,
-            (Kind::Completions | Kind::Embeddings, "user_id") => {}
+            (Kind::Completions | Kind::Embeddings, "user_id") => dims.user = true,
             (Kind::Completions, "batch") => by_batch = true,
             (Kind::Costs, "line_item") => {
                 by_line_item = true;
@@ -179,8 +182,13 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     }
     filter.models = p.all("models");
     filter.endpoints = kind.endpoints();
-    // No usage belongs to a user: filtering by users leaves nothing.
-    let none_match = !p.all("user_ids").is_empty();
+    let users = p.all("user_ids");
+    for u in &users {
+        check_user(u).map_err(|e| ApiError::invalid("user_ids", format!("`user_ids`: {e}")))?;
+    }
+    if !users.is_empty() {
+        filter.attribution = AttrFilter::Users(users);
+    }
 
     // Pages are runs of `limit` buckets; `page` is where the next run starts.
     let range_start = start * 1000;
@@ -225,11 +233,7 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     let has_more = grid.len() > limit;
     let bounds: Vec<i64> = grid.bounds[..=n].to_vec();
     ctx.read_your_writes(s).await;
-    let rows = if none_match {
-        BTreeMap::new()
-    } else {
-        s.engine.bucketed(filter, dims, &bounds).await?
-    };
+    let rows = s.engine.bucketed(filter, dims, &bounds).await?;
     let mut per_bucket: Vec<BTreeMap<GroupKey, Sums>> = vec![BTreeMap::new(); n];
     for ((i, g), v) in rows {
         per_bucket[i].entry(g).or_default().add(&v);
@@ -283,7 +287,7 @@ fn completion_result(g: &GroupKey, v: &Sums, by_batch: bool) -> Value {
         "output_audio_tokens": 0,
         "num_model_requests": v.requests,
         "project_id": g.account_id,
-        "user_id": Value::Null,
+        "user_id": g.user,
         "api_key_id": g.key_id,
         "model": g.model,
         "batch": if by_batch { Value::Bool(false) } else { Value::Null },
@@ -297,7 +301,7 @@ fn embedding_result(g: &GroupKey, v: &Sums) -> Value {
         "input_tokens": v.input_tokens,
         "num_model_requests": v.requests,
         "project_id": g.account_id,
-        "user_id": Value::Null,
+        "user_id": g.user,
         "api_key_id": g.key_id,
         "model": g.model,
     })

@@ -16,6 +16,7 @@ use super::{page_params, usd};
 use crate::error::ApiError;
 use crate::extract::UsageQuery;
 use crate::state::SharedState;
+use tollgate_core::attribution::Tags;
 use tollgate_core::calendar::{
     self as time, day_start, format_date, local_date, Grid, Unit, MAX_MS, MIN_MS,
 };
@@ -299,6 +300,11 @@ pub struct RecentUsage {
     /// Milliseconds from arrival to the last byte.
     pub execution_time: i64,
     pub status: String,
+    /// The end user the request named, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,12 +335,9 @@ pub async fn details(
     let cfg = model_configs::resolve(&s, &scope, &id, "modelConfigId").await?;
     q.read_your_writes(&s).await;
     let filter = RecordFilter {
-        account_id: scope.account_id.clone(),
-        key_id: scope.key_id.clone(),
         model: Some(cfg.model_id.clone()),
         provider: Some(cfg.provider.clone()),
-        start_ms: start,
-        end_ms: end,
+        ..scope.records(start, end)
     };
     let (records, next_cursor) = s.engine.newest_page(filter, cursor, limit).await?;
     let has_more = next_cursor.is_some();
@@ -356,6 +359,8 @@ pub async fn details(
                 estimated_cost: usd(r.cost_nanos),
                 execution_time: r.latency_ms,
                 status: r.status.as_str().to_string(),
+                user: r.user,
+                tags: r.tags,
                 id: r.request_id,
             })
             .collect(),

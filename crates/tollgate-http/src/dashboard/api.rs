@@ -227,8 +227,8 @@ async fn key_names(s: &SharedState, account: &str) -> Result<HashMap<String, Str
 }
 
 /// `GET /dashboard/api/series`: Runtype's range and buckets (`period` or `startDate`/`endDate`,
-/// `granularity`, `timezone`), each bucket split by `group` (`model`, `key`, `provider`, or
-/// `none`). Bucket for bucket, the groups add up to `/v1/model-usage`'s `timeSeries`.
+/// `granularity`, `timezone`), each bucket split by `group` (`model`, `key`, `provider`,
+/// `user` (the end user; `""` for usage that named none), or `none`); `user` and `tag` filter. Bucket for bucket, the groups add up to `/v1/model-usage`'s `timeSeries`.
 pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Response, ApiError> {
     let r = runtype::range(&s, &q.p)?;
     let group = q.p.get("group")?.unwrap_or("model");
@@ -245,11 +245,15 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
             provider: true,
             ..Dims::default()
         },
+        "user" => Dims {
+            user: true,
+            ..Dims::default()
+        },
         "none" => Dims::default(),
         other => {
             return Err(ApiError::invalid(
                 "group",
-                format!("`group` must be model, key, provider or none, got `{other}`"),
+                format!("`group` must be model, key, provider, user or none, got `{other}`"),
             ))
         }
     };
@@ -267,6 +271,8 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
             "model" => g.model.clone().unwrap_or_default(),
             "key" => g.key_id.clone().unwrap_or_default(),
             "provider" => g.provider.clone().unwrap_or_default(),
+            // Usage that named no end user; no user id is empty, so this cannot collide.
+            "user" => g.user.clone().unwrap_or_default(),
             _ => "all".to_string(),
         };
         groups.entry(id).or_insert_with(|| vec![Sums::default(); n])[i].add(&v);
@@ -291,8 +297,13 @@ pub async fn series(State(s): State<SharedState>, q: UsageQuery) -> Result<Respo
                     .map(|p| p.owned_by.clone())
                     .unwrap_or_default()
             });
+            let label = match names.get(&id) {
+                Some(name) => name.clone(),
+                None if group == "user" && id.is_empty() => "(no end user)".to_string(),
+                None => id.clone(),
+            };
             Group {
-                label: names.get(&id).cloned().unwrap_or_else(|| id.clone()),
+                label,
                 id,
                 owned_by,
                 totals: SumsView::from(&t),
@@ -403,10 +414,9 @@ pub async fn keys(State(s): State<SharedState>, q: UsageQuery) -> Result<Respons
                 RecordFilter {
                     account_id: scope.account_id.clone(),
                     key_id: Some(k.id.clone()),
-                    model: None,
-                    provider: None,
                     start_ms: MIN_MS,
                     end_ms: MAX_MS,
+                    ..RecordFilter::default()
                 },
                 None,
                 true,
@@ -466,16 +476,12 @@ pub async fn requests(State(s): State<SharedState>, q: UsageQuery) -> Result<Res
     let scope = q.scope(&s).await?;
     q.read_your_writes(&s).await;
     let filter = RecordFilter {
-        account_id: scope.account_id.clone(),
-        key_id: scope.key_id.clone(),
         model: q
             .p
             .get("model")?
             .filter(|m| !m.is_empty())
             .map(String::from),
-        provider: None,
-        start_ms: MIN_MS,
-        end_ms: MAX_MS,
+        ..scope.records(MIN_MS, MAX_MS)
     };
     let names = key_names(&s, &scope.account_id).await?;
     // Unfiltered, one page of `limit`; with a status filter, larger pages until `limit` rows

@@ -19,6 +19,7 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::json;
 use tollgate_core::account::Caller;
+use tollgate_core::attribution::{Attribution, TAGS_HEADER, USER_HEADER};
 use tollgate_core::record::Endpoint;
 use tollgate_core::request::ProxyRequest;
 use tollgate_core::Code;
@@ -80,23 +81,40 @@ async fn proxy(
     body: Body,
     api: Endpoint,
 ) -> Result<Response, ApiError> {
+    let header = |name| headers.get(name).map(|v| v.to_str().map_err(|_| ()));
+    let mut who = match Attribution::from_headers(header(USER_HEADER), header(TAGS_HEADER)) {
+        Ok(a) => a,
+        Err(e) => {
+            let none = Attribution::default();
+            return Err(refused(&s, &ctx, &caller, api, None, false, none, e.into()).await);
+        }
+    };
     let bytes = match read_body(body, &headers, s.engine.config.server.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return Err(refused(&s, &ctx, &caller, api, None, false, e).await),
+        Err(e) => return Err(refused(&s, &ctx, &caller, api, None, false, who, e).await),
     };
     let mut req = match ProxyRequest::parse(api, bytes.clone()) {
         Ok(r) => r,
         Err(e) => {
             let model = model_of(&bytes);
-            return Err(refused(&s, &ctx, &caller, api, model.as_deref(), false, e.into()).await);
+            let model = model.as_deref();
+            return Err(refused(&s, &ctx, &caller, api, model, false, who, e.into()).await);
         }
     };
+    who.or_body_user(req.user.take());
     let admitted = async {
         let provider = s.engine.router.resolve(&req.model, api)?.clone();
         let price = s.engine.prices.lookup(&req.model)?;
         let admitted = s
             .engine
-            .admit(arrival(&ctx), &caller, api, &provider, price, &mut req)
+            .admit(
+                arrival(&ctx, who.clone()),
+                &caller,
+                api,
+                &provider,
+                price,
+                &mut req,
+            )
             .await?;
         Ok::<_, ApiError>((provider, admitted))
     }
@@ -109,21 +127,23 @@ async fn proxy(
         }
         Err(e) => {
             let (model, stream) = (Some(req.model.as_str()), req.stream);
-            Err(refused(&s, &ctx, &caller, api, model, stream, e).await)
+            Err(refused(&s, &ctx, &caller, api, model, stream, who, e).await)
         }
     }
 }
 
-fn arrival(ctx: &RequestCtx) -> Arrival {
+fn arrival(ctx: &RequestCtx, attribution: Attribution) -> Arrival {
     Arrival {
         request_id: ctx.request_id.clone(),
         started: ctx.started,
         started_ms: ctx.started_ms,
+        attribution,
     }
 }
 
 /// An authenticated request answered here, without an exchange: record it (`refused`, zero
 /// tokens and cost) and give a 402 the balance the account has available.
+#[allow(clippy::too_many_arguments)]
 async fn refused(
     s: &SharedState,
     ctx: &RequestCtx,
@@ -131,11 +151,12 @@ async fn refused(
     api: Endpoint,
     model: Option<&str>,
     streamed: bool,
+    who: Attribution,
     mut err: ApiError,
 ) -> ApiError {
     let http_status = status(err.code).as_u16();
     s.engine.record_refused(
-        &arrival(ctx),
+        &arrival(ctx, who),
         caller,
         api,
         model,

@@ -7,12 +7,13 @@ use std::collections::{BTreeMap, HashSet};
 use chrono::{Datelike, TimeZone, Utc};
 use tokio_postgres::Transaction;
 use tollgate_core::record::UsageRecord;
-use tollgate_core::rollup::{self, RollupKey, Sums};
+use tollgate_core::rollup::{self, AttrKey, RollupKey, Sums};
 use tollgate_core::StoreError;
 
 use super::conn::classify;
-use super::rows::{rollup_table, RECORD_COLUMNS};
+use super::rows::{attr_table, rollup_table, RECORD_COLUMNS};
 use super::PgStore;
+use crate::columns::SUMS_UPDATE;
 
 /// The UTC month holding `ms`: `[start, end)` in ms, and the partition's name.
 pub(crate) fn month_of(ms: i64) -> Result<(i64, i64, String), StoreError> {
@@ -180,6 +181,9 @@ async fn insert_once(store: &PgStore, batch: &[UsageRecord]) -> Result<usize, St
     for (grain, rows) in deltas.grains() {
         upsert_rollups(&tx, rollup_table(grain), rows).await?;
     }
+    for (grain, rows) in deltas.attr_grains() {
+        upsert_attr_rollups(&tx, attr_table(grain), rows).await?;
+    }
     charge(&tx, &store.replica_id, &new).await?;
     tx.commit().await.map_err(classify)?;
     Ok(new.len())
@@ -225,6 +229,8 @@ async fn insert_records(
     let provenance = col!(|r| r.provenance.as_str());
     let charged = col!(|r| r.charged_nanos);
     let anomaly = col!(|r| r.anomaly.map(|a| a.as_str()));
+    let user = col!(|r| r.user.as_deref());
+    let tags = col!(|r| (!r.tags.is_empty()).then(|| r.tags.as_str()));
     let rows = tx
         .query(
             &format!(
@@ -234,7 +240,7 @@ async fn insert_records(
                  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
                  $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], \
                  $23::int[], $24::text[], $25::bigint[], $26::bigint[], $27::bool[], $28::text[], \
-                 $29::bigint[], $30::text[]) \
+                 $29::bigint[], $30::text[], $31::text[], $32::text[]) \
                  ON CONFLICT (request_id, created_at_ms) DO NOTHING RETURNING request_id"
             ),
             &[
@@ -268,6 +274,8 @@ async fn insert_records(
                 &provenance,
                 &charged,
                 &anomaly,
+                &user,
+                &tags,
             ],
         )
         .await
@@ -316,17 +324,66 @@ async fn upsert_rollups(
              $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
              $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
              ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-             requests = t.requests + excluded.requests, success = t.success + excluded.success, \
-             input_tokens = t.input_tokens + excluded.input_tokens, \
-             output_tokens = t.output_tokens + excluded.output_tokens, \
-             cached_tokens = t.cached_tokens + excluded.cached_tokens, \
-             reasoning_tokens = t.reasoning_tokens + excluded.reasoning_tokens, \
-             cost_nanos = t.cost_nanos + excluded.cost_nanos, \
-             charged_nanos = t.charged_nanos + excluded.charged_nanos"
+             {SUMS_UPDATE}"
         ),
         &[
             &bucket, &account, &key, &model, &provider, &source, &endpoint, &requests, &success,
             &input, &output, &cached, &reasoning, &cost, &charged,
+        ],
+    )
+    .await
+    .map_err(classify)?;
+    Ok(())
+}
+
+/// Adds deltas to one attribution rollup table, in key order as `upsert_rollups` does.
+async fn upsert_attr_rollups(
+    tx: &Transaction<'_>,
+    table: &str,
+    rows: &std::collections::HashMap<AttrKey<'_>, Sums>,
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut sorted: Vec<(&AttrKey<'_>, &Sums)> = rows.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    macro_rules! col {
+        ($f:expr) => {
+            sorted.iter().map($f).collect::<Vec<_>>()
+        };
+    }
+    let bucket = col!(|(k, _)| k.row.bucket_ms);
+    let account = col!(|(k, _)| k.row.account_id);
+    let kind = col!(|(k, _)| k.kind.as_str());
+    let value = col!(|(k, _)| k.value);
+    let key = col!(|(k, _)| k.row.key_id);
+    let model = col!(|(k, _)| k.row.model);
+    let provider = col!(|(k, _)| k.row.provider);
+    let source = col!(|(k, _)| k.row.source.as_str());
+    let endpoint = col!(|(k, _)| k.row.endpoint.as_str());
+    let requests = col!(|(_, s)| s.requests);
+    let success = col!(|(_, s)| s.success);
+    let input = col!(|(_, s)| s.input_tokens);
+    let output = col!(|(_, s)| s.output_tokens);
+    let cached = col!(|(_, s)| s.cached_tokens);
+    let reasoning = col!(|(_, s)| s.reasoning_tokens);
+    let cost = col!(|(_, s)| s.cost_nanos);
+    let charged = col!(|(_, s)| s.charged_nanos);
+    tx.execute(
+        &format!(
+            "INSERT INTO {table} AS t (bucket_ms, account_id, attr_kind, attr_value, key_id, model, \
+             provider, source, endpoint, requests, success, input_tokens, output_tokens, \
+             cached_tokens, reasoning_tokens, cost_nanos, charged_nanos) \
+             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
+             $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
+             $17::bigint[]) \
+             ON CONFLICT (account_id, attr_kind, attr_value, bucket_ms, key_id, model, provider, \
+             source, endpoint) DO UPDATE SET {SUMS_UPDATE}"
+        ),
+        &[
+            &bucket, &account, &kind, &value, &key, &model, &provider, &source, &endpoint,
+            &requests, &success, &input, &output, &cached, &reasoning, &cost, &charged,
         ],
     )
     .await

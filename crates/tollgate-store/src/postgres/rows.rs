@@ -4,13 +4,16 @@
 use tokio_postgres::types::FromSql;
 use tokio_postgres::Row;
 use tollgate_core::account::{Account, ApiKeyRecord, Role, StoredProviderKey};
+use tollgate_core::attribution::Tags;
 use tollgate_core::credit::{CreditEntry, CreditKind};
 use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
 use tollgate_core::StoreError;
 
 use super::conn::bad_value;
 
-pub(crate) use crate::columns::{rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS};
+pub(crate) use crate::columns::{
+    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+};
 
 /// Column `i`, or `Corrupt` when it does not read as `T`.
 pub(crate) fn get<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
@@ -59,6 +62,11 @@ pub(crate) fn record_from_row(r: &Row) -> Result<UsageRecord, StoreError> {
         anomaly: match get::<Option<&str>>(r, 29)? {
             None => None,
             Some(a) => Some(Anomaly::parse(a).ok_or_else(|| bad_value("anomaly", a))?),
+        },
+        user: get(r, 30)?,
+        tags: match get::<Option<&str>>(r, 31)? {
+            None => Tags::default(),
+            Some(t) => Tags::from_canonical(t).ok_or_else(|| bad_value("tags", t))?,
         },
     })
 }

@@ -6,13 +6,14 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
+    AttrFilter, AttrKind, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow,
+    Segment, Sums,
 };
 use tollgate_core::StoreError;
 
 use super::conn::classify;
-use super::rows::{get, record_from_row, rollup_table, RECORD_COLUMNS};
-use crate::columns::{dim_flags, DIM_COLUMNS};
+use super::rows::{attr_table, get, record_from_row, rollup_table, RECORD_COLUMNS};
+use crate::columns::{dim_flags, reads_attr, DIM_COLUMNS};
 
 type Arg = Box<dyn ToSql + Sync + Send>;
 
@@ -51,7 +52,14 @@ pub(super) async fn rollup_query(
     if seg.split {
         group.push("1".into());
     }
-    for (i, (col, on)) in DIM_COLUMNS.iter().zip(flags).enumerate() {
+    let user_col = [("attr_value", dims.user)];
+    for (i, (col, on)) in DIM_COLUMNS
+        .iter()
+        .copied()
+        .zip(flags)
+        .chain(user_col)
+        .enumerate()
+    {
         select.push_str(", ");
         if on {
             select.push_str(col);
@@ -65,7 +73,12 @@ pub(super) async fn rollup_query(
          SUM(output_tokens)::bigint, SUM(cached_tokens)::bigint, SUM(reasoning_tokens)::bigint, \
          SUM(cost_nanos)::bigint, SUM(charged_nanos)::bigint FROM ",
     );
-    select.push_str(rollup_table(seg.grain));
+    let attr = reads_attr(filter, dims);
+    select.push_str(if attr {
+        attr_table(seg.grain)
+    } else {
+        rollup_table(seg.grain)
+    });
     match &filter.accounts {
         // Every account that exists (the organization view), as SQLite reads it.
         None => select.push_str(" WHERE account_id IN (SELECT id FROM accounts)"),
@@ -86,6 +99,16 @@ pub(super) async fn rollup_query(
         .map(|e| e.as_str().to_string())
         .collect();
     push_any(&mut select, &mut args, "endpoint", &endpoints);
+    if attr {
+        let (kind, values) = match &filter.attribution {
+            AttrFilter::Tag(t) => (AttrKind::Tag, std::slice::from_ref(t)),
+            AttrFilter::Users(u) => (AttrKind::User, u.as_slice()),
+            AttrFilter::All => (AttrKind::User, &[][..]),
+        };
+        let k = placeholder(&mut args, Box::new(kind.as_str()));
+        select.push_str(&format!(" AND attr_kind = {k}"));
+        push_any(&mut select, &mut args, "attr_value", values);
+    }
     if !group.is_empty() {
         let g = group.join(", ");
         select.push_str(&format!(" GROUP BY {g} ORDER BY {g}"));
@@ -93,18 +116,18 @@ pub(super) async fn rollup_query(
     let rows = c.query(&select, &refs(&args)).await.map_err(classify)?;
     for r in rows {
         // An aggregate without GROUP BY yields one row of NULLs when nothing matched.
-        let Some(requests) = get::<Option<i64>>(&r, 7)? else {
+        let Some(requests) = get::<Option<i64>>(&r, 8)? else {
             continue;
         };
         let sums = Sums {
             requests,
-            success: get(&r, 8)?,
-            input_tokens: get(&r, 9)?,
-            output_tokens: get(&r, 10)?,
-            cached_tokens: get(&r, 11)?,
-            reasoning_tokens: get(&r, 12)?,
-            cost_nanos: get(&r, 13)?,
-            charged_nanos: get(&r, 14)?,
+            success: get(&r, 9)?,
+            input_tokens: get(&r, 10)?,
+            output_tokens: get(&r, 11)?,
+            cached_tokens: get(&r, 12)?,
+            reasoning_tokens: get(&r, 13)?,
+            cost_nanos: get(&r, 14)?,
+            charged_nanos: get(&r, 15)?,
         };
         out.push(RollupRow {
             segment: index,
@@ -116,6 +139,7 @@ pub(super) async fn rollup_query(
                 provider: get(&r, 4)?,
                 source: get(&r, 5)?,
                 endpoint: get(&r, 6)?,
+                user: get(&r, 7)?,
             },
             sums,
         });
@@ -160,6 +184,12 @@ pub(super) async fn records_page(
             let p = placeholder(&mut args, Box::new(v.clone()));
             sql.push_str(&format!(" AND {col} = {p}"));
         }
+    }
+    push_any(&mut sql, &mut args, "end_user", &f.users);
+    if let Some(t) = &f.tag {
+        // Tags are canonical `k=v,k=v` with no comma inside a pair: a whole-pair match.
+        let p = placeholder(&mut args, Box::new(format!(",{t},")));
+        sql.push_str(&format!(" AND strpos(',' || tags || ',', {p}) > 0"));
     }
     let dir = if descending { "DESC" } else { "ASC" };
     let l = placeholder(&mut args, Box::new(limit as i64));

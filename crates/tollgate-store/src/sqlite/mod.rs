@@ -25,8 +25,8 @@ use tollgate_core::StoreError;
 
 use self::conn::{bad_value, Db, Fail};
 use self::rows::{
-    account_from_row, credit_from_row, key_from_row, record_from_row, rollup_sql, rollup_table,
-    CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+    account_from_row, attr_rollup_sql, attr_table, credit_from_row, key_from_row, record_from_row,
+    rollup_sql, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
 };
 
 /// The embedded store.
@@ -66,7 +66,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
         let mut ins = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
         ))?;
         for r in batch {
             let n = ins.execute(params![
@@ -100,6 +100,8 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
                 r.provenance.as_str(),
                 r.charged_nanos,
                 r.anomaly.map(|a| a.as_str()),
+                r.user,
+                (!r.tags.is_empty()).then(|| r.tags.as_str()),
             ])?;
             // Rollups grow only with records that are new, so a replayed journal entry is not
             // counted twice.
@@ -119,6 +121,30 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
                     k.provider,
                     k.source.as_str(),
                     k.endpoint.as_str(),
+                    s.requests,
+                    s.success,
+                    s.input_tokens,
+                    s.output_tokens,
+                    s.cached_tokens,
+                    s.reasoning_tokens,
+                    s.cost_nanos,
+                    s.charged_nanos,
+                ])?;
+            }
+        }
+        for (grain, rows) in deltas.attr_grains() {
+            let mut up = tx.prepare_cached(&attr_rollup_sql(attr_table(grain)))?;
+            for (k, s) in rows {
+                up.execute(params![
+                    k.row.bucket_ms,
+                    k.row.account_id,
+                    k.kind.as_str(),
+                    k.value,
+                    k.row.key_id,
+                    k.row.model,
+                    k.row.provider,
+                    k.row.source.as_str(),
+                    k.row.endpoint.as_str(),
                     s.requests,
                     s.success,
                     s.input_tokens,

@@ -4,12 +4,15 @@
 use rusqlite::types::Type;
 use rusqlite::Row;
 use tollgate_core::account::{Account, ApiKeyRecord, Role};
+use tollgate_core::attribution::Tags;
 use tollgate_core::credit::{CreditEntry, CreditKind};
 use tollgate_core::record::Provenance;
 use tollgate_core::record::{Anomaly, Endpoint, Source, Status, UsageRecord};
 
 use super::conn::bad_value;
-pub(crate) use crate::columns::{rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS};
+pub(crate) use crate::columns::{
+    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS, SUMS_UPDATE,
+};
 
 pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let endpoint: String = r.get(5)?;
@@ -51,6 +54,11 @@ pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
             None => None,
             Some(a) => Some(Anomaly::parse(&a).ok_or_else(|| bad_value(29, "anomaly", &a))?),
         },
+        user: r.get(30)?,
+        tags: match r.get::<_, Option<String>>(31)? {
+            None => Tags::default(),
+            Some(t) => Tags::from_canonical(&t).ok_or_else(|| bad_value(31, "tags", &t))?,
+        },
     })
 }
 
@@ -87,18 +95,24 @@ pub(crate) fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
 
 pub(crate) fn rollup_sql(table: &str) -> String {
     format!(
-        "INSERT INTO {table} (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
+        "INSERT INTO {table} AS t (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
          requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
          charged_nanos) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
          ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-         requests = requests + excluded.requests, success = success + excluded.success, \
-         input_tokens = input_tokens + excluded.input_tokens, \
-         output_tokens = output_tokens + excluded.output_tokens, \
-         cached_tokens = cached_tokens + excluded.cached_tokens, \
-         reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens, \
-         cost_nanos = cost_nanos + excluded.cost_nanos, \
-         charged_nanos = charged_nanos + excluded.charged_nanos"
+         {SUMS_UPDATE}"
+    )
+}
+
+/// The attribution rollup upsert: the main one's, keyed also by `(attr_kind, attr_value)`.
+pub(crate) fn attr_rollup_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS t (bucket_ms, account_id, attr_kind, attr_value, key_id, model, \
+         provider, source, endpoint, requests, success, input_tokens, output_tokens, \
+         cached_tokens, reasoning_tokens, cost_nanos, charged_nanos) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
+         ON CONFLICT (account_id, attr_kind, attr_value, bucket_ms, key_id, model, provider, \
+         source, endpoint) DO UPDATE SET {SUMS_UPDATE}"
     )
 }
 

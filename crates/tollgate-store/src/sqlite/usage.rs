@@ -11,13 +11,14 @@ use rusqlite::{params_from_iter, Connection};
 
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
+    AttrFilter, AttrKind, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow,
+    Segment, Sums,
 };
 use tollgate_core::StoreError;
 
 use super::conn::{Db, Fail};
 use super::rows::{record_from_row, rollup_table as table, RECORD_COLUMNS};
-use crate::columns::{dim_flags, DIM_COLUMNS};
+use crate::columns::{attr_table, dim_flags, reads_attr, DIM_COLUMNS};
 
 /// `AND col IN (?, ?, …)` for a non-empty list.
 fn push_in(sql: &mut String, args: &mut Vec<Value>, col: &str, values: &[String]) {
@@ -48,13 +49,14 @@ fn rollup_query(
     out: &mut Vec<RollupRow>,
 ) -> Result<(), Fail> {
     let flags = dim_flags(dims);
-    let grouped = seg.split || flags.iter().any(|&f| f);
+    let grouped = seg.split || dims.user || flags.iter().any(|&f| f);
     let mut args: Vec<Value> = Vec::new();
     let mut select = String::from("SELECT bucket_ms");
     for (col, on) in DIM_COLUMNS.iter().zip(flags) {
         select.push_str(", ");
         select.push_str(if on { col } else { "NULL" });
     }
+    select.push_str(if dims.user { ", attr_value" } else { ", NULL" });
     if grouped {
         select.push_str(
             ", requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
@@ -66,7 +68,18 @@ fn rollup_query(
              SUM(cached_tokens), SUM(reasoning_tokens), SUM(cost_nanos), SUM(charged_nanos) FROM ",
         );
     }
-    select.push_str(table(seg.grain));
+    let attr = reads_attr(filter, dims);
+    if attr {
+        select.push_str(attr_table(seg.grain));
+        if filter.attribution == AttrFilter::All {
+            // Every user's rows in the range, not every user's history.
+            select.push_str(" INDEXED BY ");
+            select.push_str(attr_table(seg.grain));
+            select.push_str("_time");
+        }
+    } else {
+        select.push_str(table(seg.grain));
+    }
     match &filter.accounts {
         // Every account: one index seek per account rather than a scan of the table.
         None => select.push_str(" WHERE account_id IN (SELECT id FROM accounts)"),
@@ -87,6 +100,16 @@ fn rollup_query(
         .map(|e| e.as_str().to_string())
         .collect();
     push_in(&mut select, &mut args, "endpoint", &endpoints);
+    if attr {
+        let (kind, values) = match &filter.attribution {
+            AttrFilter::Tag(t) => (AttrKind::Tag, std::slice::from_ref(t)),
+            AttrFilter::Users(u) => (AttrKind::User, u.as_slice()),
+            AttrFilter::All => (AttrKind::User, &[][..]),
+        };
+        select.push_str(" AND attr_kind = ?");
+        args.push(Value::Text(kind.as_str().to_string()));
+        push_in(&mut select, &mut args, "attr_value", values);
+    }
     let mut stmt = c.prepare_cached(&select)?;
     let mut rows = stmt.query(params_from_iter(args))?;
     // (bucket, dims) -> position in `out`; the key buffer is reused, so a row that joins an
@@ -95,18 +118,18 @@ fn rollup_query(
     let mut key = String::new();
     while let Some(r) = rows.next()? {
         // An aggregate without GROUP BY yields one row of NULLs when nothing matched.
-        let Some(requests) = r.get::<_, Option<i64>>(7)? else {
+        let Some(requests) = r.get::<_, Option<i64>>(8)? else {
             continue;
         };
         let sums = Sums {
             requests,
-            success: r.get(8)?,
-            input_tokens: r.get(9)?,
-            output_tokens: r.get(10)?,
-            cached_tokens: r.get(11)?,
-            reasoning_tokens: r.get(12)?,
-            cost_nanos: r.get(13)?,
-            charged_nanos: r.get(14)?,
+            success: r.get(9)?,
+            input_tokens: r.get(10)?,
+            output_tokens: r.get(11)?,
+            cached_tokens: r.get(12)?,
+            reasoning_tokens: r.get(13)?,
+            cost_nanos: r.get(14)?,
+            charged_nanos: r.get(15)?,
         };
         let bucket_ms: i64 = if seg.split { r.get(0)? } else { seg.start_ms };
         if !grouped {
@@ -120,7 +143,7 @@ fn rollup_query(
         }
         key.clear();
         let _ = write!(key, "{bucket_ms}");
-        for i in 1..=6 {
+        for i in 1..=7 {
             key.push('\u{1f}');
             if let ValueRef::Text(t) = r.get_ref(i)? {
                 key.push_str(&String::from_utf8_lossy(t));
@@ -141,6 +164,7 @@ fn rollup_query(
                 provider: r.get(4)?,
                 source: r.get(5)?,
                 endpoint: r.get(6)?,
+                user: r.get(7)?,
             },
             sums,
         });
@@ -185,6 +209,12 @@ fn records_query(
             sql.push_str(&format!(" AND {col} = ?"));
             args.push(Value::Text(v.clone()));
         }
+    }
+    push_in(&mut sql, &mut args, "end_user", &f.users);
+    if let Some(t) = &f.tag {
+        // Tags are canonical `k=v,k=v` with no comma inside a pair: a whole-pair match.
+        sql.push_str(" AND instr(',' || tags || ',', ?) > 0");
+        args.push(Value::Text(format!(",{t},")));
     }
     let dir = if descending { "DESC" } else { "ASC" };
     sql.push_str(&format!(

@@ -26,7 +26,8 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@rollups $open;
             rollup_buckets_equal_record_sums_in_every_zone,
             record_pages_walk_every_record_once,
-            rollups_filter_by_endpoint
+            rollups_filter_by_endpoint,
+            attribution_rollups_equal_record_sums
         );
         $crate::conformance_suite!(@retention $open;
             retention_drops_old_records_and_keeps_rollups,

@@ -2,6 +2,7 @@
 // Test code: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod attribution;
 mod authz;
 mod boundary;
 mod bounds;

@@ -1234,6 +1234,8 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             streamed: false,
             provenance: Provenance::Provider,
             anomaly: None,
+            user: None,
+            tags: Default::default(),
         })
         .collect();
     let mut expected: Vec<(i64, String)> = batch

@@ -287,7 +287,7 @@
   };
 
   // ---- Usage over time ----
-  const usageState = { metric: "cost", granularity: "day", period: "last_7_days", group: "model", tz: null };
+  const usageState = { metric: "cost", granularity: "day", period: "last_7_days", group: "model", tz: null, user: "", tag: "" };
   const PALETTE = ["#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#06b6d4", "#ec4899", "#84cc16", "#f97316", "#64748b"];
   const metricValue = (p, metric) => (metric === "cost" ? p.cost_nanos : metric === "tokens" ? p.tokens : p.requests);
   const metricText = (v, metric) => (metric === "cost" ? usdNanos(v) : int(v));
@@ -311,15 +311,20 @@
     const dl = h("span", {});
     const metric = select([["cost", "Cost (USD)"], ["tokens", "Tokens"], ["requests", "Requests"]], st.metric, { name: "metric" });
     const gran = select([["hour", "Hour"], ["day", "Day"], ["week", "Week"], ["month", "Month"]], st.granularity, { name: "granularity" });
-    const group = select([["model", "Model"], ["key", "Key"], ["provider", "Provider"]], st.group, { name: "group" });
+    const group = select([["model", "Model"], ["key", "Key"], ["provider", "Provider"], ["user", "End user"]], st.group, { name: "group" });
+    // Who spent it: one end user (x-tollgate-user, `user`, `metadata.user_id`) or one tag.
+    const userIn = h("input", { name: "user", type: "search", placeholder: "any", value: st.user, spellcheck: "false", autocomplete: "off" });
+    const tagIn = h("input", { name: "tag", type: "search", placeholder: "key=value", value: st.tag, spellcheck: "false", autocomplete: "off" });
     // Controls changed in quick succession: only the newest answer is drawn.
     let seq = 0;
     const draw = async () => {
       const mine = ++seq;
-      const data = await api(`/dashboard/api/series${q(Object.assign(rangeParams(st), { granularity: st.granularity, group: st.group }))}`);
+      const who = { user: st.user, tag: st.tag };
+      const data = await api(`/dashboard/api/series${q(Object.assign(rangeParams(st), { granularity: st.granularity, group: st.group }, who))}`);
       if (mine !== seq) return;
-      dl.replaceChildren(csvLink({ start: data.meta.startDate, end: data.meta.endDate, timezone: data.meta.timezone }));
+      dl.replaceChildren(csvLink(Object.assign({ start: data.meta.startDate, end: data.meta.endDate, timezone: data.meta.timezone }, who)));
       plot(chartBox, tip, legend, data, st.metric);
+      chartBox.dataset.who = `${who.user}|${who.tag}`;
       const total = data.groups.reduce((a, g) => a + g.points.reduce((b, p) => b + metricValue(p, st.metric), 0), 0);
       summary.textContent = `${data.meta.startDate} to ${data.meta.endDate} (${data.meta.timezone}) · ${data.buckets.length} ${data.meta.granularity} buckets · total ${metricText(total, st.metric)}`;
     };
@@ -327,8 +332,11 @@
     metric.addEventListener("change", () => { st.metric = metric.value; redraw(); });
     gran.addEventListener("change", () => { st.granularity = gran.value; redraw(); });
     group.addEventListener("change", () => { st.group = group.value; redraw(); });
+    userIn.addEventListener("change", () => { st.user = userIn.value.trim(); redraw(); });
+    tagIn.addEventListener("change", () => { st.tag = tagIn.value.trim(); redraw(); });
     main.replaceChildren(h("h1", { text: "Usage over time" }),
-      h("div", { class: "controls" }, field("Metric", metric), field("Granularity", gran), ...rangeControls(st, redraw), field("Stack by", group), h("div", {}, dl)),
+      h("div", { class: "controls" }, field("Metric", metric), field("Granularity", gran), ...rangeControls(st, redraw), field("Stack by", group),
+        field("End user", userIn), field("Tag", tagIn), h("div", {}, dl)),
       h("div", { class: "card chart-card" }, chartBox, tip, legend), summary);
     await draw();
   };
