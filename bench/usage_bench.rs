@@ -22,7 +22,8 @@
 //!
 //! Data: 90 days of requests ending 2026-06-30T12:00Z, 50 accounts; the benchmarked account makes
 //! 20% of them (so at 10M records it has ~2M, ~900 per hour) over 4 keys, 10 models, platform
-//! and bring-your-own-key sources, 3 endpoints, 3 statuses.
+//! and bring-your-own-key sources, 3 endpoints, 3 statuses; half the requests name one of 1,000
+//! end users, 80% carry a `feature` tag (of 8) and 30% a `team` tag (of 4).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -437,6 +438,12 @@ async fn main() {
         ("OpenAI completions 24 x 1h by model+key", format!("/v1/organization/usage/completions?start_time={}&end_time={e30}&bucket_width=1h&group_by=model&group_by=api_key_id&project_ids={acct}", e30 - 86_400), true),
         ("OpenAI costs 30 x 1d by line item", format!("/v1/organization/costs?start_time={s30}&end_time={e30}&limit=30&group_by=line_item&project_ids={acct}"), true),
         ("Export 1 hour (CSV)", "/v1/usage/export?format=csv&start=2026-06-30T11:00:00Z&end=2026-06-30T12:00:00Z".into(), false),
+        ("Runtype 30 days per model per day, one end user", "/v1/model-usage?period=last_30_days&granularity=day&user=user_0042".into(), false),
+        ("Runtype 30 days per model per day, one tag", "/v1/model-usage?period=last_30_days&granularity=day&tag=feature=f3".into(), false),
+        ("Runtype 30 days, one tag, America/New_York", "/v1/model-usage?period=last_30_days&tag=feature=f3&timezone=America/New_York".into(), false),
+        ("OpenAI completions 30 x 1d by user (1,000 users)", format!("/v1/organization/usage/completions?start_time={s30}&end_time={e30}&bucket_width=1d&limit=30&group_by=user_id&project_ids={acct}"), true),
+        ("OpenAI completions 24 x 1h by user", format!("/v1/organization/usage/completions?start_time={}&end_time={e30}&bucket_width=1h&group_by=user_id&project_ids={acct}", e30 - 86_400), true),
+        ("Export 1 hour, one end user (CSV)", "/v1/usage/export?format=csv&start=2026-06-30T11:00:00Z&end=2026-06-30T12:00:00Z&user=user_0042".into(), false),
         ("Dashboard chart 30 days per day by model", "/dashboard/api/series?period=last_30_days&granularity=day&group=model".into(), false),
         ("Dashboard chart 30 days per day by key, America/New_York", "/dashboard/api/series?period=last_30_days&granularity=day&group=key&timezone=America/New_York".into(), false),
         ("Dashboard chart 7 days per hour by provider", "/dashboard/api/series?period=last_7_days&granularity=hour&group=provider".into(), false),

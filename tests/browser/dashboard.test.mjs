@@ -114,6 +114,13 @@ allow_private_targets = true
   assert.equal(msg.status, 200, msg.text);
   // More than one page of the request log (25 a page).
   for (let i = 0; i < 20; i++) assert.equal((await chat(keyA.key, "gpt-4o-mini")).status, 200);
+  // Attributed traffic: two end users, one of them on two models, and a tag.
+  for (const [model, user, tags] of [["gpt-4o", "cust-1", "feature=search"], ["gpt-4o-mini", "cust-1", ""], ["gpt-4o-mini", "cust-2", "feature=search"]]) {
+    const headers = { "x-tollgate-user": user };
+    if (tags) headers["x-tollgate-tags"] = tags;
+    const r = await call("POST", "/v1/chat/completions", keyA.key, { model, messages: [{ role: "user", content: "attributed" }] }, headers);
+    assert.equal(r.status, 200, r.text);
+  }
   assert.equal((await chat(keyA.key, "gpt-unknown-model")).status, 404);
 
   context = await chromium.launchPersistentContext(path.join(work, "chromium-profile"), {
@@ -199,7 +206,7 @@ test("overview numbers equal /v1/usage and /v1/credits", async () => {
   assert.equal(num(await statText("available")), c.available_credits);
   assert.equal(num(await statText("held")), c.uncollected_micro / 1e6);
   assert.equal(num(await statText("in-flight")), 0);
-  assert.equal(u.daily.request_count, 26, "the workload: 25 successes and 1 refusal for team-a today");
+  assert.equal(u.daily.request_count, 29, "the workload: 28 successes and 1 refusal for team-a today");
   noNewErrors(since, "overview");
 });
 
@@ -268,6 +275,57 @@ test("the usage chart: expected points, stacked series, tooltip with exact value
   await page.getByLabel("Period").selectOption("last_7_days");
   await page.waitForFunction(() => document.querySelector("#chart")?.dataset.points === "7");
   noNewErrors(since, "usage");
+});
+
+test("the usage chart filters by end user and by tag, and stacks by end user", async () => {
+  const since = consoleErrors.length;
+  await goto("#/usage");
+  const chart = page.locator("#chart");
+  // The chart's numbers are /v1/model-usage's, with the same filters.
+  const rt = async (extra) => ok("GET", `/v1/model-usage?period=last_7_days&granularity=day&timezone=${encodeURIComponent(TZ)}&${extra}`, keyA.key);
+  const total = async () => num((await page.locator("#chart-summary").innerText()).match(/total ([\d,]+)/)[1]);
+  await page.getByLabel("Metric").selectOption("requests");
+  await page.getByLabel("Stack by").selectOption("model");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("requests/day/model/"));
+  const user = page.getByLabel("End user");
+  await user.fill("cust-1");
+  await user.dispatchEvent("change");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.who === "cust-1|");
+  const one = await rt("user=cust-1");
+  assert.equal(Number(await chart.getAttribute("data-series")), Object.keys(one.usageByModel).length);
+  assert.equal(Object.keys(one.usageByModel).length, 2, "cust-1 used two models");
+  assert.equal(await total(), one.timeSeries.reduce((a, p) => a + p.requests, 0));
+  assert.equal(await total(), 2);
+  await user.fill("");
+  await user.dispatchEvent("change");
+  const tag = page.getByLabel("Tag");
+  await tag.fill("feature=search");
+  await tag.dispatchEvent("change");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.who === "|feature=search");
+  const tagged = await rt("tag=feature%3Dsearch");
+  assert.equal(await total(), tagged.timeSeries.reduce((a, p) => a + p.requests, 0));
+  assert.equal(await total(), 2);
+  // A bad tag is the API's 400, shown, not a blank chart.
+  await tag.fill("feature");
+  await tag.dispatchEvent("change");
+  await page.waitForFunction(() => /tag/.test(document.querySelector("#chart-summary")?.textContent || "") && document.querySelector("#chart-summary")?.className === "error");
+  await tag.fill("");
+  await tag.dispatchEvent("change");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.who === "|");
+  // Stacked by end user: cust-1, cust-2 and the usage that named none.
+  await page.getByLabel("Stack by").selectOption("user");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("requests/day/user/"));
+  assert.equal(await chart.getAttribute("data-series"), "3");
+  const legend = await page.locator("#chart-legend").innerText();
+  for (const label of ["cust-1", "cust-2", "(no end user)"]) assert.ok(legend.includes(label), legend);
+  const all = await rt("");
+  assert.equal(await total(), all.timeSeries.reduce((a, p) => a + p.requests, 0));
+  await page.getByLabel("Stack by").selectOption("model");
+  await page.getByLabel("Metric").selectOption("cost");
+  await page.waitForFunction(() => document.querySelector("#chart")?.dataset.drawn?.startsWith("cost/day/model/"));
+  // The one 400 asked for above is the only console error (Chromium logs the failed fetch).
+  const errs = consoleErrors.slice(since).filter((e) => !/status of 400/.test(e));
+  assert.deepEqual(errs, [], "console errors on usage filters");
 });
 
 test("models table equals /v1/model-usage for the month", async () => {

@@ -326,6 +326,7 @@
       plot(chartBox, tip, legend, data, st.metric);
       chartBox.dataset.who = `${who.user}|${who.tag}`;
       const total = data.groups.reduce((a, g) => a + g.points.reduce((b, p) => b + metricValue(p, st.metric), 0), 0);
+      summary.className = "muted";
       summary.textContent = `${data.meta.startDate} to ${data.meta.endDate} (${data.meta.timezone}) · ${data.buckets.length} ${data.meta.granularity} buckets · total ${metricText(total, st.metric)}`;
     };
     const redraw = () => draw().catch((e) => { summary.textContent = e.message; summary.className = "error"; });
