@@ -1,7 +1,7 @@
 //! What both backends' schemas share: the column lists, in the order the row readers expect,
 //! and the rollup table of each grain.
 
-use tollgate_core::rollup::{AttrFilter, Dims, Grain, RollupFilter};
+use tollgate_core::rollup::{AttrFilter, AttrKind, Dims, Grain, RollupFilter};
 
 pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
@@ -37,6 +37,16 @@ pub(crate) fn attr_table(g: Grain) -> &'static str {
 /// user.
 pub(crate) fn reads_attr(filter: &RollupFilter, dims: Dims) -> bool {
     dims.user || filter.attribution != AttrFilter::All
+}
+
+/// The attribution rows a query reads: their kind, and the values wanted (empty: every value
+/// of that kind, for grouping by user).
+pub(crate) fn attr_rows(f: &AttrFilter) -> (AttrKind, &[String]) {
+    match f {
+        AttrFilter::Tag(t) => (AttrKind::Tag, std::slice::from_ref(t)),
+        AttrFilter::Users(u) => (AttrKind::User, u.as_slice()),
+        AttrFilter::All => (AttrKind::User, &[]),
+    }
 }
 
 /// The rollup's dimension columns, in `GroupKey` order.

@@ -6,14 +6,13 @@ use deadpool_postgres::Object;
 use tokio_postgres::types::ToSql;
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    AttrFilter, AttrKind, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow,
-    Segment, Sums,
+    Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
 };
 use tollgate_core::StoreError;
 
 use super::conn::classify;
 use super::rows::{attr_table, get, record_from_row, rollup_table, RECORD_COLUMNS};
-use crate::columns::{dim_flags, reads_attr, DIM_COLUMNS};
+use crate::columns::{attr_rows, dim_flags, reads_attr, DIM_COLUMNS};
 
 type Arg = Box<dyn ToSql + Sync + Send>;
 
@@ -100,11 +99,7 @@ pub(super) async fn rollup_query(
         .collect();
     push_any(&mut select, &mut args, "endpoint", &endpoints);
     if attr {
-        let (kind, values) = match &filter.attribution {
-            AttrFilter::Tag(t) => (AttrKind::Tag, std::slice::from_ref(t)),
-            AttrFilter::Users(u) => (AttrKind::User, u.as_slice()),
-            AttrFilter::All => (AttrKind::User, &[][..]),
-        };
+        let (kind, values) = attr_rows(&filter.attribution);
         let k = placeholder(&mut args, Box::new(kind.as_str()));
         select.push_str(&format!(" AND attr_kind = {k}"));
         push_any(&mut select, &mut args, "attr_value", values);

@@ -11,14 +11,13 @@ use rusqlite::{params_from_iter, Connection};
 
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
-    AttrFilter, AttrKind, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow,
-    Segment, Sums,
+    AttrFilter, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
 };
 use tollgate_core::StoreError;
 
 use super::conn::{Db, Fail};
 use super::rows::{record_from_row, rollup_table as table, RECORD_COLUMNS};
-use crate::columns::{attr_table, dim_flags, reads_attr, DIM_COLUMNS};
+use crate::columns::{attr_rows, attr_table, dim_flags, reads_attr, DIM_COLUMNS};
 
 /// `AND col IN (?, ?, …)` for a non-empty list.
 fn push_in(sql: &mut String, args: &mut Vec<Value>, col: &str, values: &[String]) {
@@ -101,11 +100,7 @@ fn rollup_query(
         .collect();
     push_in(&mut select, &mut args, "endpoint", &endpoints);
     if attr {
-        let (kind, values) = match &filter.attribution {
-            AttrFilter::Tag(t) => (AttrKind::Tag, std::slice::from_ref(t)),
-            AttrFilter::Users(u) => (AttrKind::User, u.as_slice()),
-            AttrFilter::All => (AttrKind::User, &[][..]),
-        };
+        let (kind, values) = attr_rows(&filter.attribution);
         select.push_str(" AND attr_kind = ?");
         args.push(Value::Text(kind.as_str().to_string()));
         push_in(&mut select, &mut args, "attr_value", values);
