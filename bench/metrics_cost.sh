@@ -130,14 +130,20 @@ EOF
 		log "$mode: $N requests"
 		python3 "$WORK/drive.py" "$port" "$key" "$mode" "$N" "$SCRAPES"
 		callgrind_control --dump="$mode" "$pid" >/dev/null
+		# The dump is written when the process next runs; give it the moment.
+		sleep 2
 	done
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
+	# Dumps are numbered in the order they were asked for: .1 after JSON, .2 after SSE (the
+	# final dump at exit, of the shutdown, is not used).
+	n=1
 	for mode in json sse; do
-		# Dumps are numbered in order: .1 after JSON, .2 after SSE.
-		f=$(grep -l "^desc: Trigger: Client Request: $mode" "$dir"/cg.out.* | head -1)
-		[[ -n $f ]] || die "no callgrind dump for $mode"
+		f="$dir/cg.out.$n"
+		[[ -s $f ]] || die "no callgrind dump $f for $mode: $(ls "$dir")"
 		IR[$metrics/$mode]=$(total_ir "$f")
+		[[ -n ${IR[$metrics/$mode]} ]] || die "no instruction total in $f"
+		n=$((n + 1))
 	done
 done
 

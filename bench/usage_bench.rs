@@ -210,6 +210,7 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         anomaly: None,
         user,
         tags,
+        price_version: Some("pt_usagebench0000".into()),
     }
 }
 

@@ -186,6 +186,10 @@ pub struct UsageRecord {
     /// `x-tollgate-tags`, canonical.
     #[serde(default, skip_serializing_if = "Tags::is_empty")]
     pub tags: Tags,
+    /// The version of the price table that priced it (`PriceTable::version`, a content hash);
+    /// `None` for records priced at zero without a table (refused) and for records older than it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<String>,
 }
 
 /// Why a record's numbers deserve a second look.

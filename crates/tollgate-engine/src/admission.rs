@@ -123,6 +123,7 @@ impl Engine {
             req,
             provider.name.clone(),
             price,
+            self.prices.version(),
             source,
             fee,
             hold,

@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 
 use tollgate_core::account::{Caller, Role};
 use tollgate_core::calendar::MINUTE_MS;
+use tollgate_core::pricing::reprice::{Repriced, Repricing};
+use tollgate_core::pricing::PriceTable;
 use tollgate_core::record::UsageRecord;
 use tollgate_core::rollup::{
     self, cover, AttrFilter, Dims, GroupKey, RecordCursor, RecordFilter, RollupFilter, Sums,
 };
+use tollgate_core::store::Store;
 use tollgate_core::{Code, DomainError};
 
 use crate::Engine;
@@ -227,4 +230,56 @@ impl Engine {
         let v = self.credits.view(account_id).await?;
         Ok(v.balance_nanos.saturating_sub(v.held_nanos))
     }
+}
+
+/// What the records created in `[start_ms, end_ms)` (of one account, or every account)
+/// would have cost under `table`, beside what they cost and were charged (see
+/// `pricing::reprice`). Walks the raw records in keyset pages; changes nothing. Records
+/// dropped by retention are not there to re-price.
+pub async fn reprice(
+    store: &dyn Store,
+    table: &PriceTable,
+    account_id: Option<&str>,
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Repriced, DomainError> {
+    const PAGE: usize = 2000;
+    let accounts = match account_id {
+        Some(id) => {
+            if store.get_account(id).await?.is_none() {
+                return Err(not_found("account_id", "account", id));
+            }
+            vec![id.to_string()]
+        }
+        None => store
+            .list_accounts()
+            .await?
+            .into_iter()
+            .map(|a| a.id)
+            .collect(),
+    };
+    let mut fold = Repricing::default();
+    for account_id in accounts {
+        let filter = RecordFilter {
+            account_id,
+            start_ms,
+            end_ms,
+            ..RecordFilter::default()
+        };
+        let mut after = None;
+        loop {
+            let page = store
+                .records_page(filter.clone(), after, false, PAGE)
+                .await?;
+            page.iter().for_each(|r| fold.add(r, table));
+            after = match page.last() {
+                Some(r) if page.len() == PAGE => Some(RecordCursor {
+                    created_at_ms: r.created_at_ms,
+                    request_id: r.request_id.clone(),
+                }),
+                _ => break,
+            };
+        }
+    }
+    Ok(fold.finish())
 }

@@ -117,6 +117,7 @@ impl Ticket {
         req: &ProxyRequest,
         provider: String,
         price: &PriceEntry,
+        price_version: &str,
         source: Source,
         byok_fee_bps: i64,
         hold: Hold,
@@ -142,6 +143,7 @@ impl Ticket {
             input_tokens: 0,
             user: arrival.attribution.user.take(),
             tags: std::mem::take(&mut arrival.attribution.tags),
+            price_version: Some(price_version.to_string()),
         };
         Self {
             start: Arc::new(Mutex::new(StartState::Pending)),
@@ -401,6 +403,7 @@ fn record_of(s: &RequestStart, usage: &Usage, priced: Priced, end: End) -> Usage
         anomaly: None,
         user: s.user.clone(),
         tags: s.tags.clone(),
+        price_version: s.price_version.clone(),
     }
 }
 
@@ -478,6 +481,8 @@ pub(crate) fn refused_record(
         input_tokens: 0,
         user: arrival.attribution.user.clone(),
         tags: arrival.attribution.tags.clone(),
+        // Zero prices, from no table.
+        price_version: None,
     };
     record_of(
         &start,

@@ -1,6 +1,7 @@
-//! The admin API: accounts, keys, and raw usage records. Admin keys only; a user key gets 403.
+//! The admin API: accounts, keys, raw usage records and re-pricing. Admin keys only; a user key
+//! gets 403.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -12,10 +13,15 @@ use tollgate_core::Code;
 
 use crate::error::ApiError;
 use crate::extract::{Admin, LimitedBody};
+use crate::params::Params;
 use crate::routes::{Access, Routes};
 use tollgate_core::account::{KeyLimits, Role};
+use tollgate_core::calendar::{MAX_MS, MIN_MS};
 use tollgate_core::credit::CreditKind;
+use tollgate_core::pricing::reprice::Repriced;
+use tollgate_core::pricing::PriceTable;
 use tollgate_core::store::RecordQuery;
+use tollgate_engine::reports::reprice;
 
 pub fn routes() -> Routes {
     use Access::Admin;
@@ -41,6 +47,8 @@ pub fn routes() -> Routes {
         )
         .delete("/keys/{id}", Admin, revoke_key)
         .patch("/keys/{id}", Admin, update_key)
+        .get("/reprice", Admin, reprice_current)
+        .post("/reprice", Admin, reprice_with)
         .get("/requests", Admin, list_requests)
         .get("/requests/{id}", Admin, get_request)
 }
@@ -174,6 +182,77 @@ async fn list_requests(
         })
         .await?;
     Ok(Json(json!({ "object": "list", "data": records })).into_response())
+}
+
+/// `from` / `to` (a date, RFC 3339 or Unix seconds; `to` of a date is inclusive) and
+/// `account_id` of a re-pricing.
+async fn reprice_params(
+    s: &AppState,
+    raw: Option<&str>,
+) -> Result<(Option<String>, i64, i64), ApiError> {
+    let p = Params::parse(raw);
+    let tz = p.timezone()?;
+    let start = p.instant("from", tz, false)?.unwrap_or(MIN_MS);
+    let end = p.instant("to", tz, true)?.unwrap_or(MAX_MS);
+    if end <= start {
+        return Err(ApiError::invalid("to", "`to` must be after `from`"));
+    }
+    let account = p.get("account_id")?.map(String::from);
+    if let Some(a) = &account {
+        existing_account(s, a)
+            .await
+            .map_err(|e| e.with_param("account_id"))?;
+    }
+    Ok((account, start, end))
+}
+
+fn repriced(table: &PriceTable, out: Repriced, start: i64, end: i64) -> Response {
+    Json(json!({
+        "object": "reprice",
+        "from": (start != MIN_MS).then_some(start),
+        "to": (end != MAX_MS).then_some(end),
+        "price_version": table.version(),
+        "totals": out.totals,
+        "models": out.models,
+        "records_by_price_version": out.price_versions,
+    }))
+    .into_response()
+}
+
+/// `GET /admin/reprice?from=&to=&account_id=`: the period re-priced with the table the gateway
+/// runs now; after a price change, what the old requests would cost today.
+async fn reprice_current(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Extension(ctx): Extension<RequestCtx>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    let (account, start, end) = reprice_params(&s, q.as_deref()).await?;
+    ctx.read_your_writes(&s).await;
+    let table = &s.engine.prices;
+    let out = reprice(&*s.engine.store, table, account.as_deref(), start, end).await?;
+    Ok(repriced(table, out, start, end))
+}
+
+/// `POST /admin/reprice?from=&to=&account_id=` with a price file as the body (tollgate's
+/// `{"models": [...]}` or LiteLLM's `model_prices_and_context_window.json`): the period
+/// re-priced with that table. Changes nothing.
+async fn reprice_with(
+    State(s): State<SharedState>,
+    Admin(_): Admin,
+    Extension(ctx): Extension<RequestCtx>,
+    RawQuery(q): RawQuery,
+    LimitedBody(body): LimitedBody,
+) -> Result<Response, ApiError> {
+    let (account, start, end) = reprice_params(&s, q.as_deref()).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(Code::InvalidJson, "the price file is not UTF-8 text"))?;
+    let table = PriceTable::from_file(text).map_err(|e| {
+        ApiError::new(Code::InvalidRequest, format!("not a price file: {e}")).with_param("body")
+    })?;
+    ctx.read_your_writes(&s).await;
+    let out = reprice(&*s.engine.store, &table, account.as_deref(), start, end).await?;
+    Ok(repriced(&table, out, start, end))
 }
 
 async fn get_request(

@@ -8,7 +8,7 @@ pub(crate) const RECORD_COLUMNS: &str =
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos, anomaly, end_user, tags";
+    streamed, provenance, charged_nanos, anomaly, end_user, tags, price_version";
 
 pub(crate) const KEY_COLUMNS: &str =
     "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";

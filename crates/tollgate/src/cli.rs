@@ -8,10 +8,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use tollgate_core::account::Role;
+use tollgate_core::calendar::{self, MAX_MS, MIN_MS};
 use tollgate_core::clock::{SharedClock, SystemClock};
 use tollgate_core::credit::CreditKind;
 use tollgate_core::money::{nanos_to_usd_string, parse_decimal_scaled};
-use tollgate_core::pricing::import_litellm;
+use tollgate_core::pricing::{import_litellm, PriceTable};
 use tollgate_core::store::{RecordStore, Store};
 use tollgate_engine::credits::Credits;
 use tollgate_engine::keys::KeyService;
@@ -142,6 +143,26 @@ pub enum PricesCmd {
     List,
     /// Import LiteLLM's model_prices_and_context_window.json; config [prices] still win.
     Import { file: PathBuf },
+    /// What recorded requests would have cost under another price table, per model and in
+    /// total, beside what they cost and were charged. Reads the store; changes nothing.
+    Reprice {
+        /// A price file (tollgate's `{"models": [...]}` or LiteLLM's JSON); without it, the
+        /// table this config prices with now.
+        #[arg(long)]
+        prices: Option<PathBuf>,
+        /// From this date (YYYY-MM-DD, UTC), RFC 3339 time or Unix seconds.
+        #[arg(long)]
+        from: Option<String>,
+        /// To this date (inclusive), RFC 3339 time or Unix seconds (exclusive).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this account.
+        #[arg(long)]
+        account: Option<String>,
+        /// Print the JSON `POST /admin/reprice` answers, instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -150,7 +171,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => serve(config).await,
         Command::CheckConfig => check_config(&config),
-        Command::Prices(cmd) => prices(config, cmd),
+        Command::Prices(cmd) => prices(config, cmd).await,
         // Chores on the store: opened once, here.
         Command::Accounts(cmd) => accounts(&config, &open_store(&config).await?, clock, cmd).await,
         Command::Keys(cmd) => keys(&config, &open_store(&config).await?, clock, cmd).await,
@@ -449,7 +470,97 @@ async fn keys(
     Ok(())
 }
 
-fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
+/// A `--from` / `--to` bound: a UTC date (its start, or with `end` the next day's), an RFC 3339
+/// time or Unix seconds.
+fn bound(v: Option<&str>, end: bool, default: i64) -> anyhow::Result<i64> {
+    let Some(v) = v else { return Ok(default) };
+    if let (Some(d), Some(utc)) = (calendar::parse_date(v), calendar::parse_tz("UTC")) {
+        let d = if end { d.succ_opt().unwrap_or(d) } else { d };
+        return Ok(calendar::day_start(utc, d));
+    }
+    if let Some(t) = calendar::parse_rfc3339(v) {
+        return Ok(t);
+    }
+    match v.parse::<i64>() {
+        Ok(secs) if (0..=MAX_MS / 1000).contains(&secs) => Ok(secs * 1000),
+        _ => anyhow::bail!("`{v}` is not a date (YYYY-MM-DD), an RFC 3339 time or Unix seconds"),
+    }
+}
+
+async fn reprice_cmd(
+    config: &Config,
+    prices: Option<PathBuf>,
+    (from, to): (Option<String>, Option<String>),
+    account: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let table = match &prices {
+        Some(f) => PriceTable::from_file(&std::fs::read_to_string(f)?)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?,
+        None => load_price_table(config)?,
+    };
+    let start = bound(from.as_deref(), false, MIN_MS)?;
+    let end = bound(to.as_deref(), true, MAX_MS)?;
+    anyhow::ensure!(end > start, "--to must be after --from");
+    let store = open_store(config).await?;
+    let out = tollgate_engine::reports::reprice(&*store, &table, account.as_deref(), start, end)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    if json {
+        let v = serde_json::json!({
+            "object": "reprice",
+            "price_version": table.version(),
+            "totals": out.totals,
+            "models": out.models,
+            "records_by_price_version": out.price_versions,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let usd = |n: i64| nanos_to_usd_string(n);
+    println!(
+        "re-priced with {} ({} models)",
+        table.version(),
+        table.len()
+    );
+    println!("model\trequests\tcost_usd\trepriced_usd\tdifference_usd");
+    for m in &out.models {
+        let (r, d) = match (m.repriced_cost_nanos, m.difference_nanos) {
+            (Some(r), Some(d)) => (usd(r), usd(d)),
+            _ => ("(no price)".to_string(), "-".to_string()),
+        };
+        println!(
+            "{}\t{}\t{}\t{r}\t{d}",
+            m.model,
+            m.requests,
+            usd(m.cost_nanos)
+        );
+    }
+    let t = &out.totals;
+    println!(
+        "total\t{}\t{}\t{}\t{}",
+        t.requests,
+        usd(t.cost_nanos),
+        usd(t.repriced_cost_nanos.saturating_add(t.unpriced_cost_nanos)),
+        usd(t.difference_nanos)
+    );
+    println!("charged (credits debited): {} USD", usd(t.charged_nanos));
+    if t.unpriced_cost_nanos > 0 {
+        println!(
+            "models the table does not price are counted at their recorded cost ({} USD)",
+            usd(t.unpriced_cost_nanos)
+        );
+    }
+    if t.unreproduced > 0 {
+        println!(
+            "warning: {} records' own unit prices do not reproduce their recorded cost",
+            t.unreproduced
+        );
+    }
+    Ok(())
+}
+
+async fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
     match cmd {
         PricesCmd::List => {
             let table = load_price_table(&config)?;
@@ -468,6 +579,13 @@ fn prices(config: Config, cmd: PricesCmd) -> anyhow::Result<()> {
                 );
             }
         }
+        PricesCmd::Reprice {
+            prices,
+            from,
+            to,
+            account,
+            json,
+        } => reprice_cmd(&config, prices, (from, to), account, json).await?,
         PricesCmd::Import { file } => {
             let text = std::fs::read_to_string(&file)?;
             let entries = import_litellm(&text)?;

@@ -4,13 +4,17 @@
 //! (the cost, or the bring-your-own-key fee).
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Code, DomainError};
 use crate::metering::Usage;
 use crate::money::{div_round_half_up, parse_decimal_scaled, usd_per_mtok_to_nanos, MoneyError};
 use crate::record::{bounds, Source};
+
+pub mod reprice;
 
 const BUNDLED: &str = include_str!("prices.json");
 
@@ -56,6 +60,8 @@ pub struct PriceOverride {
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
     entries: HashMap<String, PriceEntry>,
+    /// `version()`, computed once the table is complete (reset by `insert`).
+    version: OnceLock<String>,
 }
 
 #[derive(Deserialize)]
@@ -73,6 +79,35 @@ struct BundledEntry {
     cached_input: Option<String>,
     cache_write: Option<String>,
     max_output_tokens: u64,
+}
+
+impl BundledEntry {
+    fn into_entry(self) -> Result<PriceEntry, MoneyError> {
+        let price = |s: &str| within_price_bound(usd_per_mtok_to_nanos(s)?, || s.to_string());
+        let input = price(&self.input)?;
+        Ok(PriceEntry {
+            prices: UnitPrices {
+                input,
+                output: price(&self.output)?,
+                cached_input: self
+                    .cached_input
+                    .as_deref()
+                    .map(price)
+                    .transpose()?
+                    .unwrap_or(input),
+                cache_write: self
+                    .cache_write
+                    .as_deref()
+                    .map(price)
+                    .transpose()?
+                    .unwrap_or(input),
+            },
+            model: self.model,
+            owned_by: self.owned_by,
+            display_name: self.display_name,
+            max_output_tokens: self.max_output_tokens,
+        })
+    }
 }
 
 fn value_to_nanos(v: &toml::Value) -> Result<i64, MoneyError> {
@@ -133,32 +168,56 @@ impl PriceTable {
         let file: BundledFile = serde_json::from_str(BUNDLED)?;
         let mut entries = HashMap::new();
         for e in file.models {
-            let input = usd_per_mtok_to_nanos(&e.input)?;
-            let entry = PriceEntry {
-                prices: UnitPrices {
-                    input,
-                    output: usd_per_mtok_to_nanos(&e.output)?,
-                    cached_input: e
-                        .cached_input
-                        .as_deref()
-                        .map(usd_per_mtok_to_nanos)
-                        .transpose()?
-                        .unwrap_or(input),
-                    cache_write: e
-                        .cache_write
-                        .as_deref()
-                        .map(usd_per_mtok_to_nanos)
-                        .transpose()?
-                        .unwrap_or(input),
-                },
-                model: e.model.clone(),
-                owned_by: e.owned_by,
-                display_name: e.display_name,
-                max_output_tokens: e.max_output_tokens,
-            };
-            entries.insert(e.model, entry);
+            let entry = e.into_entry()?;
+            entries.insert(entry.model.clone(), entry);
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            version: OnceLock::new(),
+        })
+    }
+
+    /// A table read from a price file: tollgate's own format (`{"models": [...]}`, as the
+    /// bundled `prices.json`) or LiteLLM's `model_prices_and_context_window.json`. Only the file's
+    /// entries, nothing bundled: a re-pricing asks what *that* table would have charged.
+    pub fn from_file(text: &str) -> Result<Self, anyhow::Error> {
+        let v: serde_json::Value = serde_json::from_str(text)?;
+        let entries = if v.get("models").is_some_and(serde_json::Value::is_array) {
+            let file: BundledFile = serde_json::from_value(v)?;
+            file.models
+                .into_iter()
+                .map(BundledEntry::into_entry)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            import_litellm(text)?
+        };
+        if entries.is_empty() {
+            anyhow::bail!("the price file prices no model");
+        }
+        let mut t = Self::default();
+        for e in entries {
+            t.insert(e);
+        }
+        Ok(t)
+    }
+
+    /// The table's version: a content hash of every model's unit prices (`pt_` and 16 hex
+    /// digits of SHA-256 over the sorted entries). Records keep the version that priced them,
+    /// so an audit can say which table it was; display names and owners do not change it.
+    pub fn version(&self) -> &str {
+        self.version.get_or_init(|| {
+            let mut models: Vec<&PriceEntry> = self.entries.values().collect();
+            models.sort_by(|a, b| a.model.cmp(&b.model));
+            let mut h = Sha256::new();
+            for e in models {
+                let p = e.prices;
+                h.update(format!(
+                    "{}\t{}\t{}\t{}\t{}\n",
+                    e.model, p.input, p.output, p.cached_input, p.cache_write
+                ));
+            }
+            format!("pt_{}", &hex::encode(h.finalize())[..16])
+        })
     }
 
     /// Bundled table, then imported entries, then config overrides (last wins).
@@ -178,6 +237,7 @@ impl PriceTable {
 
     pub fn insert(&mut self, e: PriceEntry) {
         self.entries.insert(e.model.clone(), e);
+        self.version = OnceLock::new();
     }
 
     pub fn get(&self, model: &str) -> Option<&PriceEntry> {

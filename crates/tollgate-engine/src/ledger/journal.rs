@@ -293,6 +293,7 @@ pub(super) mod tests {
             input_tokens: 7,
             user: Some("end-user-1".into()),
             tags: tollgate_core::attribution::Tags::parse("team=ads").unwrap(),
+            price_version: Some("pt_0123456789abcdef".into()),
         }
     }
 

@@ -36,4 +36,7 @@ pub struct RequestStart {
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Tags::is_empty")]
     pub tags: Tags,
+    /// The price table's version (`PriceTable::version`) that priced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_version: Option<String>,
 }

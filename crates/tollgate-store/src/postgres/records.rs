@@ -231,6 +231,7 @@ async fn insert_records(
     let anomaly = col!(|r| r.anomaly.map(|a| a.as_str()));
     let user = col!(|r| r.user.as_deref());
     let tags = col!(|r| (!r.tags.is_empty()).then(|| r.tags.as_str()));
+    let price_version = col!(|r| r.price_version.as_deref());
     let rows = tx
         .query(
             &format!(
@@ -240,7 +241,7 @@ async fn insert_records(
                  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
                  $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], \
                  $23::int[], $24::text[], $25::bigint[], $26::bigint[], $27::bool[], $28::text[], \
-                 $29::bigint[], $30::text[], $31::text[], $32::text[]) \
+                 $29::bigint[], $30::text[], $31::text[], $32::text[], $33::text[]) \
                  ON CONFLICT (request_id, created_at_ms) DO NOTHING RETURNING request_id"
             ),
             &[
@@ -276,6 +277,7 @@ async fn insert_records(
                 &anomaly,
                 &user,
                 &tags,
+                &price_version,
             ],
         )
         .await

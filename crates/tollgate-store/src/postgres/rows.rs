@@ -68,6 +68,7 @@ pub(crate) fn record_from_row(r: &Row) -> Result<UsageRecord, StoreError> {
             None => Tags::default(),
             Some(t) => Tags::from_canonical(t).ok_or_else(|| bad_value("tags", t))?,
         },
+        price_version: get(r, 32)?,
     })
 }
 

@@ -66,7 +66,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
         let mut ins = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
         ))?;
         for r in batch {
             let n = ins.execute(params![
@@ -102,6 +102,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
                 r.anomaly.map(|a| a.as_str()),
                 r.user,
                 (!r.tags.is_empty()).then(|| r.tags.as_str()),
+                r.price_version,
             ])?;
             // Rollups grow only with records that are new, so a replayed journal entry is not
             // counted twice.

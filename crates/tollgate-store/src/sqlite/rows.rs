@@ -59,6 +59,7 @@ pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
             None => Tags::default(),
             Some(t) => Tags::from_canonical(&t).ok_or_else(|| bad_value(31, "tags", &t))?,
         },
+        price_version: r.get(32)?,
     })
 }
 

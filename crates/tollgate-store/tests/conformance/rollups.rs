@@ -59,6 +59,7 @@ pub fn record(i: usize, t: i64, account: &str, rng: &mut StdRng) -> UsageRecord 
         anomaly: None,
         user: None,
         tags: Tags::default(),
+        price_version: Some("pt_0123456789abcdef".into()),
     }
 }
 

@@ -19,6 +19,7 @@ mod pg;
 mod proxy;
 mod refused;
 mod replicas;
+mod reprice;
 mod responses;
 mod retention;
 mod stale;

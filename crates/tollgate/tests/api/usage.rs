@@ -1236,6 +1236,7 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             anomaly: None,
             user: None,
             tags: Default::default(),
+            price_version: None,
         })
         .collect();
     let mut expected: Vec<(i64, String)> = batch

@@ -3,6 +3,8 @@
 -- filtered by a user or a tag, or grouped by user, reads rollup rows as any other query does.
 ALTER TABLE usage_records ADD COLUMN end_user TEXT;
 ALTER TABLE usage_records ADD COLUMN tags TEXT;
+-- Which price table priced the record (a content hash of its unit prices), for audits.
+ALTER TABLE usage_records ADD COLUMN price_version TEXT;
 CREATE INDEX usage_records_account_user_time ON usage_records (account_id, end_user, created_at_ms)
     WHERE end_user IS NOT NULL;
 
