@@ -66,8 +66,14 @@ mod tests {
             .collect();
         let missing: Vec<_> = served.difference(&documented).collect();
         let extra: Vec<_> = documented.difference(&served).collect();
-        assert!(missing.is_empty(), "served but not in openapi.json: {missing:?}");
-        assert!(extra.is_empty(), "in openapi.json but not served: {extra:?}");
+        assert!(
+            missing.is_empty(),
+            "served but not in openapi.json: {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "in openapi.json but not served: {extra:?}"
+        );
     }
 
     /// Each operation says who may call it as the router does: public ones need nothing, admin
