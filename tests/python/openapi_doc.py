@@ -12,6 +12,16 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 DOC_URI = "urn:tollgate:openapi"
+# A gateway on which every documented operation can succeed: webhooks may target loopback (the
+# tests point them at a closed port, so nothing leaves the machine), and accounts may store
+# their own provider keys (an encryption key).
+GATEWAY_CONFIG = """
+[webhooks]
+allow_private_targets = true
+
+[security]
+encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+"""
 METHODS = ("get", "post", "put", "patch", "delete")
 
 

@@ -13,17 +13,8 @@ import time
 import httpx
 import pytest
 
-from openapi_doc import Document
+from openapi_doc import GATEWAY_CONFIG, Document
 
-# Private webhook targets (a closed loopback port below), and an encryption key so accounts may
-# store their own provider keys.
-CONFIG = """
-[webhooks]
-allow_private_targets = true
-
-[security]
-encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-"""
 # Webhook deliveries go to a closed loopback port: they fail fast and never leave the machine.
 HOOK_URL = "http://127.0.0.1:9/hook"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -71,7 +62,7 @@ class Caller:
 
 @pytest.fixture(scope="module")
 def gw(start_gateway):
-    return start_gateway(CONFIG)
+    return start_gateway(GATEWAY_CONFIG)
 
 
 @pytest.fixture(scope="module")

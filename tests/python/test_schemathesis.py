@@ -1,11 +1,13 @@
 """schemathesis against a gateway of its own, driven by the gateway's /openapi.json: examples,
 coverage and fuzzing phases over every operation, with an admin key, a user key in
-`Authorization: Bearer` and the same key in `x-api-key`, bounded in examples and time. It must find no server error (5xx), no undocumented status,
-no undocumented content type and no body that breaks the document's schema.
+`Authorization: Bearer` and the same key in `x-api-key`, bounded in examples and time. It must
+find no server error (5xx), no undocumented status, no undocumented content type and no body
+that breaks the document's schema.
 
 The gateway is this test's alone (the fuzzer creates accounts, keys and webhooks, and revokes
 what it can reach); its providers are the mock upstream, never a real one. Webhook URLs are
-pointed at a closed loopback port (schemathesis_hooks.py)."""
+pointed at a closed loopback port, and the keys and accounts it authenticates with are kept
+from being revoked, limited or disabled (schemathesis_hooks.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from openapi_doc import GATEWAY_CONFIG
 
 HERE = Path(__file__).resolve().parent
 CHECKS = ",".join([
@@ -31,18 +35,11 @@ CHECKS = ",".join([
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "25"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "13")
 RUN_TIMEOUT = 120
-CONFIG = """
-[webhooks]
-allow_private_targets = true
-
-[security]
-encryption_key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
-"""
 
 
 @pytest.fixture(scope="module")
 def gw(start_gateway):
-    return start_gateway(CONFIG)
+    return start_gateway(GATEWAY_CONFIG)
 
 
 def protected_ids(gw) -> str:
