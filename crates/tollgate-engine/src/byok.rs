@@ -115,10 +115,15 @@ impl ProviderKeys {
         now_ms: i64,
     ) -> Result<ProviderKeyInfo, DomainError> {
         let api_key = api_key.trim();
-        if api_key.len() < 8 || api_key.len() > 4096 {
+        // The key travels in an HTTP header, which takes visible ASCII only; checked here so a
+        // key that could never be sent is refused (and `last4` below slices whole characters).
+        if api_key.len() < 8
+            || api_key.len() > 4096
+            || !api_key.bytes().all(|b| b.is_ascii_graphic())
+        {
             return Err(DomainError::invalid(
                 "api_key",
-                "api_key must be 8 to 4096 characters",
+                "api_key must be 8 to 4096 visible ASCII characters (no spaces)",
             ));
         }
         let cipher = self.cipher()?;

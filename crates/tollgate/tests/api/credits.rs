@@ -550,3 +550,41 @@ async fn bring_your_own_key_is_used_recorded_as_user_and_never_shown() {
         Some("Bearer sk-upstream-openai")
     );
 }
+
+/// A provider key is sent in an HTTP header, so one that is not visible ASCII is refused with a
+/// 400 naming `api_key`, and nothing is stored. (A key ending in a multi-byte character used to
+/// panic while taking its last four characters, dropping the connection.)
+#[tokio::test]
+async fn a_provider_key_that_cannot_be_sent_in_a_header_is_refused() {
+    let app = spawn_app_with(Spawn {
+        extra_toml: ENCRYPTION.into(),
+        ..Spawn::default()
+    })
+    .await;
+    let url = format!(
+        "{}/admin/accounts/{}/provider-keys/mock",
+        app.base, app.account_id
+    );
+    for bad in [
+        "sk-own-key-\u{1d269}",
+        "sk-own-ké-1234",
+        "sk-own key-1234",
+        "short",
+    ] {
+        let r = app
+            .http
+            .put(&url)
+            .bearer_auth(&app.admin_key)
+            .json(&json!({ "api_key": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["param"], "api_key", "{bad:?}: {body}");
+    }
+    let list = app
+        .admin_get(&format!("/admin/accounts/{}/provider-keys", app.account_id))
+        .await;
+    assert_eq!(list["data"], json!([]), "a refused key was stored: {list}");
+}
