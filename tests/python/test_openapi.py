@@ -168,6 +168,21 @@ def test_admin_routes(call, gw):
     call("GET", "/admin/requests", "admin", 400, params={"limit": 0})
     call("GET", f"/admin/requests/{rid}", "admin", 200)
     call("GET", "/admin/requests/req_missing", "admin", 404)
+    call("GET", "/admin/reprice", "admin", 200)
+    call("GET", "/admin/reprice", "admin", 200, params={"from": "2020-01-01", "account_id": acct})
+    call("GET", "/admin/reprice", "admin", 400, params={"from": "2030-01-02", "to": "2030-01-01"})
+    call("GET", "/admin/reprice", "admin", 404, params={"account_id": "acct_missing"})
+    call("GET", "/admin/reprice", "user", 403)
+    prices = {"models": [{"model": "gpt-4o-mini", "owned_by": "openai", "display_name": "mini",
+                          "input": "0.30", "output": "1.20", "max_output_tokens": 100}]}
+    call("POST", "/admin/reprice", "admin", 200, json=prices)
+    call("POST", "/admin/reprice", "admin", 400, json={"models": []})
+    # Attribution on a usage read: a user and a tag are fine alone, not together.
+    call("GET", "/v1/usage/models", "user", 200, params={"user": "customer-42"})
+    call("GET", "/v1/usage/models", "user", 200, params={"tag": "feature=search"})
+    call("GET", "/v1/usage/models", "user", 400, params={"user": "c", "tag": "feature=search"})
+    call("POST", "/v1/chat/completions", "user", 400, json=CHAT,
+         headers={"x-tollgate-tags": "not a tag"})
 
 
 USAGE_GETS = [
