@@ -9,7 +9,8 @@
 //! holds N records), `--iterations K` (200 timed requests per endpoint, after 20 untimed),
 //! `--export` (also stream the whole benchmark account as CSV and report rows/s and peak RSS),
 //! `--out FILE` (append the Markdown report there), `--postgres URL` (use the PostgreSQL store in
-//! that database instead of SQLite; see below).
+//! that database instead of SQLite; see below), `--no-attribution` (records without end users
+//! or tags, to price the attribution rollups).
 //!
 //! With `--postgres postgres://user@host:port/db` the records go into that database, through the
 //! same `insert_usage` (the PostgreSQL store's monthly partitions, rollups and credit debits), the
@@ -82,6 +83,8 @@ struct Args {
     export: bool,
     out: Option<PathBuf>,
     postgres: Option<String>,
+    /// Records name end users and carry tags (`--no-attribution`: none do).
+    attribution: bool,
 }
 
 fn args() -> Args {
@@ -92,6 +95,7 @@ fn args() -> Args {
         export: false,
         out: None,
         postgres: None,
+        attribution: true,
     };
     let mut dir = None;
     let mut it = std::env::args().skip(1);
@@ -103,6 +107,7 @@ fn args() -> Args {
             "--export" => a.export = true,
             "--out" => a.out = Some(PathBuf::from(it.next().unwrap())),
             "--postgres" => a.postgres = Some(it.next().unwrap()),
+            "--no-attribution" => a.attribution = false,
             other => panic!("unknown argument {other}"),
         }
     }
@@ -121,7 +126,14 @@ struct Saved {
     load_secs: f64,
 }
 
-fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str) -> UsageRecord {
+fn record(
+    rng: &mut StdRng,
+    i: u64,
+    n: u64,
+    accounts: &[String],
+    bench_key: &str,
+    attribution: bool,
+) -> UsageRecord {
     let span = SPAN_DAYS * DAY_MS;
     let start = NOW_MS - span;
     // Spread evenly in time (monotonic, as a live gateway writes), with jitter inside a slot.
@@ -177,6 +189,11 @@ fn record(rng: &mut StdRng, i: u64, n: u64, accounts: &[String], bench_key: &str
         tags.push(format!("team=t{}", rng.gen_range(0..4)));
     }
     let tags = Tags::parse(&tags.join(",")).unwrap_or_default();
+    let (user, tags) = if attribution {
+        (user, tags)
+    } else {
+        (None, Tags::default())
+    };
     UsageRecord {
         request_id: format!("req_{i:016x}"),
         created_at_ms: t,
@@ -364,7 +381,16 @@ async fn main() {
             while i < a.records {
                 let n = (a.records - i).min(BATCH as u64);
                 let batch: Vec<UsageRecord> = (i..i + n)
-                    .map(|j| record(&mut rng, j, a.records, &accounts, &key.record.id))
+                    .map(|j| {
+                        record(
+                            &mut rng,
+                            j,
+                            a.records,
+                            &accounts,
+                            &key.record.id,
+                            a.attribution,
+                        )
+                    })
                     .collect();
                 state.engine.store.insert_usage(batch).await.unwrap();
                 i += n;

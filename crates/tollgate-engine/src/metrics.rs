@@ -7,18 +7,18 @@
 //! Cost is an integer counter of nano-USD (`tollgate_cost_nanousd_total`): exact, like the
 //! ledger; divide by 1e9 for USD.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use tollgate_core::record::{Status, UsageRecord};
+use tollgate_core::record::{Endpoint, Status, UsageRecord};
 
 use crate::ledger::{LedgerStats, RecordSink};
 
@@ -66,6 +66,20 @@ struct AttemptLabels {
     result: &'static str,
 }
 
+/// The token classes counted, in `tokens` label order.
+const TOKEN_TYPES: [&str; 5] = ["input", "output", "cached", "cache_write", "reasoning"];
+
+/// One (provider, model)'s counters, resolved once: a record then costs a map lookup with
+/// borrowed strings and a few atomic adds, not a label set built (two `String`s cloned) and
+/// hashed per counter.
+struct ModelHandles {
+    tokens: [Counter; 5],
+    cost: Counter,
+    /// By (endpoint, status, HTTP status): few per model.
+    requests: Mutex<HashMap<(Endpoint, Status, u16), Counter>>,
+    model: String,
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms … ~65 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
@@ -75,12 +89,15 @@ pub struct Metrics {
     /// Locked only to register the ledger's histograms and at each scrape.
     registry: Mutex<Registry>,
     max_models: usize,
-    models: Mutex<HashSet<String>>,
+    /// provider → model label → its handles. Models past `max_models` share the `other` entry.
+    handles: RwLock<HashMap<String, HashMap<String, Arc<ModelHandles>>>>,
+    /// Distinct model labels handed out (for the cap).
+    labelled: Mutex<usize>,
+    /// Latency and time-to-first-token histograms by (endpoint, streamed), resolved up front.
+    timings: Vec<(Histogram, Histogram)>,
     requests: Family<RequestLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     cost: Family<ModelLabels, Counter>,
-    duration: Family<EndpointLabels, Histogram, fn() -> Histogram>,
-    ttft: Family<EndpointLabels, Histogram, fn() -> Histogram>,
     upstream_errors: Family<ErrorLabels, Counter>,
     refusals: Family<ReasonLabels, Counter>,
     in_flight: Gauge,
@@ -161,15 +178,29 @@ impl Metrics {
             "Webhook delivery attempts, by result (succeeded, retrying, failed, disabled)",
             webhook_attempts.clone(),
         );
+        let timings = Endpoint::ALL
+            .iter()
+            .flat_map(|e| [false, true].map(|streamed| (*e, streamed)))
+            .map(|(e, streamed)| {
+                let labels = EndpointLabels {
+                    endpoint: e.as_str(),
+                    streamed: if streamed { "true" } else { "false" },
+                };
+                (
+                    duration.get_or_create(&labels).clone(),
+                    ttft.get_or_create(&labels).clone(),
+                )
+            })
+            .collect();
         Self {
             registry: Mutex::new(registry),
             max_models,
-            models: Mutex::new(HashSet::new()),
+            handles: RwLock::new(HashMap::new()),
+            labelled: Mutex::new(0),
+            timings,
             requests,
             tokens,
             cost,
-            duration,
-            ttft,
             upstream_errors,
             refusals,
             in_flight,
@@ -206,16 +237,59 @@ impl Metrics {
         InFlight(self.in_flight.clone())
     }
 
+    /// The handles of (provider, model), created on first use; past `max_models` distinct
+    /// models, a new model counts as `other` (and is not cached under its own name, so the
+    /// cache stays as bounded as the label set).
+    fn handles(&self, provider: &str, model: &str) -> Arc<ModelHandles> {
+        if let Some(h) = self.handles.read().get(provider).and_then(|m| m.get(model)) {
+            return h.clone();
+        }
+        let mut all = self.handles.write();
+        let by_model = all.entry(provider.to_string()).or_default();
+        if let Some(h) = by_model.get(model) {
+            return h.clone();
+        }
+        let mut labelled = self.labelled.lock();
+        if *labelled >= self.max_models {
+            return by_model
+                .entry("other".to_string())
+                .or_insert_with(|| Arc::new(self.new_handles(provider, "other")))
+                .clone();
+        }
+        *labelled += 1;
+        let h = Arc::new(self.new_handles(provider, model));
+        by_model.insert(model.to_string(), h.clone());
+        h
+    }
+
+    fn new_handles(&self, provider: &str, model: &str) -> ModelHandles {
+        let token = |t: &'static str| {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_string(),
+                    provider: provider.to_string(),
+                    r#type: t,
+                })
+                .clone()
+        };
+        ModelHandles {
+            tokens: TOKEN_TYPES.map(token),
+            cost: self
+                .cost
+                .get_or_create(&ModelLabels {
+                    model: model.to_string(),
+                    provider: provider.to_string(),
+                })
+                .clone(),
+            requests: Mutex::new(HashMap::new()),
+            model: model.to_string(),
+        }
+    }
+
+    /// The label a record's model is counted under (tests).
+    #[cfg(test)]
     fn model_label(&self, model: &str) -> String {
-        let mut seen = self.models.lock();
-        if seen.contains(model) {
-            return model.to_string();
-        }
-        if seen.len() >= self.max_models {
-            return "other".into();
-        }
-        seen.insert(model.to_string());
-        model.to_string()
+        self.handles("p", model).model.clone()
     }
 
     /// The text exposition (OpenMetrics, which Prometheus reads).
@@ -241,57 +315,60 @@ impl Metrics {
         // A refused request that named no routable model would spend the label cap on
         // whatever the client typed.
         let model = if r.provider.is_empty() {
-            "unrouted".to_string()
+            "unrouted"
         } else {
-            self.model_label(model)
+            model.as_str()
         };
-        let provider = r.provider.clone();
-        let endpoint = r.endpoint.as_str();
-        self.requests
-            .get_or_create(&RequestLabels {
-                endpoint,
-                model: model.clone(),
-                provider: provider.clone(),
-                status: r.status.as_str(),
-                code: r.http_status,
-            })
-            .inc();
-        for (kind, n) in [
-            ("input", r.input_tokens),
-            ("output", r.output_tokens),
-            ("cached", r.cached_tokens),
-            ("cache_write", r.cache_write_tokens),
-            ("reasoning", r.reasoning_tokens),
-        ] {
+        let h = self.handles(&r.provider, model);
+        {
+            let mut requests = h.requests.lock();
+            let key = (r.endpoint, r.status, r.http_status);
+            match requests.get(&key) {
+                Some(c) => {
+                    c.inc();
+                }
+                None => {
+                    let c = self
+                        .requests
+                        .get_or_create(&RequestLabels {
+                            endpoint: r.endpoint.as_str(),
+                            model: h.model.clone(),
+                            provider: r.provider.clone(),
+                            status: r.status.as_str(),
+                            code: r.http_status,
+                        })
+                        .clone();
+                    c.inc();
+                    requests.insert(key, c);
+                }
+            }
+        }
+        let counts = [
+            r.input_tokens,
+            r.output_tokens,
+            r.cached_tokens,
+            r.cache_write_tokens,
+            r.reasoning_tokens,
+        ];
+        for (counter, n) in h.tokens.iter().zip(counts) {
             if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        model: model.clone(),
-                        provider: provider.clone(),
-                        r#type: kind,
-                    })
-                    .inc_by(u64::try_from(n).unwrap_or(0));
+                counter.inc_by(u64::try_from(n).unwrap_or(0));
             }
         }
         if r.cost_nanos > 0 {
-            self.cost
-                .get_or_create(&ModelLabels {
-                    model,
-                    provider: provider.clone(),
-                })
-                .inc_by(u64::try_from(r.cost_nanos).unwrap_or(0));
+            h.cost.inc_by(u64::try_from(r.cost_nanos).unwrap_or(0));
         }
-        let labels = EndpointLabels {
-            endpoint,
-            streamed: if r.streamed { "true" } else { "false" },
-        };
-        self.duration
-            .get_or_create(&labels)
-            .observe(r.latency_ms.max(0) as f64 / 1000.0);
-        if let Some(t) = r.ttft_ms {
-            self.ttft
-                .get_or_create(&labels)
-                .observe(t.max(0) as f64 / 1000.0);
+        let at = Endpoint::ALL
+            .iter()
+            .position(|e| *e == r.endpoint)
+            .unwrap_or(0)
+            * 2
+            + usize::from(r.streamed);
+        if let Some((duration, ttft)) = self.timings.get(at) {
+            duration.observe(r.latency_ms.max(0) as f64 / 1000.0);
+            if let Some(t) = r.ttft_ms {
+                ttft.observe(t.max(0) as f64 / 1000.0);
+            }
         }
         let code = r.error_code.as_deref().unwrap_or("unknown");
         match r.status {
@@ -305,7 +382,7 @@ impl Metrics {
             Status::Error | Status::Interrupted => {
                 self.upstream_errors
                     .get_or_create(&ErrorLabels {
-                        provider,
+                        provider: r.provider.clone(),
                         kind: code.to_string(),
                     })
                     .inc();
