@@ -44,7 +44,7 @@ fn record(i: u64) -> UsageRecord {
         Status::Success
     };
     UsageRecord {
-        request_id: tollgate_core::id::new_id("req", 12),
+        request_id: tollgate_core::id::request_id(),
         created_at_ms: now - 3,
         finished_at_ms: now,
         account_id: format!("acct_{account:02}"),
