@@ -77,6 +77,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_retired_records.sql"),
     include_str!("migrations/0007_webhooks.sql"),
     include_str!("migrations/0008_webhook_history.sql"),
+    include_str!("migrations/0009_record_guard_in_code.sql"),
 ];
 
 pub(crate) struct Db {
