@@ -71,7 +71,7 @@ fn record(i: u64) -> UsageRecord {
         error_code: (status == Status::Cancelled).then(|| "client_disconnected".to_string()),
         latency_ms: 3,
         ttft_ms: Some(1),
-        streamed: i % 2 == 0,
+        streamed: i & 1 == 0,
         provenance: Provenance::Provider,
         anomaly: None,
     }
