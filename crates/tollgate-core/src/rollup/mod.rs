@@ -221,24 +221,32 @@ impl<'a> Deltas<'a> {
 /// becomes a few rows per grain rather than one per record.
 pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas<'a> {
     let mut d = Deltas::default();
+    // Each record is looked up in the minute rows only; the hour and day rows are summed from
+    // the minute rows (a batch has far fewer of those than records). Every hour and day starts
+    // on a minute, so a minute row lies in exactly one of each; the sums are of non-negative
+    // values, so summing in another order gives the same totals.
+    let w = Grain::Minute.width_ms();
     for r in records {
-        let sums = Sums::of(r);
-        for (grain, table) in [
-            (Grain::Minute, &mut d.minute),
-            (Grain::Hour, &mut d.hour),
-            (Grain::Day, &mut d.day),
-        ] {
-            let w = grain.width_ms();
+        let key = RollupKey {
+            bucket_ms: r.created_at_ms.div_euclid(w) * w,
+            account_id: &r.account_id,
+            key_id: &r.key_id,
+            model: &r.model_requested,
+            provider: &r.provider,
+            source: r.source,
+            endpoint: r.endpoint,
+        };
+        d.minute.entry(key).or_default().add(&Sums::of(r));
+    }
+    let Deltas { minute, hour, day } = &mut d;
+    for (grain, table) in [(Grain::Hour, hour), (Grain::Day, day)] {
+        let w = grain.width_ms();
+        for (k, sums) in minute.iter() {
             let key = RollupKey {
-                bucket_ms: r.created_at_ms.div_euclid(w) * w,
-                account_id: &r.account_id,
-                key_id: &r.key_id,
-                model: &r.model_requested,
-                provider: &r.provider,
-                source: r.source,
-                endpoint: r.endpoint,
+                bucket_ms: k.bucket_ms.div_euclid(w) * w,
+                ..k.clone()
             };
-            table.entry(key).or_default().add(&sums);
+            table.entry(key).or_default().add(sums);
         }
     }
     d
