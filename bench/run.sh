@@ -17,6 +17,11 @@
 #   BENCH_STORES         tollgate stores to measure, space-separated: sqlite postgres [sqlite]
 #   BENCH_METRICS_OFF    1 = also measure "tollgate-nometrics" (SQLite, [metrics] enabled =
 #                        false) to price the Prometheus metrics                      [0]
+#   BENCH_STREAMS        slow-streams scenario: concurrent streams (0 = skip)          [4000]
+#   BENCH_STREAM_TOKENS  ... mock --output-tokens of each slow stream (events = this + 4)  [26]
+#   BENCH_STREAM_DELAY_MS ... mock --chunk-delay-ms between its events                    [200]
+#   BENCH_LEDGER_RECORDS recording scenario: records driven through the ledger alone
+#                        (0 = skip)                                               [300000]
 #   BENCH_PG             PostgreSQL server for the postgres store, as a URL without a database
 #                        name, for a role that may CREATE DATABASE
 #                                                     [postgres://postgres@127.0.0.1:5432]
@@ -26,6 +31,13 @@
 # reported against the nginx measured in the same run. tollgate-pg's CPU per request counts the
 # tollgate process plus the PostgreSQL backends connected to its database (not the server's
 # shared WAL writer or checkpointer); machine busy covers everything.
+#
+# After the wrk runs come two scenarios of their own: the slow-streams scenario (a fresh tollgate
+# in front of a second mock that paces its events BENCH_STREAM_DELAY_MS apart; the
+# `stream_load` example opens BENCH_STREAMS streams at once and holds them to their end, while
+# tollgate's VmRSS is sampled from /proc; every stream must complete and have its record), and
+# the recording scenario (the `ledger_bench` example: journal + batch writer into a fresh SQLite,
+# no HTTP). The report ends with a PASS or FAIL line per goal of issue 12.
 #
 # It installs wrk, nginx and sqlite3 (and psql for postgres) with apt-get when they are missing,
 # builds the workspace in release mode, starts everything in a fresh temp dir, and stops
@@ -44,6 +56,10 @@ OUTPUT_TOKENS=${BENCH_OUTPUT_TOKENS:-16}
 PIN=${BENCH_PIN:-0}
 KEEP=${BENCH_KEEP:-0}
 STORES=${BENCH_STORES:-sqlite}
+STREAMS=${BENCH_STREAMS:-4000}
+STREAM_TOKENS=${BENCH_STREAM_TOKENS:-26}
+STREAM_DELAY_MS=${BENCH_STREAM_DELAY_MS:-200}
+LEDGER_RECORDS=${BENCH_LEDGER_RECORDS:-300000}
 PG_SERVER=${BENCH_PG:-postgres://postgres@127.0.0.1:5432}
 PG_SERVER=${PG_SERVER%/}
 
@@ -86,10 +102,25 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 	log "cargo build --release --workspace (waits if another build holds the lock)"
 	(cd "$ROOT" && cargo build --release --workspace --quiet)
+	(cd "$ROOT" && cargo build --release -p tollgate --example stream_load --example ledger_bench --quiet)
 fi
 TOLLGATE="$TARGET_DIR/release/tollgate"
 MOCK="$TARGET_DIR/release/mock-upstream"
+STREAM_LOAD="$TARGET_DIR/release/examples/stream_load"
+LEDGER_BENCH="$TARGET_DIR/release/examples/ledger_bench"
 [[ -x $TOLLGATE && -x $MOCK ]] || die "binaries missing in $TARGET_DIR/release"
+if ((STREAMS > 0)); then
+	[[ -x $STREAM_LOAD ]] || die "$STREAM_LOAD missing (cargo build --release -p tollgate --example stream_load)"
+	# Each stream holds a client connection and an upstream one: tollgate needs two descriptors
+	# per stream, the mock and the client one each.
+	want=$((2 * STREAMS + 1024))
+	if (($(ulimit -n) < want)); then
+		ulimit -n "$want" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+	fi
+	(($(ulimit -n) >= want)) || die "ulimit -n is $(ulimit -n); the slow-streams scenario needs $want"
+fi
+((LEDGER_RECORDS == 0)) || [[ -x $LEDGER_BENCH ]] ||
+	die "$LEDGER_BENCH missing (cargo build --release -p tollgate --example ledger_bench)"
 
 # ---------------------------------------------------------------- processes and cleanup
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
@@ -239,8 +270,8 @@ log "nginx on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, $NGINX_WORKERS workers)"
 json_field() { grep -o "\"$1\":\"[^\"]*\"" | head -1 | cut -d'"' -f4; }
 declare -A TG_PID TG_URL TG_KEY TG_DATA TG_STORE
 TG_TARGETS=()
-start_tollgate() { # target store
-	local t=$1 store=$2 dir="$WORK/$1" addr port admin account key code
+start_tollgate() { # target store [upstream-port] [measured by wrk: 1]
+	local t=$1 store=$2 upstream=${3:-$MOCK_PORT} measured=${4:-1} dir="$WORK/$1" addr port admin account key code
 	mkdir -p "$dir/data"
 	cat >"$dir/tollgate.toml" <<EOF
 [server]
@@ -249,7 +280,7 @@ data_dir = "$dir/data"
 
 [providers.mock]
 kind = "openai"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
+base_url = "http://127.0.0.1:$upstream/v1"
 api_key = "sk-upstream"
 models = ["gpt-*"]
 
@@ -304,7 +335,8 @@ EOF
 		die "$t: credit grant answered $code"
 		;;
 	esac
-	TG_TARGETS+=("$t")
+	((measured == 1)) && TG_TARGETS+=("$t")
+	return 0
 }
 for st in $STORES; do
 	if [[ $st == sqlite ]]; then
@@ -365,6 +397,8 @@ log "smoke tests passed"
 
 # ---------------------------------------------------------------- wrk
 declare -A R # R[scenario|target|field]
+fmt_rps_early() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }'; }
+get() { echo "${R["$1|$2|$3"]}"; }
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
@@ -510,6 +544,62 @@ HANG_CONNS=$(ss -Htn state established "( sport = :$HANG_PORT )" 2>/dev/null | w
 log "hanging receiver on 127.0.0.1:$HANG_PORT holds $HANG_CONNS connection(s) from $HOOK_TG"
 run_wrk json-c64-hang "$HOOK_TG" json 64 2 "$DURATION"
 
+# ---------------------------------------------------------------- slow streams
+# A fresh tollgate (its RSS measures this scenario alone) in front of a second mock that paces
+# its events STREAM_DELAY_MS apart; stream_load opens STREAMS streams at once and holds each to
+# its end. VmRSS is sampled every 100 ms from /proc; VmHWM is the kernel's own peak.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+if ((STREAMS > 0)); then
+	"${SRV[@]}" "$MOCK" --port 0 --no-ledger --output-tokens "$STREAM_TOKENS" \
+		--chunk-delay-ms "$STREAM_DELAY_MS" >"$WORK/mock-slow.log" 2>&1 &
+	SLOW_PID=$!
+	PIDS+=("$SLOW_PID")
+	SLOW_PORT=$(wait_for "$WORK/mock-slow.log" 'http://127\.0\.0\.1:[0-9]+' "$SLOW_PID" mock-upstream)
+	SLOW_PORT=${SLOW_PORT##*:}
+	start_tollgate tollgate-streams sqlite "$SLOW_PORT" 0
+	ST=tollgate-streams
+	ST_PID=${TG_PID[$ST]}
+	# One stream first, so the idle figure includes what the first request sets up (pools,
+	# caches), as every figure after it does.
+	curl -s -o "$WORK/slow-smoke.out" "${TG_URL[$ST]}/v1/chat/completions" -H "Authorization: Bearer ${TG_KEY[$ST]}" \
+		-H 'Content-Type: application/json' \
+		-d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hello world"}],"stream":true}'
+	grep -q '\[DONE\]' "$WORK/slow-smoke.out" || die "slow-streams smoke request failed"
+	ST_EVENTS=$(grep -c '^data:' "$WORK/slow-smoke.out" || true)
+	sleep 1
+	ST_RSS0=$(rss_kb "$ST_PID")
+	(
+		while kill -0 "$ST_PID" 2>/dev/null; do
+			rss_kb "$ST_PID"
+			sleep 0.1
+		done
+	) >"$WORK/streams-rss.txt" &
+	SAMPLER_PID=$!
+	PIDS+=("$SAMPLER_PID")
+	ST_T0=$(proc_ticks "$ST_PID")
+	log "slow streams: $STREAMS streams of $ST_EVENTS events ${STREAM_DELAY_MS} ms apart through $ST (idle RSS $((ST_RSS0 / 1024)) MB)"
+	ST_LINE=$("${LOAD[@]}" "$STREAM_LOAD" --addr "127.0.0.1:${TG_URL[$ST]##*:}" --key "${TG_KEY[$ST]}" \
+		--streams "$STREAMS" 2>"$WORK/stream_load.err" | grep '^STREAMS ') || {
+		cat "$WORK/stream_load.err" >&2
+		die "stream_load failed"
+	}
+	ST_T1=$(proc_ticks "$ST_PID")
+	cat "$WORK/stream_load.err" >&2
+	for kv in ${ST_LINE#STREAMS }; do R["streams|$ST|${kv%%=*}"]=${kv#*=}; done
+	ST_PEAK=$(sort -n "$WORK/streams-rss.txt" | tail -1)
+	ST_HWM=$(hwm_kb "$ST_PID")
+	ST_CPU_US=$(awk -v d=$((ST_T1 - ST_T0)) -v n="$STREAMS" -v hz="$CLK_TCK" 'BEGIN { printf "%.0f", d * 1e6 / hz / n }')
+	kill "$SAMPLER_PID" 2>/dev/null || true
+	log "slow streams: $(get streams "$ST" completed)/$STREAMS completed in $(get streams "$ST" secs)s; RSS $((ST_RSS0 / 1024)) MB idle, peak $((ST_PEAK / 1024)) MB sampled (VmHWM $((ST_HWM / 1024)) MB)"
+	stop_pid "$ST_PID" 60
+	wait "$ST_PID" 2>/dev/null || true
+	ST_ROWS=$(sqlite3 "${TG_DATA[$ST]}/tollgate.db" "SELECT COUNT(*) FROM usage_records WHERE streamed = 1 AND status = 'success'")
+	# The smoke stream is one of them.
+	ST_ROWS=$((ST_ROWS - 1))
+	ST_STATUS=$(sqlite3 "${TG_DATA[$ST]}/tollgate.db" "$(printf '%s' "SELECT status || '=' || COUNT(*) FROM usage_records GROUP BY status ORDER BY status;")" | paste -sd' ' -)
+fi
+
 # ---------------------------------------------------------------- ledger check
 declare -A ROWS ROWS_BY_STATUS TG_RC JOURNAL_LEFT
 Q_ROWS='SELECT COUNT(*) FROM usage_records;'
@@ -531,6 +621,17 @@ for t in "${TG_TARGETS[@]}"; do
 	JOURNAL_LEFT[$t]=$(cat "${TG_DATA[$t]}"/journal/*.log 2>/dev/null | wc -l)
 done
 
+# ---------------------------------------------------------------- recording
+# The ledger alone (journal + batch writer into a fresh SQLite, no HTTP), with the gateways
+# stopped so that it has the machine.
+if ((LEDGER_RECORDS > 0)); then
+	log "recording: $LEDGER_RECORDS records through the ledger alone (ledger_bench)"
+	LEDGER_LINE=$("$LEDGER_BENCH" --records "$LEDGER_RECORDS" --dir "$WORK/ledger" | tee "$WORK/ledger.txt" | grep '^LEDGER ') ||
+		die "ledger_bench failed"
+	for kv in ${LEDGER_LINE#LEDGER }; do R["ledger|bench|${kv%%=*}"]=${kv#*=}; done
+	log "recording: $(fmt_rps_early "$(get ledger bench records_per_sec)") records/s"
+fi
+
 # ---------------------------------------------------------------- report
 fmt_us() { # microseconds -> "123 µs" or "1.23 ms"
 	awk -v v="$1" 'BEGIN { if (v < 1000) printf "%d µs", v; else printf "%.2f ms", v / 1000 }'
@@ -541,7 +642,6 @@ fmt_signed_us() {
 }
 fmt_rps() { awk -v v="$1" 'BEGIN { printf "%d", v + 0.5 }' | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-get() { echo "${R["$1|$2|$3"]}"; }
 
 REPORT="$WORK/report.md"
 {
@@ -597,18 +697,24 @@ REPORT="$WORK/report.md"
 	echo
 	pass() { if awk "BEGIN { exit !($1) }"; then echo PASS; else echo FAIL; fi; }
 	for tg in "${TG_TARGETS[@]}"; do
-		echo "Targets ($tg against nginx):"
+		echo "Goals of issue 12 ($tg against nginx, same run):"
 		echo
 		for mode in json sse; do
 			tr=$(ratio "$(get "$mode-c64" "$tg" rps)" "$(get "$mode-c64" nginx rps)")
-			echo "- $mode, 64 connections: throughput $tr× nginx's (target ≥ 0.50×): $(pass "$tr >= 0.5")"
+			echo "- $mode, 64 connections: throughput $tr× nginx's (goal ≥ 0.50×, aim 0.80×): $(pass "$tr >= 0.5")"
+		done
+		for mode in json sse; do
+			tc=$(get "$mode-c64" "$tg" cpu_us)
+			nc=$(get "$mode-c64" nginx cpu_us)
+			cr=$(ratio "$tc" "$nc")
+			echo "- $mode, 64 connections: CPU per request $tc µs, nginx $nc µs: $cr× (goal ≤ 2×): $(pass "$cr <= 2")"
 		done
 		for mode in json sse; do
 			m=$(get "$mode-c1" mock p50_us)
 			na=$(($(get "$mode-c1" nginx p50_us) - m))
 			ta=$(($(get "$mode-c1" "$tg" p50_us) - m))
 			echo "- $mode, 1 connection: $tg adds $(fmt_signed_us "$ta") at p50, nginx $(fmt_signed_us "$na");" \
-				"difference $(fmt_signed_us $((ta - na))) (target < 100 µs): $(pass "$ta - $na < 100")"
+				"difference $(fmt_signed_us $((ta - na))) (goal ≤ +50 µs): $(pass "$ta - $na <= 50")"
 		done
 		for c in 1 64; do
 			d=$(($(get "sse-c$c" "$tg" p99_us) - $(get "sse-c$c" nginx p99_us)))
@@ -643,6 +749,25 @@ REPORT="$WORK/report.md"
 	echo "- p99 $(fmt_us "$hp") against $(fmt_us "$bp") without it (target ≤ 1.5× + 2 ms): $(pass "$hp <= 1.5 * $bp + 2000")"
 	echo "- connections held by the dispatcher: $HANG_CONNS (max_in_flight_per_endpoint = 4): $(pass "$HANG_CONNS <= 4 && $HANG_CONNS > 0")"
 	echo
+	if ((STREAMS > 0)); then
+		st_done=$(get streams "$ST" completed)
+		per=$(awk -v p="$ST_PEAK" -v b="$ST_RSS0" -v n="$STREAMS" 'BEGIN { printf "%.1f", (p - b) / n }')
+		echo "Slow streams ($ST, a fresh process, SQLite; mock --output-tokens $STREAM_TOKENS --chunk-delay-ms $STREAM_DELAY_MS:"
+		echo "$ST_EVENTS \`data:\` events per stream; \`stream_load --streams $STREAMS\`, all opened at once, 256 connecting at a time):"
+		echo
+		echo "- completed $st_done of $STREAMS in $(get streams "$ST" secs) s (stream time p50 $(get streams "$ST" p50_ms) ms, p99 $(get streams "$ST" p99_ms) ms, max $(get streams "$ST" max_ms) ms); $ST CPU $ST_CPU_US µs per stream"
+		echo "- RSS (VmRSS every 100 ms): $((ST_RSS0 / 1024)) MB idle → $((ST_PEAK / 1024)) MB peak (VmHWM $((ST_HWM / 1024)) MB): $per KB per stream"
+		echo "- records: $ST_ROWS successful streamed rows for the $STREAMS streams ($ST_STATUS, the smoke stream included)"
+		echo "- goal: all completed and recorded in ≤ 100 MB RSS: $(pass "$st_done == $STREAMS && $ST_ROWS == $STREAMS && $ST_PEAK <= 100 * 1024")"
+		echo
+	fi
+	if ((LEDGER_RECORDS > 0)); then
+		echo "Recording (\`ledger_bench --records $LEDGER_RECORDS\`: 64 tasks call Ledger::record, each record journaled with"
+		echo "a write(2), then batched into a fresh SQLite with its rollups; timed until all are committed):"
+		echo
+		echo "- $(fmt_rps "$(get ledger bench records_per_sec)") records/s ($(get ledger bench records) records in $(get ledger bench secs) s) (goal ≥ 100,000): $(pass "$(get ledger bench records_per_sec) >= 100000")"
+		echo
+	fi
 	for tg in "${TG_TARGETS[@]}"; do
 		where="tollgate.db usage_records"
 		[[ ${TG_STORE[$tg]} == postgres ]] && where="PostgreSQL $PG_DB usage_records"
@@ -659,6 +784,7 @@ REPORT="$WORK/report.md"
 			verdict="MISMATCH: ${ROWS[$tg]} rows for ${TG_COMPLETED[$tg]} responses received / ${TG_SENT[$tg]} sent"
 		fi
 		echo "- $verdict"
+		echo "- durability (every response received has its row; kill -9 is covered by crates/tollgate/tests/api/durability.rs): $(pass "${ROWS[$tg]} >= ${TG_COMPLETED[$tg]} && ${ROWS[$tg]} <= ${TG_SENT[$tg]}")"
 		if [[ ${TG_STORE[$tg]} == postgres ]]; then
 			echo "- PostgreSQL transactions in $PG_DB meanwhile (pg_stat_database): $PG_XACTS," \
 				"$(awk -v x="$PG_XACTS" -v n="${TG_SENT[$tg]}" 'BEGIN { printf "%.4f", n ? x / n : 0 }') per request sent"

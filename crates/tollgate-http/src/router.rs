@@ -13,7 +13,6 @@ use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tollgate_core::id::new_id;
 use tollgate_core::Code;
 
 use crate::error::{ApiError, ErrorStyle};
@@ -75,7 +74,7 @@ async fn request_context(
     next: Next,
 ) -> Response {
     let ctx = RequestCtx {
-        request_id: new_id("req", 12),
+        request_id: tollgate_core::id::request_id(),
         style: ErrorStyle::detect(req.headers(), req.uri().path()),
         started: Instant::now(),
         started_ms: s.engine.clock.now_ms(),

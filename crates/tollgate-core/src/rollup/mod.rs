@@ -302,35 +302,56 @@ impl<'a> Deltas<'a> {
 /// becomes a few rows per grain rather than one per record.
 pub fn deltas<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Deltas<'a> {
     let mut d = Deltas::default();
+    // Each record is looked up in the minute rows only; the hour and day rows are summed from
+    // the minute rows (a batch has far fewer of those than records). Every hour and day starts
+    // on a minute, so a minute row lies in exactly one of each; the sums are of non-negative
+    // values, so summing in another order gives the same totals.
+    let w = Grain::Minute.width_ms();
     for r in records {
         let sums = Sums::of(r);
-        let [am, ah, ad] = &mut d.attr;
-        for (grain, table, attr) in [
-            (Grain::Minute, &mut d.minute, am),
-            (Grain::Hour, &mut d.hour, ah),
-            (Grain::Day, &mut d.day, ad),
-        ] {
-            let w = grain.width_ms();
-            let key = RollupKey {
-                bucket_ms: r.created_at_ms.div_euclid(w) * w,
-                account_id: &r.account_id,
-                key_id: &r.key_id,
-                model: &r.model_requested,
-                provider: &r.provider,
-                source: r.source,
-                endpoint: r.endpoint,
+        let key = RollupKey {
+            bucket_ms: r.created_at_ms.div_euclid(w) * w,
+            account_id: &r.account_id,
+            key_id: &r.key_id,
+            model: &r.model_requested,
+            provider: &r.provider,
+            source: r.source,
+            endpoint: r.endpoint,
+        };
+        // Records that name neither an end user nor a tag add nothing here.
+        let users = r.user.as_deref().map(|u| (AttrKind::User, u));
+        let tags = r.tags.pairs().map(|t| (AttrKind::Tag, t));
+        for (kind, value) in users.into_iter().chain(tags) {
+            let k = AttrKey {
+                row: key.clone(),
+                kind,
+                value,
             };
-            let users = r.user.as_deref().map(|u| (AttrKind::User, u));
-            let tags = r.tags.pairs().map(|t| (AttrKind::Tag, t));
-            for (kind, value) in users.into_iter().chain(tags) {
-                let k = AttrKey {
-                    row: key.clone(),
-                    kind,
-                    value,
-                };
-                attr.entry(k).or_default().add(&sums);
-            }
-            table.entry(key).or_default().add(&sums);
+            d.attr[0].entry(k).or_default().add(&sums);
+        }
+        d.minute.entry(key).or_default().add(&sums);
+    }
+    let Deltas {
+        minute,
+        hour,
+        day,
+        attr: [attr_minute, attr_hour, attr_day],
+    } = &mut d;
+    for (grain, table, attr) in [(Grain::Hour, hour, attr_hour), (Grain::Day, day, attr_day)] {
+        let w = grain.width_ms();
+        let coarser = |k: &RollupKey<'a>| RollupKey {
+            bucket_ms: k.bucket_ms.div_euclid(w) * w,
+            ..k.clone()
+        };
+        for (k, sums) in minute.iter() {
+            table.entry(coarser(k)).or_default().add(sums);
+        }
+        for (k, sums) in attr_minute.iter() {
+            let key = AttrKey {
+                row: coarser(&k.row),
+                ..k.clone()
+            };
+            attr.entry(key).or_default().add(sums);
         }
     }
     d

@@ -379,7 +379,7 @@ impl Exchange {
             if ttft_ms.is_none() {
                 ttft_ms = i64::try_from(self.ticket.started().elapsed().as_millis()).ok();
             }
-            let events = match splitter.push(&next) {
+            let events = match splitter.push_bytes(&next) {
                 Ok(events) => events,
                 Err(EventTooLarge { limit }) => {
                     stopped = Some(error_event(

@@ -157,6 +157,33 @@ impl SseSplitter {
         Ok(out)
     }
 
+    /// `push` for a chunk the caller owns as `Bytes` (the upstream's): while no unfinished event
+    /// is buffered, the events the chunk completes are slices of it, with no copy and no buffer
+    /// of the splitter's own; only an unfinished tail is copied in. A slow stream (one event per
+    /// chunk, the usual case) then holds no splitter buffer between its events.
+    pub fn push_bytes(&mut self, chunk: &Bytes) -> Result<Vec<SseEvent>, EventTooLarge> {
+        if !self.buf.is_empty() {
+            return self.push(chunk);
+        }
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(end) = find_boundary(&chunk[start..], 0) {
+            if end > self.max_event {
+                return Err(EventTooLarge {
+                    limit: self.max_event,
+                });
+            }
+            out.push(SseEvent {
+                raw: chunk.slice(start..start + end),
+            });
+            start += end;
+        }
+        if start < chunk.len() {
+            out.extend(self.push(&chunk[start..])?);
+        }
+        Ok(out)
+    }
+
     /// Appends without letting the buffer's capacity grow past the event limit (`BytesMut`
     /// alone would double it). Space freed by events already sent is reused first.
     fn append(&mut self, piece: &[u8]) {
@@ -217,6 +244,50 @@ mod tests {
         assert_eq!(&s.take_rest()[..], b"data: x");
         let multi = s.push(b"data: x\ndata: y\n\n").unwrap();
         assert_eq!(multi[0].fields().1, "x\ny");
+    }
+
+    #[test]
+    fn bytes_chunks_split_as_slices_like_copied_ones() {
+        let stream = b"data: a\n\ndata: bb\r\n\r\nevent: x\ndata: c\n\ndata: tail";
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.split_at(cut);
+            let mut copied = SseSplitter::new(1 << 20);
+            let mut sliced = SseSplitter::new(1 << 20);
+            let mut want: Vec<Vec<u8>> = Vec::new();
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for part in [a, b] {
+                want.extend(
+                    copied
+                        .push(part)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.raw.to_vec()),
+                );
+                let part = Bytes::copy_from_slice(part);
+                got.extend(
+                    sliced
+                        .push_bytes(&part)
+                        .unwrap()
+                        .into_iter()
+                        .map(|e| e.raw.to_vec()),
+                );
+            }
+            assert_eq!(got, want, "cut at {cut}");
+            assert_eq!(sliced.take_rest(), copied.take_rest());
+        }
+        // Whole events in a chunk leave no buffer behind.
+        let mut s = SseSplitter::new(1 << 20);
+        assert_eq!(
+            s.push_bytes(&Bytes::from_static(b"data: a\n\n"))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(s.buf.capacity(), 0);
+        // The limit holds for slices too.
+        let mut s = SseSplitter::new(10);
+        let over = Bytes::from_static(b"data: 12345\n\n");
+        assert_eq!(s.push_bytes(&over).err(), Some(EventTooLarge { limit: 10 }));
     }
 
     #[test]

@@ -77,7 +77,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_retired_records.sql"),
     include_str!("migrations/0007_webhooks.sql"),
     include_str!("migrations/0008_webhook_history.sql"),
-    include_str!("migrations/0009_attribution.sql"),
+    include_str!("migrations/0009_record_guard_in_code.sql"),
+    include_str!("migrations/0010_attribution.sql"),
 ];
 
 pub(crate) struct Db {

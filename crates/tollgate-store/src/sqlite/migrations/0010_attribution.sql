@@ -1,4 +1,4 @@
--- 9: who spent it. Each record keeps its end user and canonical tags ("k=v,k=v"); the
+-- 10: who spent it. Each record keeps its end user and canonical tags ("k=v,k=v"); the
 -- attribution rollups keep, per grain, a row per (user or tag, main rollup key), so usage
 -- filtered by a user or a tag, or grouped by user, reads rollup rows as any other query does.
 ALTER TABLE usage_records ADD COLUMN end_user TEXT;
