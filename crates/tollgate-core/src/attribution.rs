@@ -135,17 +135,10 @@ impl Serialize for Tags {
 impl<'de> Deserialize<'de> for Tags {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let map = BTreeMap::<String, String>::deserialize(d)?;
-        let mut text = String::new();
-        for (k, v) in &map {
-            if !text.is_empty() {
-                text.push(',');
-            }
-            text.push_str(k);
-            text.push('=');
-            text.push_str(v);
-        }
-        Tags::from_canonical(&text)
-            .ok_or_else(|| serde::de::Error::custom(format!("invalid tags `{text}`")))
+        let pairs = map.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let text = Tags::from_map(&pairs);
+        Tags::from_canonical(text.as_str())
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid tags `{}`", text.as_str())))
     }
 }
 

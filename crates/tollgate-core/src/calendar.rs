@@ -317,6 +317,25 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     (MIN_MS..=MAX_MS).contains(&t).then_some(t)
 }
 
+/// An instant as the usage APIs and the CLI take one: `YYYY-MM-DD` (that local day's start, or
+/// with `end_of_day` the next day's start, so an end date is inclusive), RFC 3339, or Unix
+/// seconds.
+pub fn parse_instant(v: &str, tz: Tz, end_of_day: bool) -> Option<i64> {
+    if let Some(d) = parse_date(v) {
+        let d = if end_of_day {
+            d.succ_opt().unwrap_or(d)
+        } else {
+            d
+        };
+        return Some(day_start(tz, d));
+    }
+    if let Some(t) = parse_rfc3339(v) {
+        return Some(t);
+    }
+    let secs = v.parse::<i64>().ok()?;
+    (0..=MAX_MS / 1000).contains(&secs).then_some(secs * 1000)
+}
+
 // ---- budget periods (key spend limits): UTC calendar boundaries ----
 
 /// Start of the UTC period containing `now_ms`.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use tollgate_core::account::{Caller, Role};
-use tollgate_core::calendar::MINUTE_MS;
+use tollgate_core::calendar::{MAX_MS, MINUTE_MS, MIN_MS};
 use tollgate_core::pricing::reprice::{Repriced, Repricing};
 use tollgate_core::pricing::PriceTable;
 use tollgate_core::record::UsageRecord;
@@ -281,5 +281,7 @@ pub async fn reprice(
             };
         }
     }
-    Ok(fold.finish())
+    let from = (start_ms != MIN_MS).then_some(start_ms);
+    let to = (end_ms != MAX_MS).then_some(end_ms);
+    Ok(fold.finish(table, from, to))
 }

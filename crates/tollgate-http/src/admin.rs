@@ -18,7 +18,6 @@ use crate::routes::{Access, Routes};
 use tollgate_core::account::{KeyLimits, Role};
 use tollgate_core::calendar::{MAX_MS, MIN_MS};
 use tollgate_core::credit::CreditKind;
-use tollgate_core::pricing::reprice::Repriced;
 use tollgate_core::pricing::PriceTable;
 use tollgate_core::store::RecordQuery;
 use tollgate_engine::reports::reprice;
@@ -206,19 +205,6 @@ async fn reprice_params(
     Ok((account, start, end))
 }
 
-fn repriced(table: &PriceTable, out: Repriced, start: i64, end: i64) -> Response {
-    Json(json!({
-        "object": "reprice",
-        "from": (start != MIN_MS).then_some(start),
-        "to": (end != MAX_MS).then_some(end),
-        "price_version": table.version(),
-        "totals": out.totals,
-        "models": out.models,
-        "records_by_price_version": out.price_versions,
-    }))
-    .into_response()
-}
-
 /// `GET /admin/reprice?from=&to=&account_id=`: the period re-priced with the table the gateway
 /// runs now; after a price change, what the old requests would cost today.
 async fn reprice_current(
@@ -229,9 +215,15 @@ async fn reprice_current(
 ) -> Result<Response, ApiError> {
     let (account, start, end) = reprice_params(&s, q.as_deref()).await?;
     ctx.read_your_writes(&s).await;
-    let table = &s.engine.prices;
-    let out = reprice(&*s.engine.store, table, account.as_deref(), start, end).await?;
-    Ok(repriced(table, out, start, end))
+    let out = reprice(
+        &*s.engine.store,
+        &s.engine.prices,
+        account.as_deref(),
+        start,
+        end,
+    )
+    .await?;
+    Ok(Json(out).into_response())
 }
 
 /// `POST /admin/reprice?from=&to=&account_id=` with a price file as the body (tollgate's
@@ -252,7 +244,7 @@ async fn reprice_with(
     })?;
     ctx.read_your_writes(&s).await;
     let out = reprice(&*s.engine.store, &table, account.as_deref(), start, end).await?;
-    Ok(repriced(&table, out, start, end))
+    Ok(Json(out).into_response())
 }
 
 async fn get_request(

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method};
 use bytes::Bytes;
 use tollgate_core::account::Caller;
-use tollgate_core::attribution::{check_user, parse_tag};
+use tollgate_core::attribution::parse_tag;
 use tollgate_core::{Code, DomainError};
 use tollgate_engine::reports::Scope;
 
@@ -137,15 +137,12 @@ impl UsageQuery {
 
     /// `user` (one or more end users) and `tag` (one `key=value`), checked.
     fn attribution(&self) -> Result<(Vec<String>, Option<String>), ApiError> {
-        let users = self.p.all("user");
+        let users = self.p.users("user")?;
         if users.len() > MAX_USER_FILTER {
             return Err(ApiError::invalid(
                 "user",
                 format!("at most {MAX_USER_FILTER} users per query"),
             ));
-        }
-        for u in &users {
-            check_user(u).map_err(|e| ApiError::invalid("user", format!("`user` {e}")))?;
         }
         let tag = match self.p.get("tag")? {
             None => None,

@@ -4,7 +4,8 @@
 use chrono::NaiveDate;
 use chrono_tz::Tz;
 
-use tollgate_core::calendar::{self as time, parse_date, parse_rfc3339};
+use tollgate_core::attribution::check_user;
+use tollgate_core::calendar::{self as time, parse_date};
 
 use crate::error::ApiError;
 
@@ -54,6 +55,15 @@ impl Params {
             .collect()
     }
 
+    /// Every end user a multi-valued parameter names, each checked (`attribution::check_user`).
+    pub fn users(&self, name: &str) -> Result<Vec<String>, ApiError> {
+        let users = self.all(name);
+        for u in &users {
+            check_user(u).map_err(|e| ApiError::invalid(name, format!("`{name}` {e}")))?;
+        }
+        Ok(users)
+    }
+
     /// `timezone`: an IANA zone name; UTC by default.
     pub fn timezone(&self) -> Result<Tz, ApiError> {
         match self.get("timezone")? {
@@ -100,28 +110,14 @@ impl Params {
         let Some(v) = self.get(name)? else {
             return Ok(None);
         };
-        if let Some(d) = parse_date(v) {
-            let d = if end_of_day {
-                d.succ_opt().unwrap_or(d)
-            } else {
-                d
-            };
-            return Ok(Some(time::day_start(tz, d)));
-        }
-        if let Some(t) = parse_rfc3339(v) {
-            return Ok(Some(t));
-        }
-        if let Ok(secs) = v.parse::<i64>() {
-            if (0..=time::MAX_MS / 1000).contains(&secs) {
-                return Ok(Some(secs * 1000));
-            }
-        }
-        Err(ApiError::invalid(
-            name,
-            format!(
-                "`{name}` must be a date YYYY-MM-DD, an RFC 3339 time or Unix seconds, got `{v}`"
-            ),
-        ))
+        time::parse_instant(v, tz, end_of_day).map(Some).ok_or_else(|| {
+            ApiError::invalid(
+                name,
+                format!(
+                    "`{name}` must be a date YYYY-MM-DD, an RFC 3339 time or Unix seconds, got `{v}`"
+                ),
+            )
+        })
     }
 }
 

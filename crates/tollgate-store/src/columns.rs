@@ -1,7 +1,8 @@
 //! What both backends' schemas share: the column lists, in the order the row readers expect,
-//! and the rollup table of each grain.
+//! the rollup table of each grain, and the one shape of a rollup upsert (main and attribution
+//! rows alike).
 
-use tollgate_core::rollup::{AttrFilter, AttrKind, Dims, Grain, RollupFilter};
+use tollgate_core::rollup::{AttrFilter, AttrKey, AttrKind, Dims, Grain, RollupFilter, RollupKey};
 
 pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
@@ -62,6 +63,64 @@ pub(crate) const DIM_COLUMNS: [&str; 6] = [
 /// Which of `DIM_COLUMNS` a query groups by.
 pub(crate) fn dim_flags(d: Dims) -> [bool; 6] {
     [d.account, d.key, d.model, d.provider, d.source, d.endpoint]
+}
+
+/// A rollup delta's key: a main rollup key, and for the attribution rollups also the user or
+/// tag it counts. Both backends write either kind through one upsert.
+pub(crate) trait RowKey<'a>: Ord {
+    /// Whether the table keys rows by `(attr_kind, attr_value)` too.
+    const ATTR: bool;
+    fn row(&self) -> &RollupKey<'a>;
+    /// `(attr_kind, attr_value)` for attribution rows.
+    fn attr(&self) -> Option<(&'static str, &'a str)>;
+}
+
+impl<'a> RowKey<'a> for RollupKey<'a> {
+    const ATTR: bool = false;
+    fn row(&self) -> &RollupKey<'a> {
+        self
+    }
+    fn attr(&self) -> Option<(&'static str, &'a str)> {
+        None
+    }
+}
+
+impl<'a> RowKey<'a> for AttrKey<'a> {
+    const ATTR: bool = true;
+    fn row(&self) -> &RollupKey<'a> {
+        &self.row
+    }
+    fn attr(&self) -> Option<(&'static str, &'a str)> {
+        Some((self.kind.as_str(), self.value))
+    }
+}
+
+/// A rollup table's key columns, in insert order, and its conflict target (the primary key).
+pub(crate) fn rollup_key_columns(attr: bool) -> (&'static str, &'static str) {
+    if attr {
+        (
+            "bucket_ms, account_id, attr_kind, attr_value, key_id, model, provider, source, endpoint",
+            "account_id, attr_kind, attr_value, bucket_ms, key_id, model, provider, source, endpoint",
+        )
+    } else {
+        (
+            "bucket_ms, account_id, key_id, model, provider, source, endpoint",
+            "account_id, bucket_ms, key_id, model, provider, source, endpoint",
+        )
+    }
+}
+
+/// The summed columns, in insert order (`Sums` field order).
+pub(crate) const SUM_COLUMNS: &str = "requests, success, input_tokens, output_tokens, \
+     cached_tokens, reasoning_tokens, cost_nanos, charged_nanos";
+
+/// How many key columns a rollup table has (the rest of an upsert's values are the 8 sums).
+pub(crate) fn rollup_key_width(attr: bool) -> usize {
+    if attr {
+        9
+    } else {
+        7
+    }
 }
 
 /// Adds an upsert's increments to the row's sums (`t` is the table, `excluded` the new row).

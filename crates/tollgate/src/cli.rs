@@ -474,17 +474,11 @@ async fn keys(
 /// time or Unix seconds.
 fn bound(v: Option<&str>, end: bool, default: i64) -> anyhow::Result<i64> {
     let Some(v) = v else { return Ok(default) };
-    if let (Some(d), Some(utc)) = (calendar::parse_date(v), calendar::parse_tz("UTC")) {
-        let d = if end { d.succ_opt().unwrap_or(d) } else { d };
-        return Ok(calendar::day_start(utc, d));
-    }
-    if let Some(t) = calendar::parse_rfc3339(v) {
-        return Ok(t);
-    }
-    match v.parse::<i64>() {
-        Ok(secs) if (0..=MAX_MS / 1000).contains(&secs) => Ok(secs * 1000),
-        _ => anyhow::bail!("`{v}` is not a date (YYYY-MM-DD), an RFC 3339 time or Unix seconds"),
-    }
+    calendar::parse_tz("UTC")
+        .and_then(|utc| calendar::parse_instant(v, utc, end))
+        .ok_or_else(|| {
+            anyhow::anyhow!("`{v}` is not a date (YYYY-MM-DD), an RFC 3339 time or Unix seconds")
+        })
 }
 
 async fn reprice_cmd(
@@ -507,14 +501,7 @@ async fn reprice_cmd(
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))?;
     if json {
-        let v = serde_json::json!({
-            "object": "reprice",
-            "price_version": table.version(),
-            "totals": out.totals,
-            "models": out.models,
-            "records_by_price_version": out.price_versions,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let usd = |n: i64| nanos_to_usd_string(n);

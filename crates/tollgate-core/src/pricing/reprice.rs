@@ -58,11 +58,18 @@ pub struct Repricing {
     versions: BTreeMap<String, i64>,
 }
 
+/// The answer of `GET`/`POST /admin/reprice` and `tollgate prices reprice --json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Repriced {
-    pub models: Vec<ModelReprice>,
+    pub object: &'static str,
+    /// The range re-priced, ms since the epoch (`None`: from the first / to the last record).
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    /// The version of the table re-priced with.
+    pub price_version: String,
     pub totals: RepriceTotals,
-    pub price_versions: BTreeMap<String, i64>,
+    pub models: Vec<ModelReprice>,
+    pub records_by_price_version: BTreeMap<String, i64>,
 }
 
 fn tokens(v: i64) -> u64 {
@@ -113,7 +120,8 @@ impl Repricing {
         *self.versions.entry(v.to_string()).or_default() += 1;
     }
 
-    pub fn finish(self) -> Repriced {
+    /// The report: re-priced with `table`, over `from..to` (as asked; `None` when open).
+    pub fn finish(self, table: &PriceTable, from: Option<i64>, to: Option<i64>) -> Repriced {
         let mut t = RepriceTotals::default();
         let models: Vec<ModelReprice> = self
             .models
@@ -138,9 +146,13 @@ impl Repricing {
             .saturating_add(t.unpriced_cost_nanos)
             .saturating_sub(t.cost_nanos);
         Repriced {
-            models,
+            object: "reprice",
+            from,
+            to,
+            price_version: table.version().to_string(),
             totals: t,
-            price_versions: self.versions,
+            models,
+            records_by_price_version: self.versions,
         }
     }
 }
@@ -196,13 +208,13 @@ mod tests {
         ];
         let mut f = Repricing::default();
         records.iter().for_each(|r| f.add(r, &same));
-        let out = f.finish();
+        let out = f.finish(&same, None, None);
         let m = &out.models[0];
         assert_eq!(m.repriced_cost_nanos, Some(m.cost_nanos));
         assert_eq!(out.totals.difference_nanos, 0);
         assert_eq!(out.totals.unpriced_cost_nanos, records[2].cost_nanos);
         assert_eq!(out.models[1].repriced_cost_nanos, None);
-        assert_eq!(out.price_versions["pt_a"], 3);
+        assert_eq!(out.records_by_price_version["pt_a"], 3);
 
         // Input at twice the price: 600 plain + 7 plain tokens more, at 2,500 nano-USD each.
         let mut dear = same.clone();
@@ -215,7 +227,7 @@ mod tests {
         });
         let mut f = Repricing::default();
         records.iter().for_each(|r| f.add(r, &dear));
-        let out = f.finish();
+        let out = f.finish(&dear, None, None);
         assert_eq!(out.models[0].difference_nanos, Some(607 * 2_500));
         assert_eq!(out.totals.difference_nanos, 607 * 2_500);
         assert_eq!(out.totals.unreproduced, 0);

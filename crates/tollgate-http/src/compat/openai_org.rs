@@ -19,7 +19,6 @@ use super::usd;
 use crate::extract::Admin;
 use crate::params::Params;
 use crate::state::{AppState, RequestCtx, SharedState};
-use tollgate_core::attribution::check_user;
 use tollgate_core::calendar::{Grid, Unit, MAX_MS};
 use tollgate_core::calendar::{HOUR_MS, MINUTE_MS};
 use tollgate_core::record::Endpoint;
@@ -182,10 +181,7 @@ async fn page(s: &AppState, ctx: &RequestCtx, kind: Kind, p: &Params) -> Result<
     }
     filter.models = p.all("models");
     filter.endpoints = kind.endpoints();
-    let users = p.all("user_ids");
-    for u in &users {
-        check_user(u).map_err(|e| ApiError::invalid("user_ids", format!("`user_ids`: {e}")))?;
-    }
+    let users = p.users("user_ids")?;
     if !users.is_empty() {
         filter.attribution = AttrFilter::Users(users);
     }

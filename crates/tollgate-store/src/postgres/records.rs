@@ -5,15 +5,16 @@
 use std::collections::{BTreeMap, HashSet};
 
 use chrono::{Datelike, TimeZone, Utc};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 use tollgate_core::record::UsageRecord;
-use tollgate_core::rollup::{self, AttrKey, RollupKey, Sums};
+use tollgate_core::rollup::{self, Sums};
 use tollgate_core::StoreError;
 
 use super::conn::classify;
 use super::rows::{attr_table, rollup_table, RECORD_COLUMNS};
 use super::PgStore;
-use crate::columns::SUMS_UPDATE;
+use crate::columns::{rollup_key_columns, rollup_key_width, RowKey, SUMS_UPDATE, SUM_COLUMNS};
 
 /// The UTC month holding `ms`: `[start, end)` in ms, and the partition's name.
 pub(crate) fn month_of(ms: i64) -> Result<(i64, i64, String), StoreError> {
@@ -182,7 +183,7 @@ async fn insert_once(store: &PgStore, batch: &[UsageRecord]) -> Result<usize, St
         upsert_rollups(&tx, rollup_table(grain), rows).await?;
     }
     for (grain, rows) in deltas.attr_grains() {
-        upsert_attr_rollups(&tx, attr_table(grain), rows).await?;
+        upsert_rollups(&tx, attr_table(grain), rows).await?;
     }
     charge(&tx, &store.replica_id, &new).await?;
     tx.commit().await.map_err(classify)?;
@@ -285,30 +286,33 @@ async fn insert_records(
     rows.iter().map(|r| super::rows::get(r, 0)).collect()
 }
 
-/// Adds deltas to one rollup table. Rows go in key order, so two replicas updating the same
-/// rows lock them in the same order (no deadlock between their transactions).
-async fn upsert_rollups(
+/// Adds one grain's deltas (main or attribution rows) to its rollup table, as one `UNNEST`
+/// upsert. Rows go in key order, so two replicas updating the same rows lock them in the same
+/// order (no deadlock between their transactions).
+async fn upsert_rollups<'a, K: RowKey<'a>>(
     tx: &Transaction<'_>,
     table: &str,
-    rows: &std::collections::HashMap<RollupKey<'_>, Sums>,
+    rows: &std::collections::HashMap<K, Sums>,
 ) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut sorted: Vec<(&RollupKey<'_>, &Sums)> = rows.iter().collect();
+    let mut sorted: Vec<(&K, &Sums)> = rows.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     macro_rules! col {
         ($f:expr) => {
             sorted.iter().map($f).collect::<Vec<_>>()
         };
     }
-    let bucket = col!(|(k, _)| k.bucket_ms);
-    let account = col!(|(k, _)| k.account_id);
-    let key = col!(|(k, _)| k.key_id);
-    let model = col!(|(k, _)| k.model);
-    let provider = col!(|(k, _)| k.provider);
-    let source = col!(|(k, _)| k.source.as_str());
-    let endpoint = col!(|(k, _)| k.endpoint.as_str());
+    let bucket = col!(|(k, _)| k.row().bucket_ms);
+    let account = col!(|(k, _)| k.row().account_id);
+    let kind = col!(|(k, _)| k.attr().map_or("", |a| a.0));
+    let value = col!(|(k, _)| k.attr().map_or("", |a| a.1));
+    let key = col!(|(k, _)| k.row().key_id);
+    let model = col!(|(k, _)| k.row().model);
+    let provider = col!(|(k, _)| k.row().provider);
+    let source = col!(|(k, _)| k.row().source.as_str());
+    let endpoint = col!(|(k, _)| k.row().endpoint.as_str());
     let requests = col!(|(_, s)| s.requests);
     let success = col!(|(_, s)| s.success);
     let input = col!(|(_, s)| s.input_tokens);
@@ -317,76 +321,41 @@ async fn upsert_rollups(
     let reasoning = col!(|(_, s)| s.reasoning_tokens);
     let cost = col!(|(_, s)| s.cost_nanos);
     let charged = col!(|(_, s)| s.charged_nanos);
+    let mut args: Vec<&(dyn ToSql + Sync)> = vec![&bucket, &account];
+    if K::ATTR {
+        args.extend([&kind as &(dyn ToSql + Sync), &value]);
+    }
+    args.extend([
+        &key as &(dyn ToSql + Sync),
+        &model,
+        &provider,
+        &source,
+        &endpoint,
+        &requests,
+        &success,
+        &input,
+        &output,
+        &cached,
+        &reasoning,
+        &cost,
+        &charged,
+    ]);
+    // bucket_ms bigint, the other key columns text, the sums bigint.
+    let keys = rollup_key_width(K::ATTR);
+    let arrays: Vec<String> = (1..=args.len())
+        .map(|i| {
+            let ty = if i == 1 || i > keys { "bigint" } else { "text" };
+            format!("${i}::{ty}[]")
+        })
+        .collect();
+    let (columns, conflict) = rollup_key_columns(K::ATTR);
     tx.execute(
         &format!(
-            "INSERT INTO {table} AS t (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
-             requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, \
-             cost_nanos, charged_nanos) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-             $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[]) \
-             ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-             {SUMS_UPDATE}"
+            "INSERT INTO {table} AS t ({columns}, {SUM_COLUMNS}) SELECT * FROM UNNEST({}) \
+             ON CONFLICT ({conflict}) DO UPDATE SET {SUMS_UPDATE}",
+            arrays.join(", ")
         ),
-        &[
-            &bucket, &account, &key, &model, &provider, &source, &endpoint, &requests, &success,
-            &input, &output, &cached, &reasoning, &cost, &charged,
-        ],
-    )
-    .await
-    .map_err(classify)?;
-    Ok(())
-}
-
-/// Adds deltas to one attribution rollup table, in key order as `upsert_rollups` does.
-async fn upsert_attr_rollups(
-    tx: &Transaction<'_>,
-    table: &str,
-    rows: &std::collections::HashMap<AttrKey<'_>, Sums>,
-) -> Result<(), StoreError> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let mut sorted: Vec<(&AttrKey<'_>, &Sums)> = rows.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    macro_rules! col {
-        ($f:expr) => {
-            sorted.iter().map($f).collect::<Vec<_>>()
-        };
-    }
-    let bucket = col!(|(k, _)| k.row.bucket_ms);
-    let account = col!(|(k, _)| k.row.account_id);
-    let kind = col!(|(k, _)| k.kind.as_str());
-    let value = col!(|(k, _)| k.value);
-    let key = col!(|(k, _)| k.row.key_id);
-    let model = col!(|(k, _)| k.row.model);
-    let provider = col!(|(k, _)| k.row.provider);
-    let source = col!(|(k, _)| k.row.source.as_str());
-    let endpoint = col!(|(k, _)| k.row.endpoint.as_str());
-    let requests = col!(|(_, s)| s.requests);
-    let success = col!(|(_, s)| s.success);
-    let input = col!(|(_, s)| s.input_tokens);
-    let output = col!(|(_, s)| s.output_tokens);
-    let cached = col!(|(_, s)| s.cached_tokens);
-    let reasoning = col!(|(_, s)| s.reasoning_tokens);
-    let cost = col!(|(_, s)| s.cost_nanos);
-    let charged = col!(|(_, s)| s.charged_nanos);
-    tx.execute(
-        &format!(
-            "INSERT INTO {table} AS t (bucket_ms, account_id, attr_kind, attr_value, key_id, model, \
-             provider, source, endpoint, requests, success, input_tokens, output_tokens, \
-             cached_tokens, reasoning_tokens, cost_nanos, charged_nanos) \
-             SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
-             $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], \
-             $17::bigint[]) \
-             ON CONFLICT (account_id, attr_kind, attr_value, bucket_ms, key_id, model, provider, \
-             source, endpoint) DO UPDATE SET {SUMS_UPDATE}"
-        ),
-        &[
-            &bucket, &account, &kind, &value, &key, &model, &provider, &source, &endpoint,
-            &requests, &success, &input, &output, &cached, &reasoning, &cost, &charged,
-        ],
+        &args,
     )
     .await
     .map_err(classify)?;

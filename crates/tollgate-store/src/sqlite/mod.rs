@@ -10,12 +10,14 @@ mod webhooks;
 use std::path::Path;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use tollgate_core::credit::{CreditEntry, CreditTotals};
 use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{
-    self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment,
+    self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
 };
 use tollgate_core::store::{
     AccountStore, AnomalyCount, CreditStore, KeyStore, ProviderKeyStore, RecordQuery, RecordStore,
@@ -25,9 +27,10 @@ use tollgate_core::StoreError;
 
 use self::conn::{bad_value, Db, Fail};
 use self::rows::{
-    account_from_row, attr_rollup_sql, attr_table, credit_from_row, key_from_row, record_from_row,
-    rollup_sql, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+    account_from_row, attr_table, credit_from_row, key_from_row, record_from_row, rollup_sql,
+    rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
 };
+use crate::columns::RowKey;
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -135,55 +138,50 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
         }
         let deltas = rollup::deltas(new.iter().copied());
         for (grain, rows) in deltas.grains() {
-            let mut up = tx.prepare_cached(&rollup_sql(rollup_table(grain)))?;
-            for (k, s) in rows {
-                up.execute(params![
-                    k.bucket_ms,
-                    k.account_id,
-                    k.key_id,
-                    k.model,
-                    k.provider,
-                    k.source.as_str(),
-                    k.endpoint.as_str(),
-                    s.requests,
-                    s.success,
-                    s.input_tokens,
-                    s.output_tokens,
-                    s.cached_tokens,
-                    s.reasoning_tokens,
-                    s.cost_nanos,
-                    s.charged_nanos,
-                ])?;
-            }
+            upsert_rollups(&tx, rollup_table(grain), rows)?;
         }
         for (grain, rows) in deltas.attr_grains() {
-            let mut up = tx.prepare_cached(&attr_rollup_sql(attr_table(grain)))?;
-            for (k, s) in rows {
-                up.execute(params![
-                    k.row.bucket_ms,
-                    k.row.account_id,
-                    k.kind.as_str(),
-                    k.value,
-                    k.row.key_id,
-                    k.row.model,
-                    k.row.provider,
-                    k.row.source.as_str(),
-                    k.row.endpoint.as_str(),
-                    s.requests,
-                    s.success,
-                    s.input_tokens,
-                    s.output_tokens,
-                    s.cached_tokens,
-                    s.reasoning_tokens,
-                    s.cost_nanos,
-                    s.charged_nanos,
-                ])?;
-            }
+            upsert_rollups(&tx, attr_table(grain), rows)?;
         }
     }
     let inserted = new.len();
     tx.commit()?;
     Ok(inserted)
+}
+
+/// Adds one grain's deltas (main or attribution rows) to its rollup table.
+fn upsert_rollups<'a, K: RowKey<'a>>(
+    tx: &rusqlite::Transaction<'_>,
+    table: &str,
+    rows: &HashMap<K, Sums>,
+) -> Result<(), Fail> {
+    let mut up = tx.prepare_cached(&rollup_sql(table, K::ATTR))?;
+    for (k, s) in rows {
+        let r = k.row();
+        let (source, endpoint) = (r.source.as_str(), r.endpoint.as_str());
+        let attr = k.attr();
+        let mut args: Vec<&dyn ToSql> = vec![&r.bucket_ms, &r.account_id];
+        if let Some((kind, value)) = &attr {
+            args.extend([kind as &dyn ToSql, value]);
+        }
+        args.extend([
+            &r.key_id as &dyn ToSql,
+            &r.model,
+            &r.provider,
+            &source,
+            &endpoint,
+            &s.requests,
+            &s.success,
+            &s.input_tokens,
+            &s.output_tokens,
+            &s.cached_tokens,
+            &s.reasoning_tokens,
+            &s.cost_nanos,
+            &s.charged_nanos,
+        ]);
+        up.execute(params_from_iter(args))?;
+    }
+    Ok(())
 }
 
 #[async_trait]

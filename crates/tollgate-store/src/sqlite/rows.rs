@@ -11,8 +11,9 @@ use tollgate_core::record::{Anomaly, Endpoint, Source, Status, UsageRecord};
 
 use super::conn::bad_value;
 pub(crate) use crate::columns::{
-    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS, SUMS_UPDATE,
+    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
 };
+use crate::columns::{rollup_key_columns, rollup_key_width, SUMS_UPDATE, SUM_COLUMNS};
 
 pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let endpoint: String = r.get(5)?;
@@ -94,26 +95,15 @@ pub(crate) fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
     })
 }
 
-pub(crate) fn rollup_sql(table: &str) -> String {
+/// The upsert of one rollup row (main or attribution: `attr`), `?1…` in insert order.
+pub(crate) fn rollup_sql(table: &str, attr: bool) -> String {
+    let (keys, conflict) = rollup_key_columns(attr);
+    let n = rollup_key_width(attr) + 8;
+    let values: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
     format!(
-        "INSERT INTO {table} AS t (bucket_ms, account_id, key_id, model, provider, source, endpoint, \
-         requests, success, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_nanos, \
-         charged_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
-         ON CONFLICT (account_id, bucket_ms, key_id, model, provider, source, endpoint) DO UPDATE SET \
-         {SUMS_UPDATE}"
-    )
-}
-
-/// The attribution rollup upsert: the main one's, keyed also by `(attr_kind, attr_value)`.
-pub(crate) fn attr_rollup_sql(table: &str) -> String {
-    format!(
-        "INSERT INTO {table} AS t (bucket_ms, account_id, attr_kind, attr_value, key_id, model, \
-         provider, source, endpoint, requests, success, input_tokens, output_tokens, \
-         cached_tokens, reasoning_tokens, cost_nanos, charged_nanos) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
-         ON CONFLICT (account_id, attr_kind, attr_value, bucket_ms, key_id, model, provider, \
-         source, endpoint) DO UPDATE SET {SUMS_UPDATE}"
+        "INSERT INTO {table} AS t ({keys}, {SUM_COLUMNS}) VALUES ({}) \
+         ON CONFLICT ({conflict}) DO UPDATE SET {SUMS_UPDATE}",
+        values.join(", ")
     )
 }
 

@@ -10,8 +10,13 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 impl TestApp {
-    /// Sends a request with extra headers; returns its record once written.
-    async fn attributed(&self, anthropic: bool, body: Value, headers: &[(&str, &str)]) -> Value {
+    /// A chat completion (Bearer) or a message (`x-api-key`) with extra headers.
+    async fn send_with(
+        &self,
+        anthropic: bool,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let path = if anthropic {
             "/v1/messages"
         } else {
@@ -27,7 +32,12 @@ impl TestApp {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let r = req.send().await.unwrap();
+        req.send().await.unwrap()
+    }
+
+    /// Sends a request with extra headers; returns its record once written.
+    async fn attributed(&self, anthropic: bool, body: Value, headers: &[(&str, &str)]) -> Value {
+        let r = self.send_with(anthropic, body.clone(), headers).await;
         assert_eq!(r.status(), 200, "{body}");
         let id = request_id(&r);
         let _ = r.bytes().await.unwrap();
@@ -35,22 +45,7 @@ impl TestApp {
     }
 
     async fn refused_with(&self, anthropic: bool, body: Value, headers: &[(&str, &str)]) -> Value {
-        let path = if anthropic {
-            "/v1/messages"
-        } else {
-            "/v1/chat/completions"
-        };
-        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
-        req = if anthropic {
-            req.header("x-api-key", &self.user_key)
-                .header("anthropic-version", "2023-06-01")
-        } else {
-            req.bearer_auth(&self.user_key)
-        };
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let r = req.send().await.unwrap();
+        let r = self.send_with(anthropic, body.clone(), headers).await;
         assert_eq!(r.status(), 400, "{headers:?} {body}");
         r.json().await.unwrap()
     }
