@@ -77,6 +77,8 @@ fn record(i: u64) -> UsageRecord {
         user: None,
         tags: Default::default(),
         price_version: Some("pt_ledgerbench000".into()),
+        fingerprint: None,
+        conversation: None,
     }
 }
 

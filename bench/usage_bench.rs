@@ -228,6 +228,8 @@ fn record(
         user,
         tags,
         price_version: Some("pt_usagebench0000".into()),
+        fingerprint: None,
+        conversation: None,
     }
 }
 

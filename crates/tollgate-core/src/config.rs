@@ -32,6 +32,7 @@ pub struct Config {
     pub records: RecordsConfig,
     pub webhooks: WebhooksConfig,
     pub metrics: MetricsConfig,
+    pub insights: InsightsConfig,
     /// Upstream providers by name. Each says which models it serves.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Extra or overriding price entries, by model name.
@@ -210,6 +211,44 @@ impl Default for MetricsConfig {
             enabled: true,
             token: None,
             max_models: 200,
+        }
+    }
+}
+
+/// `GET /v1/usage/insights`: request fingerprints and the analyses' knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InsightsConfig {
+    /// Fingerprint each request (keyed hashes of its body and conversation opening; off: the
+    /// insights that need them come back empty). They are keyed by the secret that seals webhook
+    /// secrets, so replicas need `security.encryption_key`.
+    pub fingerprints: bool,
+    /// Two answered identical requests this many seconds apart or closer are a duplicate.
+    pub duplicate_window_secs: u64,
+    /// A retry this many seconds or less after the failed attempt before it continues a loop.
+    pub retry_window_secs: u64,
+    /// The fewest attempts that make a retry loop.
+    pub retry_min_attempts: usize,
+    /// The fewest answered turns that make a growing conversation.
+    pub growth_min_turns: usize,
+    /// The history size (input tokens per turn) whose savings are shown; `history_cap` per query.
+    pub history_cap_tokens: u64,
+    /// Model -> its cheaper sibling (a model of the price table), for the model mix. A name
+    /// matches the model and its dated snapshots (`gpt-4o` matches `gpt-4o-2024-08-06`). Set,
+    /// it replaces the default map.
+    pub siblings: BTreeMap<String, String>,
+}
+
+impl Default for InsightsConfig {
+    fn default() -> Self {
+        Self {
+            fingerprints: true,
+            duplicate_window_secs: 600,
+            retry_window_secs: 600,
+            retry_min_attempts: 3,
+            growth_min_turns: 3,
+            history_cap_tokens: 8_000,
+            siblings: crate::insights::default_siblings(),
         }
     }
 }
@@ -422,6 +461,7 @@ impl Default for Config {
             records: RecordsConfig::default(),
             webhooks: WebhooksConfig::default(),
             metrics: MetricsConfig::default(),
+            insights: InsightsConfig::default(),
             providers,
             prices: BTreeMap::new(),
         }
@@ -430,6 +470,28 @@ impl Default for Config {
 
 impl Config {
     pub fn validate(&self) -> Result<(), InvalidConfig> {
+        let i = &self.insights;
+        if !(1..=86_400).contains(&i.duplicate_window_secs)
+            || !(1..=86_400).contains(&i.retry_window_secs)
+        {
+            return Err(InvalidConfig(
+                "insights.duplicate_window_secs and insights.retry_window_secs must be 1 to 86400"
+                    .into(),
+            ));
+        }
+        if !(2..=1000).contains(&i.retry_min_attempts) || !(2..=1000).contains(&i.growth_min_turns)
+        {
+            return Err(InvalidConfig(
+                "insights.retry_min_attempts and insights.growth_min_turns must be 2 to 1000"
+                    .into(),
+            ));
+        }
+        if i.history_cap_tokens > crate::record::bounds::MAX_TOKENS_PER_REQUEST {
+            return Err(InvalidConfig(format!(
+                "insights.history_cap_tokens must be at most {}",
+                crate::record::bounds::MAX_TOKENS_PER_REQUEST
+            )));
+        }
         if self.metrics.token.as_deref().is_some_and(|t| t.len() < 16) {
             return Err(InvalidConfig(
                 "metrics.token must be at least 16 characters (or leave it unset)".into(),

@@ -190,6 +190,20 @@ pub struct UsageRecord {
     /// `None` for records priced at zero without a table (refused) and for records older than it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_version: Option<String>,
+    /// Keyed hashes of the request's body and of its conversation's opening
+    /// (`fingerprint::AccountKey`), for the insights; never the prompt itself.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::fingerprint::hex_opt"
+    )]
+    pub fingerprint: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::fingerprint::hex_opt"
+    )]
+    pub conversation: Option<i64>,
 }
 
 /// Why a record's numbers deserve a second look.

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use crate::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use crate::credit::{CreditEntry, CreditTotals};
 use crate::error::StoreError;
+use crate::insights::InsightRows;
 use crate::record::{Anomaly, UsageRecord};
 use crate::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
 use crate::webhook::{AttemptOutcome, Claimed, DeliveryState, Event, EventType, Webhook};
@@ -58,6 +59,14 @@ pub trait RecordStore: Send + Sync + 'static {
         dims: Dims,
         segments: Vec<Segment>,
     ) -> Result<Vec<RollupRow>, StoreError>;
+    /// What the insights read of an account's records created in `[start_ms, end_ms)`, in
+    /// `(created_at_ms, request_id)` order: one narrow scan, no full records.
+    async fn insight_rows(
+        &self,
+        account_id: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<InsightRows, StoreError>;
     /// A key's model cost (nano-USD) in records created at or after `since_ms` (hour-aligned).
     async fn key_spend_since(&self, key_id: &str, since_ms: i64) -> Result<i64, StoreError>;
     /// The account's records flagged with an anomaly: one entry per kind that occurs, ordered

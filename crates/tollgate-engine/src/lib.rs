@@ -20,6 +20,7 @@ pub mod byok;
 pub mod copy;
 pub mod credits;
 pub mod fs;
+pub mod insights;
 pub mod keys;
 pub mod ledger;
 pub mod limits;
@@ -60,6 +61,9 @@ pub struct Engine {
     pub webhooks: Arc<webhooks::Webhooks>,
     /// None when `metrics.enabled` is off.
     pub metrics: Option<Arc<metrics::Metrics>>,
+    /// Keys each account's request fingerprints; None when `insights.fingerprints` is off or
+    /// no sealing key is configured (replicas without `security.encryption_key`).
+    fingerprint_secret: Option<tollgate_core::fingerprint::FingerprintSecret>,
 }
 
 /// How long a validated key is trusted before it is re-read. Replicas sharing PostgreSQL
@@ -155,10 +159,13 @@ impl Engine {
         let provider_keys =
             ProviderKeys::new(store.clone(), config.security.encryption_key.as_deref());
         let router = ModelRouter::from_config(&config, |var| std::env::var(var).ok());
+        let sealing_key = sealing_key(&config)?;
+        let fingerprint_secret =
+            insights::secret(config.insights.fingerprints, sealing_key.as_ref());
         let webhooks = Arc::new(webhooks::Webhooks::new(
             store.clone(),
             clock.clone(),
-            sealing_key(&config)?,
+            sealing_key,
             config.webhooks.clone(),
             config.credits.per_usd,
         ));
@@ -183,6 +190,7 @@ impl Engine {
                 router,
                 webhooks,
                 metrics,
+                fingerprint_secret,
             },
             bootstrap,
         ))

@@ -13,6 +13,7 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tollgate_core::account::Caller;
 use tollgate_core::attribution::Attribution;
+use tollgate_core::fingerprint::Fingerprints;
 use tollgate_core::metering::{tokenizer, Usage};
 use tollgate_core::pricing::{price, PriceEntry, Priced, UnitPrices};
 use tollgate_core::record::{Anomaly, Endpoint, Provenance, Source, Status, UsageRecord};
@@ -30,6 +31,8 @@ pub struct Arrival {
     pub started_ms: i64,
     /// Who the request is for (end user, tags), as far as it is known.
     pub attribution: Attribution,
+    /// The request's fingerprints, once its body is read (none for a body refused unread).
+    pub fingerprints: Fingerprints,
 }
 
 /// How the tokens of a finished request are known.
@@ -144,6 +147,8 @@ impl Ticket {
             user: arrival.attribution.user.take(),
             tags: std::mem::take(&mut arrival.attribution.tags),
             price_version: Some(price_version.to_string()),
+            fingerprint: arrival.fingerprints.request,
+            conversation: arrival.fingerprints.conversation,
         };
         Self {
             start: Arc::new(Mutex::new(StartState::Pending)),
@@ -404,6 +409,8 @@ fn record_of(s: &RequestStart, usage: &Usage, priced: Priced, end: End) -> Usage
         user: s.user.clone(),
         tags: s.tags.clone(),
         price_version: s.price_version.clone(),
+        fingerprint: s.fingerprint,
+        conversation: s.conversation,
     }
 }
 
@@ -483,6 +490,8 @@ pub(crate) fn refused_record(
         tags: arrival.attribution.tags.clone(),
         // Zero prices, from no table.
         price_version: None,
+        fingerprint: arrival.fingerprints.request,
+        conversation: arrival.fingerprints.conversation,
     };
     record_of(
         &start,

@@ -8,6 +8,7 @@
 //! - `proxy`: the OpenAI- and Anthropic-compatible endpoints and their exchange upstream
 //! - `compat`: the seed platforms' usage endpoints (LLMHub, CrossModel, ElectronHub, Runtype,
 //!   OpenAI organization usage, exports)
+//! - `insights`: `GET /v1/usage/insights` (duplicates, retry loops, waste; the engine's analyses)
 //! - `admin`: accounts, keys, credits, provider keys, raw records
 //! - `metrics`: `GET /metrics` (Prometheus)
 //! - `session`: dashboard sign-ins (session cookie, CSRF token), accepted by `extract`
@@ -20,6 +21,7 @@ pub mod compat;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod insights;
 pub mod metrics;
 pub mod params;
 pub mod proxy;

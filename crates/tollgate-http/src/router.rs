@@ -19,7 +19,7 @@ use crate::error::{ApiError, ErrorStyle};
 use crate::routes::{Access, RouteInfo, Routes};
 use crate::server::ClientAddr;
 use crate::state::{RequestCtx, SharedState};
-use crate::{admin, compat, dashboard, proxy, webhooks};
+use crate::{admin, compat, dashboard, insights, proxy, webhooks};
 
 /// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in
 /// `compat::routes`.
@@ -32,6 +32,7 @@ fn all_routes() -> Routes {
         .post("/v1/responses", User, proxy::responses)
         .post("/v1/messages/count_tokens", User, proxy::count_tokens)
         .get("/v1/models", User, proxy::list_models)
+        .get("/v1/usage/insights", User, insights::insights)
         .nest("/admin", admin::routes())
         .merge(compat::routes())
         .merge(webhooks::routes())

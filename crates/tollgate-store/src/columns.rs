@@ -2,14 +2,68 @@
 //! the rollup table of each grain, and the one shape of a rollup upsert (main and attribution
 //! rows alike).
 
+use tollgate_core::insights::{InsightRow, InsightRows};
+use tollgate_core::pricing::UnitPrices;
+use tollgate_core::record::Status;
 use tollgate_core::rollup::{AttrFilter, AttrKey, AttrKind, Dims, Grain, RollupFilter, RollupKey};
+use tollgate_core::StoreError;
 
 pub(crate) const RECORD_COLUMNS: &str =
     "request_id, created_at_ms, finished_at_ms, account_id, key_id, endpoint, \
     model_requested, model_served, provider, owned_by, source, input_tokens, output_tokens, \
     cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
     price_cached_input, price_cache_write, status, http_status, error_code, latency_ms, ttft_ms, \
-    streamed, provenance, charged_nanos, anomaly, end_user, tags, price_version";
+    streamed, provenance, charged_nanos, anomaly, end_user, tags, price_version, \
+    fingerprint, conversation";
+
+/// What `RecordStore::insight_rows` reads of each record, in `columns::insight_row` order.
+pub(crate) const INSIGHT_COLUMNS: &str =
+    "request_id, created_at_ms, key_id, model_requested, status, input_tokens, output_tokens, \
+    cached_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_input, price_output, \
+    price_cached_input, price_cache_write, fingerprint, conversation";
+
+/// The numbers of an insight row as read (`INSIGHT_COLUMNS` 5 to 16), the same on both backends.
+pub(crate) fn insight_row(
+    rows: &mut InsightRows,
+    (request_id, created_at_ms, key, model, status): (String, i64, &str, &str, &str),
+    n: [i64; 10],
+    (fingerprint, conversation): (Option<i64>, Option<i64>),
+) -> Result<(), StoreError> {
+    let status = Status::parse(status)
+        .ok_or_else(|| StoreError::invalid(format!("usage record {request_id}: bad status")))?;
+    let key = rows.intern(false, key);
+    let model = rows.intern(true, model);
+    rows.rows.push(InsightRow {
+        request_id,
+        created_at_ms,
+        key,
+        model,
+        status,
+        input_tokens: n[0],
+        output_tokens: n[1],
+        cached_tokens: n[2],
+        cache_write_tokens: n[3],
+        reasoning_tokens: n[4],
+        cost_nanos: n[5],
+        prices: UnitPrices {
+            input: n[6],
+            output: n[7],
+            cached_input: n[8],
+            cache_write: n[9],
+        },
+        fingerprint,
+        conversation,
+    });
+    Ok(())
+}
+
+/// Same-millisecond records in request-id order (the scan orders by time only, so it can walk
+/// the `(account_id, created_at_ms)` index without a sort; this pass over nearly sorted rows
+/// is linear).
+pub(crate) fn order_insight_rows(rows: &mut InsightRows) {
+    rows.rows
+        .sort_by(|a, b| (a.created_at_ms, &a.request_id).cmp(&(b.created_at_ms, &b.request_id)));
+}
 
 pub(crate) const KEY_COLUMNS: &str =
     "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";

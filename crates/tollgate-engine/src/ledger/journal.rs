@@ -294,6 +294,8 @@ pub(super) mod tests {
             user: Some("end-user-1".into()),
             tags: tollgate_core::attribution::Tags::parse("team=ads").unwrap(),
             price_version: Some("pt_0123456789abcdef".into()),
+            fingerprint: Some(-5),
+            conversation: Some(i64::MAX),
         }
     }
 

@@ -39,4 +39,16 @@ pub struct RequestStart {
     /// The price table's version (`PriceTable::version`) that priced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_version: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "tollgate_core::fingerprint::hex_opt"
+    )]
+    pub fingerprint: Option<i64>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "tollgate_core::fingerprint::hex_opt"
+    )]
+    pub conversation: Option<i64>,
 }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tollgate_core::account::Caller;
 use tollgate_core::attribution::{Attribution, TAGS_HEADER, USER_HEADER};
+use tollgate_core::fingerprint::Fingerprints;
 use tollgate_core::record::Endpoint;
 use tollgate_core::request::ProxyRequest;
 use tollgate_core::Code;
@@ -86,29 +87,34 @@ async fn proxy(
         Ok(a) => a,
         Err(e) => {
             let none = Attribution::default();
+            let none = (none, Fingerprints::default());
             return Err(refused(&s, &ctx, &caller, api, None, false, none, e.into()).await);
         }
     };
     let bytes = match read_body(body, &headers, s.engine.config.server.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => return Err(refused(&s, &ctx, &caller, api, None, false, who, e).await),
+        Err(e) => {
+            let who = (who, Fingerprints::default());
+            return Err(refused(&s, &ctx, &caller, api, None, false, who, e).await);
+        }
     };
     let mut req = match ProxyRequest::parse(api, bytes.clone()) {
         Ok(r) => r,
         Err(e) => {
             let model = model_of(&bytes);
-            let model = model.as_deref();
+            let (model, who) = (model.as_deref(), (who, Fingerprints::default()));
             return Err(refused(&s, &ctx, &caller, api, model, false, who, e.into()).await);
         }
     };
     who.or_body_user(req.user.take());
+    let fingerprints = s.engine.fingerprints(&caller.account_id, api, &req.json);
     let admitted = async {
         let provider = s.engine.router.resolve(&req.model, api)?.clone();
         let price = s.engine.prices.lookup(&req.model)?;
         let admitted = s
             .engine
             .admit(
-                arrival(&ctx, who.clone()),
+                arrival(&ctx, (who.clone(), fingerprints)),
                 &caller,
                 api,
                 &provider,
@@ -127,17 +133,20 @@ async fn proxy(
         }
         Err(e) => {
             let (model, stream) = (Some(req.model.as_str()), req.stream);
+            let who = (who, fingerprints);
             Err(refused(&s, &ctx, &caller, api, model, stream, who, e).await)
         }
     }
 }
 
-fn arrival(ctx: &RequestCtx, attribution: Attribution) -> Arrival {
+/// The request as it arrived: who it is for and, once its body is read, its fingerprints.
+fn arrival(ctx: &RequestCtx, (attribution, fingerprints): (Attribution, Fingerprints)) -> Arrival {
     Arrival {
         request_id: ctx.request_id.clone(),
         started: ctx.started,
         started_ms: ctx.started_ms,
         attribution,
+        fingerprints,
     }
 }
 
@@ -151,7 +160,7 @@ async fn refused(
     api: Endpoint,
     model: Option<&str>,
     streamed: bool,
-    who: Attribution,
+    who: (Attribution, Fingerprints),
     mut err: ApiError,
 ) -> ApiError {
     let http_status = status(err.code).as_u16();

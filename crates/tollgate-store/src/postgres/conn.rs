@@ -17,6 +17,7 @@ pub const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_webhooks.sql"),
     include_str!("migrations/0005_webhook_history.sql"),
     include_str!("migrations/0006_attribution.sql"),
+    include_str!("migrations/0007_fingerprints.sql"),
 ];
 
 /// Any key will do as long as it is tollgate's own: `pg_advisory_lock` keys are database-wide.

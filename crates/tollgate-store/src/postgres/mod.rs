@@ -18,6 +18,7 @@ use deadpool_postgres::{Object, Pool};
 use parking_lot::Mutex;
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use tollgate_core::credit::{CreditEntry, CreditTotals};
+use tollgate_core::insights::InsightRows;
 use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment};
 use tollgate_core::store::{
@@ -26,6 +27,8 @@ use tollgate_core::store::{
 };
 use tollgate_core::webhook::Event;
 use tollgate_core::StoreError;
+
+use crate::columns::{insight_row, order_insight_rows, INSIGHT_COLUMNS};
 
 use self::conn::{classify, pool_error};
 use self::rows::{
@@ -147,6 +150,41 @@ impl RecordStore for PgStore {
         for seg in segments.into_iter().enumerate() {
             usage::rollup_query(&c, &filter, dims, seg, &mut out).await?;
         }
+        Ok(out)
+    }
+
+    async fn insight_rows(
+        &self,
+        account_id: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<InsightRows, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {INSIGHT_COLUMNS} FROM usage_records \
+                     WHERE account_id = $1 AND created_at_ms >= $2 AND created_at_ms < $3 \
+                     ORDER BY created_at_ms"
+                ),
+                &[&account_id, &start_ms, &end_ms],
+            )
+            .await
+            .map_err(classify)?;
+        let mut out = InsightRows::default();
+        for r in &rows {
+            let mut n = [0i64; 10];
+            for (j, v) in n.iter_mut().enumerate() {
+                *v = get(r, 5 + j)?;
+            }
+            insight_row(
+                &mut out,
+                (get(r, 0)?, get(r, 1)?, get(r, 2)?, get(r, 3)?, get(r, 4)?),
+                n,
+                (get(r, 15)?, get(r, 16)?),
+            )?;
+        }
+        order_insight_rows(&mut out);
         Ok(out)
     }
 

@@ -233,6 +233,8 @@ async fn insert_records(
     let user = col!(|r| r.user.as_deref());
     let tags = col!(|r| (!r.tags.is_empty()).then(|| r.tags.as_str()));
     let price_version = col!(|r| r.price_version.as_deref());
+    let fingerprint = col!(|r| r.fingerprint);
+    let conversation = col!(|r| r.conversation);
     let rows = tx
         .query(
             &format!(
@@ -242,7 +244,8 @@ async fn insert_records(
                  $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], \
                  $18::bigint[], $19::bigint[], $20::bigint[], $21::bigint[], $22::text[], \
                  $23::int[], $24::text[], $25::bigint[], $26::bigint[], $27::bool[], $28::text[], \
-                 $29::bigint[], $30::text[], $31::text[], $32::text[], $33::text[]) \
+                 $29::bigint[], $30::text[], $31::text[], $32::text[], $33::text[], \
+                 $34::bigint[], $35::bigint[]) \
                  ON CONFLICT (request_id, created_at_ms) DO NOTHING RETURNING request_id"
             ),
             &[
@@ -279,6 +282,8 @@ async fn insert_records(
                 &user,
                 &tags,
                 &price_version,
+                &fingerprint,
+                &conversation,
             ],
         )
         .await

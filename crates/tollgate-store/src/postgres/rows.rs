@@ -69,6 +69,8 @@ pub(crate) fn record_from_row(r: &Row) -> Result<UsageRecord, StoreError> {
             Some(t) => Tags::from_canonical(t).ok_or_else(|| bad_value("tags", t))?,
         },
         price_version: get(r, 32)?,
+        fingerprint: get(r, 33)?,
+        conversation: get(r, 34)?,
     })
 }
 

@@ -79,6 +79,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_webhook_history.sql"),
     include_str!("migrations/0009_record_guard_in_code.sql"),
     include_str!("migrations/0010_attribution.sql"),
+    include_str!("migrations/0011_fingerprints.sql"),
 ];
 
 pub(crate) struct Db {

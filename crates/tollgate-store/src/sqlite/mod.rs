@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, ToSql};
 use tollgate_core::account::{Account, ApiKeyRecord, KeyLimits, StoredProviderKey};
 use tollgate_core::credit::{CreditEntry, CreditTotals};
+use tollgate_core::insights::InsightRows;
 use tollgate_core::record::{Anomaly, UsageRecord};
 use tollgate_core::rollup::{
     self, Dims, RecordCursor, RecordFilter, RollupFilter, RollupRow, Segment, Sums,
@@ -30,7 +31,8 @@ use self::rows::{
     account_from_row, attr_table, credit_from_row, key_from_row, record_from_row, rollup_sql,
     rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
 };
-use crate::columns::RowKey;
+use crate::columns::{insight_row, order_insight_rows, RowKey, INSIGHT_COLUMNS};
+use rusqlite::types::Type;
 
 /// The embedded store.
 pub struct SqliteStore {
@@ -92,7 +94,7 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
         let mut ins = tx.prepare_cached(&format!(
             "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33)"
+              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)"
         ))?;
         for r in batch {
             let n = ins.execute(params![
@@ -129,6 +131,8 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
                 r.user,
                 (!r.tags.is_empty()).then(|| r.tags.as_str()),
                 r.price_version,
+                r.fingerprint,
+                r.conversation,
             ])?;
             // Rollups grow only with records that are new, so a replayed journal entry is not
             // counted twice.
@@ -361,6 +365,45 @@ impl RecordStore for SqliteStore {
         segments: Vec<Segment>,
     ) -> Result<Vec<RollupRow>, StoreError> {
         usage::rollup_rows(&self.db, filter, dims, segments).await
+    }
+
+    async fn insight_rows(
+        &self,
+        account_id: &str,
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<InsightRows, StoreError> {
+        let account_id = account_id.to_string();
+        self.with_reader(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT {INSIGHT_COLUMNS} FROM usage_records \
+                 WHERE account_id = ?1 AND created_at_ms >= ?2 AND created_at_ms < ?3 \
+                 ORDER BY created_at_ms"
+            ))?;
+            let mut q = st.query(params![account_id, start_ms, end_ms])?;
+            let mut out = InsightRows::default();
+            while let Some(r) = q.next()? {
+                let text = |i: usize| -> rusqlite::Result<&str> {
+                    r.get_ref(i)?.as_str().map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))
+                    })
+                };
+                let mut n = [0i64; 10];
+                for (j, v) in n.iter_mut().enumerate() {
+                    *v = r.get(5 + j)?;
+                }
+                insight_row(
+                    &mut out,
+                    (r.get(0)?, r.get(1)?, text(2)?, text(3)?, text(4)?),
+                    n,
+                    (r.get(15)?, r.get(16)?),
+                )
+                .map_err(Fail::Store)?;
+            }
+            order_insight_rows(&mut out);
+            Ok(out)
+        })
+        .await
     }
 }
 

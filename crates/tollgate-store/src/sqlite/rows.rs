@@ -61,6 +61,8 @@ pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
             Some(t) => Tags::from_canonical(&t).ok_or_else(|| bad_value(31, "tags", &t))?,
         },
         price_version: r.get(32)?,
+        fingerprint: r.get(33)?,
+        conversation: r.get(34)?,
     })
 }
 

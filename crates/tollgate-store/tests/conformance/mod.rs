@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@rollups $open;
             rollup_buckets_equal_record_sums_in_every_zone,
             record_pages_walk_every_record_once,
+            insight_rows_are_the_accounts_records_in_order,
             rollups_filter_by_endpoint,
             attribution_rollups_equal_record_sums
         );

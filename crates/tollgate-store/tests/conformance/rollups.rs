@@ -60,6 +60,8 @@ pub fn record(i: usize, t: i64, account: &str, rng: &mut StdRng) -> UsageRecord 
         user: None,
         tags: Tags::default(),
         price_version: Some("pt_0123456789abcdef".into()),
+        fingerprint: None,
+        conversation: None,
     }
 }
 
@@ -148,6 +150,67 @@ pub async fn rollup_buckets_equal_record_sums_in_every_zone(store: Arc<dyn Store
 }
 
 /// Keyset pages walk every record once, in order, ties on the millisecond included.
+/// The insights' narrow scan: the account's records in the range, in `(created_at_ms,
+/// request_id)` order, their numbers and fingerprints as written (negative hashes included).
+pub async fn insight_rows_are_the_accounts_records_in_order(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut recs: Vec<UsageRecord> = (0..200)
+        .map(|i| {
+            let acct = if i % 5 == 0 { "acct_b" } else { "acct_a" };
+            let mut r = record(
+                (i * 37) % 200,
+                1_000_000 + (i as i64 / 3) * 10,
+                acct,
+                &mut rng,
+            );
+            r.fingerprint = Some(rng.gen::<i64>());
+            r.conversation = (i % 2 == 0).then(|| -rng.gen_range(1..1000));
+            r.price_input = rng.gen_range(0..5_000_000_000);
+            r.price_cached_input = 7;
+            r
+        })
+        .collect();
+    store.insert_usage(recs.clone()).await.unwrap();
+    let (start, end) = (1_000_100, 1_000_500);
+    recs.retain(|r| r.account_id == "acct_a" && (start..end).contains(&r.created_at_ms));
+    recs.sort_by(|a, b| (a.created_at_ms, &a.request_id).cmp(&(b.created_at_ms, &b.request_id)));
+    let got = store.insight_rows("acct_a", start, end).await.unwrap();
+    assert_eq!(got.rows.len(), recs.len());
+    for (g, r) in got.rows.iter().zip(&recs) {
+        assert_eq!(g.request_id, r.request_id);
+        assert_eq!(g.created_at_ms, r.created_at_ms);
+        assert_eq!(got.keys[g.key as usize], r.key_id);
+        assert_eq!(got.models[g.model as usize], r.model_requested);
+        assert_eq!(g.status, r.status);
+        assert_eq!(
+            (
+                g.input_tokens,
+                g.output_tokens,
+                g.cached_tokens,
+                g.reasoning_tokens
+            ),
+            (
+                r.input_tokens,
+                r.output_tokens,
+                r.cached_tokens,
+                r.reasoning_tokens
+            )
+        );
+        assert_eq!(g.cost_nanos, r.cost_nanos);
+        assert_eq!((g.prices.input, g.prices.cached_input), (r.price_input, 7));
+        assert_eq!(
+            (g.fingerprint, g.conversation),
+            (r.fingerprint, r.conversation)
+        );
+    }
+    assert!(store
+        .insight_rows("acct_none", 0, i64::MAX)
+        .await
+        .unwrap()
+        .rows
+        .is_empty());
+}
+
 pub async fn record_pages_walk_every_record_once(store: Arc<dyn Store>) {
     let mut rng = StdRng::seed_from_u64(9);
     let recs: Vec<UsageRecord> = (0..300)

@@ -1237,6 +1237,8 @@ async fn export_pages_through_thousands_of_records_exactly_once() {
             user: None,
             tags: Default::default(),
             price_version: None,
+            fingerprint: None,
+            conversation: None,
         })
         .collect();
     let mut expected: Vec<(i64, String)> = batch
