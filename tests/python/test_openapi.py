@@ -208,6 +208,12 @@ def test_usage_routes(call, gw):
         call("GET", "/v1/usage/export", "user", 200, params={"format": fmt})
     call("GET", "/v1/usage/export", "user", 400, params={"format": "xml"})
     call("GET", "/v1/usage/export", None, 401)
+    call("GET", "/v1/usage/insights", "user", 200, params={"period": "today"})
+    call("GET", "/v1/usage/insights", "ant", 200, params={"section": "model_mix"})
+    call("GET", "/v1/usage/insights", "admin", 200, params={"account_id": gw.account_id})
+    call("GET", "/v1/usage/insights", "user", 400, params={"section": "all"})
+    call("GET", "/v1/usage/insights", "user", 404, params={"account_id": "acct_missing"})
+    call("GET", "/v1/usage/insights", None, 401)
     usage = call("GET", "/v1/model-usage", "user", 200, params={"period": "today"}).json()
     config_ids = [m["modelConfigId"] for m in usage["usageByModel"].values()]
     assert config_ids, usage

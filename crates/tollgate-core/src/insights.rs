@@ -268,7 +268,7 @@ pub struct Cache {
     pub cached_tokens: i64,
     /// What the cached tokens would have cost at the input price, less what they cost.
     pub saved: Money,
-    /// Requests whose conversation opening was seen before in the period.
+    /// Answered requests whose conversation opening was answered before in the period.
     pub repeated_prefix_requests: u64,
     /// Those of them that read nothing from the cache.
     pub uncached_repeated_prefix_requests: u64,
@@ -400,7 +400,8 @@ pub fn analyze(
                 ..u
             };
             out.cache.saved += cost_nanos(&uncached, &r.prices) - cost_nanos(&u, &r.prices);
-            if let Some(c) = r.conversation {
+            // Only answers count: a failed attempt read nothing, cached or not.
+            if let (Some(c), Status::Success) = (r.conversation, r.status) {
                 if !seen_openings.insert(c) {
                     out.cache.repeated_prefix_requests += 1;
                     if r.cached_tokens == 0 {
