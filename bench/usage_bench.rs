@@ -85,6 +85,8 @@ struct Args {
     postgres: Option<String>,
     /// Records name end users and carry tags (`--no-attribution`: none do).
     attribution: bool,
+    /// Every record in the benchmarked account (`--single-account`), so the insights scan all N.
+    single: bool,
 }
 
 fn args() -> Args {
@@ -96,6 +98,7 @@ fn args() -> Args {
         out: None,
         postgres: None,
         attribution: true,
+        single: false,
     };
     let mut dir = None;
     let mut it = std::env::args().skip(1);
@@ -108,12 +111,15 @@ fn args() -> Args {
             "--out" => a.out = Some(PathBuf::from(it.next().unwrap())),
             "--postgres" => a.postgres = Some(it.next().unwrap()),
             "--no-attribution" => a.attribution = false,
+            "--single-account" => a.single = true,
             other => panic!("unknown argument {other}"),
         }
     }
     let prefix = if a.postgres.is_some() { "pg-" } else { "" };
-    a.dir =
-        dir.unwrap_or_else(|| PathBuf::from(format!("target/usage-bench/{prefix}{}", a.records)));
+    let suffix = if a.single { "-single" } else { "" };
+    a.dir = dir.unwrap_or_else(|| {
+        PathBuf::from(format!("target/usage-bench/{prefix}{}{suffix}", a.records))
+    });
     a
 }
 
@@ -133,13 +139,15 @@ fn record(
     accounts: &[String],
     bench_key: &str,
     attribution: bool,
+    single: bool,
+    recent: &mut [i64; 64],
 ) -> UsageRecord {
     let span = SPAN_DAYS * DAY_MS;
     let start = NOW_MS - span;
     // Spread evenly in time (monotonic, as a live gateway writes), with jitter inside a slot.
     let slot = span as f64 / n as f64;
     let t = start + (i as f64 * slot) as i64 + rng.gen_range(0..(slot as i64).max(1));
-    let a = if rng.gen_bool(0.2) {
+    let a = if single || rng.gen_bool(0.2) {
         0
     } else {
         rng.gen_range(1..accounts.len())
@@ -189,6 +197,17 @@ fn record(
         tags.push(format!("team=t{}", rng.gen_range(0..4)));
     }
     let tags = Tags::parse(&tags.join(",")).unwrap_or_default();
+    // Fingerprints: 3% of requests repeat one of the last 64 (duplicates and retries); each
+    // account's requests open one of 20,000 conversations.
+    let fingerprint = if rng.gen_bool(0.03) {
+        recent[rng.gen_range(0..recent.len())]
+    } else {
+        let fp = rng.gen::<i64>();
+        recent[(i % 64) as usize] = fp;
+        fp
+    };
+    let conversation =
+        (endpoint != Endpoint::Embeddings).then(|| (a as i64) << 32 | rng.gen_range(0..20_000));
     let (user, tags) = if attribution {
         (user, tags)
     } else {
@@ -228,8 +247,8 @@ fn record(
         user,
         tags,
         price_version: Some("pt_usagebench0000".into()),
-        fingerprint: None,
-        conversation: None,
+        fingerprint: Some(fingerprint),
+        conversation,
     }
 }
 
@@ -378,6 +397,7 @@ async fn main() {
                 .await
                 .unwrap();
             let mut rng = StdRng::seed_from_u64(42);
+            let mut recent = [0i64; 64];
             let started = Instant::now();
             let mut i = 0u64;
             while i < a.records {
@@ -391,6 +411,8 @@ async fn main() {
                             &accounts,
                             &key.record.id,
                             a.attribution,
+                            a.single,
+                            &mut recent,
                         )
                     })
                     .collect();
@@ -481,6 +503,8 @@ async fn main() {
         ("Dashboard request log, status=error (25)", "/dashboard/api/requests?limit=25&status=error".into(), false),
         ("Dashboard credits", "/dashboard/api/credits".into(), false),
         ("Dashboard all accounts (month)", "/dashboard/api/accounts".into(), true),
+        ("Insights, 30 days", "/v1/usage/insights?period=last_30_days".into(), false),
+        ("Insights, 90 days (every record of the account)", "/v1/usage/insights?start=2026-04-01&end=2026-06-30".into(), false),
     ];
     let mut report = String::new();
     report.push_str(&format!(
@@ -539,9 +563,16 @@ async fn main() {
         } else {
             &saved.user_key
         };
-        let mut times = Vec::with_capacity(a.iterations);
+        // The insights scan the period's records: fewer rounds (each is a scan, not a read of
+        // rollups).
+        let (warm, timed) = if path.contains("/insights") {
+            (2, a.iterations.min(20))
+        } else {
+            (20, a.iterations)
+        };
+        let mut times = Vec::with_capacity(timed);
         let mut bytes = 0;
-        for i in 0..(a.iterations + 20) {
+        for i in 0..(timed + warm) {
             let t = Instant::now();
             let r = http
                 .get(format!("{base}{path}"))
@@ -551,7 +582,7 @@ async fn main() {
                 .unwrap();
             assert!(r.status().is_success(), "{path}: {}", r.status());
             let body = r.bytes().await.unwrap();
-            if i >= 20 {
+            if i >= warm {
                 times.push(t.elapsed());
             }
             bytes = body.len();

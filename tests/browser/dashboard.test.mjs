@@ -18,7 +18,7 @@ const BIN = (name, env) => process.env[env] || path.join(TARGET, "debug", name);
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const ARTIFACTS = path.join(HERE, "artifacts");
 const TZ = "America/New_York";
-const PAGES = ["overview", "usage", "models", "keys", "requests", "credits", "webhooks"];
+const PAGES = ["overview", "usage", "models", "keys", "requests", "credits", "insights", "webhooks"];
 
 const procs = [];
 let work, mockUrl, gw, adminKey, teamA, teamB, keyA, keyA2, keyB;
@@ -415,6 +415,33 @@ test("credits: balance and history as the API has them", async () => {
   assert.equal(num(await statText("credits-balance")), c.balance_credits);
   assert.match(await page.locator("#credits-table").innerText(), /25,000,000[\s\S]*\$25[\s\S]*initial/);
   noNewErrors(since, "credits");
+});
+
+test("insights: the page shows what /v1/usage/insights says (the workload's duplicates)", async () => {
+  const since = consoleErrors.length;
+  await goto("#/insights");
+  const i = await ok("GET", `/v1/usage/insights?period=last_30_days&timezone=${encodeURIComponent(TZ)}&limit=10`, keyA.key);
+  const d = i.duplicates;
+  // The same "hello from the browser tests" body, answered over and over.
+  assert.ok(d.count >= 20, `duplicates: ${JSON.stringify(d)}`);
+  const usd = (n) => Number(n) / 1e9;
+  const waste = d.wasted_cost.nanos + i.retry_loops.failed_cost.nanos + i.unused_responses.cost.nanos;
+  assert.equal(num(await statText("insights-waste")), usd(waste));
+  assert.equal(num(await statText("insights-mix")), usd(i.model_mix.potential_savings.nanos));
+  const summary = await page.locator('[data-summary="duplicates"]').innerText();
+  assert.ok(summary.startsWith(`${d.count.toLocaleString("en-US")} answered again within 600 s`), summary);
+  const table = await page.locator("#insights-duplicates").innerText();
+  for (const t of d.top) assert.ok(table.includes(t.fingerprint), `${t.fingerprint} not in ${table}`);
+  const mix = await page.locator("#insights-mix-table").innerText();
+  assert.match(mix, /gpt-4o\s[\s\S]*gpt-4o-mini/);
+  // A new history cap redraws with the API's figure for it.
+  await page.getByLabel("History cap (tokens)").fill("3");
+  await page.getByLabel("History cap (tokens)").press("Enter");
+  await page.getByLabel("History cap (tokens)").blur();
+  const capped = await ok("GET", `/v1/usage/insights?period=last_30_days&timezone=${encodeURIComponent(TZ)}&history_cap=3`, keyA.key);
+  await page.waitForFunction(() => document.querySelector('[data-stat="insights-cap"]')?.closest(".card")?.innerText.includes("3 tokens"));
+  assert.equal(num(await statText("insights-cap")), usd(capped.conversation_growth.savings_at_cap.nanos));
+  noNewErrors(since, "insights");
 });
 
 test("webhooks: create, test, deliveries, disable, delete", async () => {

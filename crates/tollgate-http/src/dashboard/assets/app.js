@@ -540,6 +540,51 @@
     await load();
   };
 
+  // ---- Insights: where the money leaks (GET /v1/usage/insights) ----
+  PAGES.insights = async (main) => {
+    const state = S.insights || (S.insights = { period: "last_30_days", tz: S.tz, cap: "" });
+    const out = h("div", {});
+    const cap = h("input", { type: "text", name: "history_cap", inputmode: "numeric", placeholder: "8000", value: state.cap });
+    const load = async () => {
+      const r = rangeParams(state);
+      const p = { timezone: r.timezone, period: r.period, start: r.startDate, end: r.endDate, history_cap: state.cap, limit: 10 };
+      const i = await api(`/v1/usage/insights${q(p)}`);
+      const money = (m) => usdNanos(m.nanos);
+      const ids = (recs) => (recs.total ? `${int(recs.total)} requests: ${recs.request_ids.join(", ")}${recs.next_offset !== null ? ", …" : ""}` : "none");
+      const section = (key, title, summary, body, recs) => h("section", { class: "card insight", "data-insight": key },
+        h("h2", { text: title }), h("p", { class: "summary", "data-summary": key, text: summary }), body || null,
+        h("p", { class: "muted ids", text: `Records: ${ids(recs)}` }));
+      const d = i.duplicates, rl = i.retry_loops, un = i.unused_responses, g = i.conversation_growth, mm = i.model_mix, ca = i.cache;
+      out.replaceChildren(...[
+        i.fingerprints === "off" ? h("p", { class: "error", role: "alert", text: "Request fingerprints are off (insights.fingerprints, or no security.encryption_key on replicas): duplicates, retry loops and conversations cannot be found." }) : null,
+        h("div", { class: "stats" },
+          stat("insights-waste", "Duplicates + failed retries + abandoned", usdNanos(d.wasted_cost.nanos + rl.failed_cost.nanos + un.cost.nanos)),
+          stat("insights-mix", "Cheaper siblings would save", money(mm.potential_savings)),
+          stat("insights-cap", `History capped at ${int(g.history_cap_tokens)} tokens would save`, money(g.savings_at_cap)),
+          stat("insights-cache", "Prompt cache saved", money(ca.saved))),
+        section("duplicates", "Duplicate requests", `${int(d.count)} answered again within ${int(d.window_secs)} s: ${money(d.wasted_cost)} wasted (${int(d.wasted_input_tokens)} input, ${int(d.wasted_output_tokens)} output tokens)`,
+          table(["Fingerprint", "Model", "Keys", ["Requests", "num"], ["Duplicates", "num"], ["Wasted", "num"]],
+            d.top.map((t) => h("tr", {}, td(t.fingerprint, "mono"), td(t.model), td(t.key_ids.join(", ")), td(int(t.requests), "num"), td(int(t.duplicates), "num"), td(money(t.wasted_cost), "num"))), { id: "insights-duplicates" }), d.records),
+        section("retry_loops", "Retry loops", `${int(rl.count)} loops, ${int(rl.failed_attempts)} failed attempts costing ${money(rl.failed_cost)} (${int(rl.resolved)} ended in an answer)`,
+          table(["Key", ["Loops", "num"], ["Failed attempts", "num"], ["Cost", "num"]],
+            rl.by_key.map((k) => h("tr", {}, td(k.key_id), td(int(k.count), "num"), td(int(k.requests), "num"), td(money(k.cost), "num"))), { id: "insights-retries" }), rl.records),
+        section("unused_responses", "Abandoned responses", `${int(un.count)} responses the client left: ${money(un.cost)} (${int(un.output_tokens)} output tokens never read)`, null, un.records),
+        section("conversation_growth", "Growing conversations", `${int(g.count)} conversations resent their whole history over ${int(g.turns)} turns: ${money(g.cost)}; capping history at ${int(g.history_cap_tokens)} tokens would have saved ${money(g.savings_at_cap)}`,
+          table(["Conversation", "Model", ["Turns", "num"], ["First input", "num"], ["Last input", "num"], ["Cost", "num"], ["Saved at cap", "num"]],
+            g.top.map((c) => h("tr", {}, td(c.conversation, "mono"), td(c.model), td(int(c.turns), "num"), td(int(c.first_input_tokens), "num"), td(int(c.last_input_tokens), "num"), td(money(c.cost), "num"), td(money(c.savings_at_cap), "num"))), { id: "insights-growth" }), g.records),
+        section("model_mix", "Model mix", `${money(mm.total_cost)} in total; the configured cheaper siblings would have cost ${money(mm.potential_savings)} less`,
+          table(["Model", ["Requests", "num"], ["Cost", "num"], ["Share", "num"], "Cheaper sibling", ["On the sibling", "num"], ["Savings", "num"]],
+            mm.models.map((m) => h("tr", {}, td(m.model), td(int(m.requests), "num"), td(money(m.cost), "num"), td(`${(m.share_of_cost * 100).toFixed(1)}%`, "num"), td(m.sibling || "—"), td(m.sibling_cost ? money(m.sibling_cost) : "—", "num"), td(m.savings ? money(m.savings) : "—", "num"))), { id: "insights-mix-table" }), mm.records),
+        section("cache", "Prompt cache", `${int(ca.cached_tokens)} of ${int(ca.input_tokens)} input tokens read from the cache, saving ${money(ca.saved)}; ${int(ca.uncached_repeated_prefix_requests)} of ${int(ca.repeated_prefix_requests)} repeated conversation openings (${(ca.uncached_repeated_share * 100).toFixed(1)}%) were not cached`, null, ca.records)].filter(Boolean));
+    };
+    const reload = () => load().catch((e) => out.replaceChildren(h("p", { class: "error", role: "alert", text: e.message })));
+    cap.addEventListener("change", () => { state.cap = cap.value.trim(); reload(); });
+    main.replaceChildren(h("h1", { text: "Insights" }),
+      h("p", { class: "muted", text: "Where the money leaks: duplicate requests, retry loops, abandoned responses, conversations resending their history, expensive models with cheaper siblings, and the prompt cache. Prompts are never stored: requests are compared by keyed fingerprints." }),
+      h("div", { class: "controls" }, ...rangeControls(state, reload), field("History cap (tokens)", cap)), out);
+    await load();
+  };
+
   // ---- Webhooks ----
   const EVENTS = ["usage.threshold", "credits.low", "credits.depleted", "credits.projected_exhaustion", "rate_limit.exceeded", "credits.granted", "api_key.created", "api_key.revoked"];
   PAGES.webhooks = async (main) => {
