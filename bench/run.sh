@@ -102,12 +102,13 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 if [[ ${BENCH_SKIP_BUILD:-0} != 1 ]]; then
 	log "cargo build --release --workspace (waits if another build holds the lock)"
 	(cd "$ROOT" && cargo build --release --workspace --quiet)
-	(cd "$ROOT" && cargo build --release -p tollgate --example stream_load --example ledger_bench --quiet)
+	(cd "$ROOT" && cargo build --release -p tollgate --example stream_load --example ledger_bench --example fingerprint_bench --quiet)
 fi
 TOLLGATE="$TARGET_DIR/release/tollgate"
 MOCK="$TARGET_DIR/release/mock-upstream"
 STREAM_LOAD="$TARGET_DIR/release/examples/stream_load"
 LEDGER_BENCH="$TARGET_DIR/release/examples/ledger_bench"
+FINGERPRINT_BENCH="$TARGET_DIR/release/examples/fingerprint_bench"
 [[ -x $TOLLGATE && -x $MOCK ]] || die "binaries missing in $TARGET_DIR/release"
 if ((STREAMS > 0)); then
 	[[ -x $STREAM_LOAD ]] || die "$STREAM_LOAD missing (cargo build --release -p tollgate --example stream_load)"
@@ -632,6 +633,16 @@ if ((LEDGER_RECORDS > 0)); then
 	log "recording: $(fmt_rps_early "$(get ledger bench records_per_sec)") records/s"
 fi
 
+# ---------------------------------------------------------------- fingerprints
+# What the insights' request fingerprints cost per request (key derivation + two keyed hashes
+# over the parsed body), set against tollgate's CPU per request measured above.
+FP_LINE=""
+if [[ -x $FINGERPRINT_BENCH ]]; then
+	log "fingerprints: timing the hashes alone (fingerprint_bench)"
+	FP_LINE=$("$FINGERPRINT_BENCH" | grep '^FINGERPRINT ') || FP_LINE=""
+	for kv in ${FP_LINE#FINGERPRINT }; do R["fp|bench|${kv%%=*}"]=${kv#*=}; done
+fi
+
 # ---------------------------------------------------------------- report
 fmt_us() { # microseconds -> "123 µs" or "1.23 ms"
 	awk -v v="$1" 'BEGIN { if (v < 1000) printf "%d µs", v; else printf "%.2f ms", v / 1000 }'
@@ -766,6 +777,17 @@ REPORT="$WORK/report.md"
 		echo "a write(2), then batched into a fresh SQLite with its rollups; timed until all are committed):"
 		echo
 		echo "- $(fmt_rps "$(get ledger bench records_per_sec)") records/s ($(get ledger bench records) records in $(get ledger bench secs) s) (goal ≥ 100,000): $(pass "$(get ledger bench records_per_sec) >= 100000")"
+		echo
+	fi
+	if [[ -n $FP_LINE ]]; then
+		fp_ns=$(get fp bench bench_ns)
+		fp_cpu=$(get json-c64 tollgate cpu_us)
+		fp_pct=$(awk -v a="$fp_ns" -v b="$fp_cpu" 'BEGIN { if (b > 0) printf "%.2f", a / 10 / b; else print "n/a" }')
+		echo "Request fingerprints (\`fingerprint_bench\`: the per-account key and both keyed hashes, on a parsed body):"
+		echo
+		echo "- $fp_ns ns per request for the bench body ($(get fp bench bench_bytes) bytes), $(get fp bench 10turns_ns) ns for a 10-turn"
+		echo "  conversation with a tool ($(get fp bench 10turns_bytes) bytes), $(get fp bench 50turns_ns) ns for 50 turns ($(get fp bench 50turns_bytes) bytes)"
+		echo "- against tollgate's CPU per request (json, 64 connections, $fp_cpu µs): ${fp_pct}% (target < 2%): $(pass "$fp_pct < 2")"
 		echo
 	fi
 	for tg in "${TG_TARGETS[@]}"; do

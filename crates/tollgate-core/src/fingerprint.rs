@@ -4,7 +4,9 @@
 //!
 //! Each account hashes with a key of its own (`AccountKey`, derived from the server's secret
 //! and the account id), so the same body gives unrelated hashes in two accounts and a hash says
-//! nothing to whoever lacks the server's secret.
+//! nothing to whoever lacks the server's secret. The hash is HMAC-SHA256 (the `sha2` crate uses
+//! the CPU's SHA extensions where it has them; BLAKE3 measured slower on these kilobyte bodies,
+//! whose single chunk its SIMD cannot spread: `fingerprint_bench`).
 
 use hmac::{Hmac, Mac};
 use serde_json::Value;
@@ -12,13 +14,17 @@ use sha2::Sha256;
 
 use crate::record::Endpoint;
 
-type HmacSha256 = Hmac<Sha256>;
+type Hasher = Hmac<Sha256>;
+
+/// The canonical bytes of what is hashed, built first and hashed in one call: a keyed hash fed
+/// in many small pieces costs several times one fed the same bytes at once.
+type Buf = Vec<u8>;
 
 /// The body fields that say how or for whom a request is delivered, not what it asks: the
 /// same question streamed or not, for one end user or another, is the same request.
 const DELIVERY_FIELDS: [&str; 4] = ["stream", "stream_options", "user", "metadata"];
 
-/// A request's two fingerprints (the first 64 bits of each HMAC-SHA256, as stored).
+/// A request's two fingerprints (the first 64 bits of each keyed hash, as stored).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fingerprints {
     /// The whole request: model, messages (or input), tools, parameters.
@@ -39,24 +45,12 @@ impl FingerprintSecret {
     /// Derived from a 32-byte server secret (the one that seals webhook secrets) under a label
     /// of its own, so neither key says anything about the other.
     pub fn derive(server_secret: &[u8; 32]) -> Self {
-        Self(hmac(server_secret, &[b"tollgate fingerprint secret v1"]))
+        Self(mac(server_secret, b"tollgate fingerprint secret v1", &[]))
     }
 
     pub fn for_account(&self, account_id: &str) -> AccountKey {
-        AccountKey(hmac(&self.0, &[b"account\0", account_id.as_bytes()]))
+        AccountKey(mac(&self.0, b"account\0", account_id.as_bytes()))
     }
-}
-
-fn hmac(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC takes a key of any length.
-    let mut m = match HmacSha256::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return [0; 32],
-    };
-    for p in parts {
-        m.update(p);
-    }
-    m.finalize().into_bytes().into()
 }
 
 impl AccountKey {
@@ -66,20 +60,19 @@ impl AccountKey {
             return Fingerprints::default();
         };
         let request = {
-            let mut h = self.mac(b'r');
-            let mut keys: Vec<&String> = obj
-                .keys()
-                .filter(|k| !DELIVERY_FIELDS.contains(&k.as_str()))
-                .collect();
-            keys.sort_unstable();
-            h.update(&(keys.len() as u64).to_le_bytes());
-            for k in keys {
-                feed_str(&mut h, k);
-                if let Some(v) = obj.get(k.as_str()) {
-                    feed(&mut h, v);
-                }
+            let mut h = Buf::with_capacity(256);
+            let content = |(k, _): &(&String, &Value)| !DELIVERY_FIELDS.contains(&k.as_str());
+            let mut fields: Vec<(&String, &Value)> = obj.iter().filter(content).collect();
+            // In key order already unless serde_json's `preserve_order` is on.
+            if !fields.windows(2).all(|w| w[0].0 <= w[1].0) {
+                fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
             }
-            Some(finish(h))
+            h.extend_from_slice(&(fields.len() as u64).to_le_bytes());
+            for (k, v) in fields {
+                feed_str(&mut h, k);
+                feed(&mut h, v);
+            }
+            Some(self.hash(b'r', &h))
         };
         Fingerprints {
             request,
@@ -88,7 +81,7 @@ impl AccountKey {
     }
 
     fn conversation(&self, api: Endpoint, obj: &serde_json::Map<String, Value>) -> Option<i64> {
-        let mut h = self.mac(b'c');
+        let mut h = Buf::with_capacity(128);
         match api {
             Endpoint::Embeddings => return None,
             Endpoint::ChatCompletions => {
@@ -118,25 +111,28 @@ impl AccountKey {
                 }
             }
         }
-        Some(finish(h))
+        Some(self.hash(b'c', &h))
     }
 
-    fn mac(&self, domain: u8) -> HmacSha256 {
-        let mut m = match HmacSha256::new_from_slice(&self.0) {
-            Ok(m) => m,
-            // Unreachable: HMAC accepts every key length.
-            Err(_) => HmacSha256::new(&Default::default()),
-        };
-        m.update(&[domain]);
-        m
+    /// The first 64 bits of the keyed hash of `bytes`, in the domain `domain`.
+    fn hash(&self, domain: u8, bytes: &[u8]) -> i64 {
+        let out = mac(&self.0, &[domain], bytes);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&out[..8]);
+        i64::from_be_bytes(first)
     }
 }
 
-fn finish(h: HmacSha256) -> i64 {
-    let out = h.finalize().into_bytes();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&out[..8]);
-    i64::from_be_bytes(first)
+/// HMAC-SHA256 of `prefix` then `bytes` under `key`.
+fn mac(key: &[u8; 32], prefix: &[u8], bytes: &[u8]) -> [u8; 32] {
+    // A 32-byte key is always accepted (HMAC takes keys of any length).
+    let mut m = match Hasher::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0; 32],
+    };
+    m.update(prefix);
+    m.update(bytes);
+    m.finalize().into_bytes().into()
 }
 
 /// A fingerprint as shown: 16 hex digits.
@@ -166,42 +162,69 @@ pub mod hex_opt {
     }
 }
 
-fn feed_items<'a>(h: &mut HmacSha256, items: impl ExactSizeIterator<Item = &'a Value>) {
-    h.update(b"[");
-    h.update(&(items.len() as u64).to_le_bytes());
+/// Writes formatted text straight into the buffer.
+struct Feed<'a>(&'a mut Buf);
+
+impl std::fmt::Write for Feed<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+fn feed_items<'a>(h: &mut Buf, items: impl ExactSizeIterator<Item = &'a Value>) {
+    h.extend_from_slice(b"[");
+    h.extend_from_slice(&(items.len() as u64).to_le_bytes());
     items.for_each(|i| feed(h, i));
 }
 
-fn feed_str(h: &mut HmacSha256, s: &str) {
-    h.update(&(s.len() as u64).to_le_bytes());
-    h.update(s.as_bytes());
+fn feed_str(h: &mut Buf, s: &str) {
+    h.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    h.extend_from_slice(s.as_bytes());
 }
 
 /// Feeds a JSON value in a canonical form: each value tagged with its type and length, object
 /// keys sorted, so key order and whitespace do not change the hash and no two values share an
 /// encoding.
-fn feed(h: &mut HmacSha256, v: &Value) {
+fn feed(h: &mut Buf, v: &Value) {
     match v {
-        Value::Null => h.update(b"n"),
-        Value::Bool(b) => h.update(if *b { b"t" } else { b"f" }),
+        Value::Null => {
+            h.extend_from_slice(b"n");
+        }
+        Value::Bool(b) => {
+            h.extend_from_slice(if *b { b"t" } else { b"f" });
+        }
         Value::Number(n) => {
-            h.update(b"#");
-            feed_str(h, &n.to_string());
+            // The number's text (as serde_json prints it), fed without an allocation; a length
+            // cannot be prefixed unseen, so the text is closed by a byte no number contains.
+            use std::fmt::Write as _;
+            h.extend_from_slice(b"#");
+            let _ = write!(Feed(h), "{n}");
+            h.extend_from_slice(b";");
         }
         Value::String(s) => {
-            h.update(b"s");
+            h.extend_from_slice(b"s");
             feed_str(h, s);
         }
         Value::Array(items) => feed_items(h, items.iter()),
         Value::Object(o) => {
-            h.update(b"{");
-            h.update(&(o.len() as u64).to_le_bytes());
-            let mut keys: Vec<&String> = o.keys().collect();
-            keys.sort_unstable();
-            for k in keys {
-                feed_str(h, k);
-                if let Some(v) = o.get(k.as_str()) {
+            h.extend_from_slice(b"{");
+            h.extend_from_slice(&(o.len() as u64).to_le_bytes());
+            // serde_json's map iterates in key order unless its `preserve_order` feature is on;
+            // sorted here only then, so the usual case allocates nothing.
+            if o.keys().zip(o.keys().skip(1)).all(|(a, b)| a <= b) {
+                for (k, v) in o {
+                    feed_str(h, k);
                     feed(h, v);
+                }
+            } else {
+                let mut keys: Vec<&String> = o.keys().collect();
+                keys.sort_unstable();
+                for k in keys {
+                    feed_str(h, k);
+                    if let Some(v) = o.get(k.as_str()) {
+                        feed(h, v);
+                    }
                 }
             }
         }
