@@ -87,6 +87,8 @@ struct Args {
     attribution: bool,
     /// Every record in the benchmarked account (`--single-account`), so the insights scan all N.
     single: bool,
+    /// Only the queries whose name contains this (`--only TEXT`).
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -99,6 +101,7 @@ fn args() -> Args {
         postgres: None,
         attribution: true,
         single: false,
+        only: None,
     };
     let mut dir = None;
     let mut it = std::env::args().skip(1);
@@ -112,6 +115,7 @@ fn args() -> Args {
             "--postgres" => a.postgres = Some(it.next().unwrap()),
             "--no-attribution" => a.attribution = false,
             "--single-account" => a.single = true,
+            "--only" => a.only = Some(it.next().unwrap()),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -557,7 +561,8 @@ async fn main() {
             ms(*times.last().unwrap())
         ));
     }
-    for (name, path, admin) in &cases {
+    let wanted = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
+    for (name, path, admin) in cases.iter().filter(|c| wanted(c.0)) {
         let key = if *admin {
             &saved.admin_key
         } else {

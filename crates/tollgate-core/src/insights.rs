@@ -4,7 +4,9 @@
 //! over the records in time order (`analyze`), on the fingerprints and numbers each record
 //! keeps; prompts are never stored, so nothing here ever sees one.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use serde::Serialize;
 
@@ -41,8 +43,8 @@ pub struct InsightRows {
     pub keys: Vec<String>,
     pub models: Vec<String>,
     pub rows: Vec<InsightRow>,
-    key_index: HashMap<String, u32>,
-    model_index: HashMap<String, u32>,
+    key_index: FxHashMap<String, u32>,
+    model_index: FxHashMap<String, u32>,
 }
 
 impl InsightRows {
@@ -318,21 +320,27 @@ fn top_by<T, K: Ord>(mut v: Vec<T>, n: usize, key: impl Fn(&T) -> K) -> Vec<T> {
     v
 }
 
-#[derive(Default)]
-struct DupState {
-    last_answered_ms: Option<i64>,
+/// Per fingerprint, in one map so each record costs one lookup: the last answer (duplicates)
+/// and the current streak of attempts (retry loops). Allocation-free; the rows of a streak are
+/// found again through `prev_same` when it turns out to be a loop.
+#[derive(Clone, Copy)]
+struct FpState {
+    last_answered_ms: i64,
     answered: u64,
-    duplicates: u64,
-    wasted: i64,
-    model: u32,
-    keys: Vec<u32>,
+    first_model: u32,
+    first_key: u32,
+    streak_len: u32,
+    streak_last: u32,
+    streak_last_ms: i64,
+    streak_last_failed: bool,
 }
 
+/// Only for fingerprints that have a duplicate.
 #[derive(Default)]
-struct Streak {
-    rows: Vec<u32>,
-    last_ms: i64,
-    last_failed: bool,
+struct DupGroupState {
+    duplicates: u64,
+    wasted: i64,
+    keys: Vec<u32>,
 }
 
 struct Turns {
@@ -340,6 +348,18 @@ struct Turns {
     rising: bool,
     last_input: i64,
     last_fp: Option<i64>,
+}
+
+/// The rows of a streak of `len` attempts ending at row `last`, oldest first.
+fn streak_rows(prev_same: &[u32], last: u32, len: u32) -> Vec<u32> {
+    let mut rows = Vec::with_capacity(len as usize);
+    let mut at = last;
+    for _ in 0..len {
+        rows.push(at);
+        at = prev_same[at as usize];
+    }
+    rows.reverse();
+    rows
 }
 
 /// The insights of one account's records (`rows.rows` in time order). `sibling` gives, for a
@@ -357,21 +377,29 @@ pub fn analyze(
         records: all.len() as u64,
         ..Insights::default()
     };
+    let min_attempts = s.retry_min_attempts.max(2) as u32;
 
-    let mut dups: HashMap<i64, DupState> = HashMap::new();
+    // Fingerprints are uniformly random already: Fx hashing is enough, and several times
+    // cheaper than SipHash on a million lookups.
+    let n = all.len();
+    let mut fps: FxHashMap<i64, FpState> =
+        FxHashMap::with_capacity_and_hasher(n, Default::default());
+    let mut groups: FxHashMap<i64, DupGroupState> = FxHashMap::default();
+    // The previous row with the same fingerprint, for each row (u32::MAX: none).
+    let mut prev_same: Vec<u32> = vec![u32::MAX; all.len()];
     let mut dup_rows = Vec::new();
-    let mut streaks: HashMap<i64, Streak> = HashMap::new();
-    let mut loops: Vec<(i64, Streak)> = Vec::new();
-    let mut convs: HashMap<i64, Turns> = HashMap::new();
-    let mut seen_openings: HashSet<i64> = HashSet::new();
+    let mut loops: Vec<(i64, Vec<u32>)> = Vec::new();
+    let mut convs: FxHashMap<i64, Turns> =
+        FxHashMap::with_capacity_and_hasher(n / 4, Default::default());
+    let mut seen_openings: FxHashSet<i64> =
+        FxHashSet::with_capacity_and_hasher(n / 4, Default::default());
     let mut uncached_rows = Vec::new();
     let mut cancelled_rows = Vec::new();
-    // model -> (requests, input, output, cached, cost, sibling cost)
-    let mut mix: BTreeMap<u32, (u64, i64, i64, i64, i64, Option<i64>)> = BTreeMap::new();
+    // Per model: (requests, input, output, cached, cost, sibling cost).
+    let mut mix: Vec<Option<(u64, i64, i64, i64, i64, Option<i64>)>> = vec![None; rows.models.len()];
     let mut mix_rows: Vec<u32> = Vec::new();
-    let siblings: HashMap<u32, Option<(String, UnitPrices)>> = (0..rows.models.len() as u32)
-        .map(|m| (m, sibling(&model_name(m))))
-        .collect();
+    let siblings: Vec<Option<(String, UnitPrices)>> =
+        rows.models.iter().map(|m| sibling(m)).collect();
 
     for (i, r) in all.iter().enumerate() {
         let i = i as u32;
@@ -383,23 +411,28 @@ pub fn analyze(
         }
         if r.status != Status::Refused {
             let u = usage(r);
-            let m = mix.entry(r.model).or_default();
-            m.0 += 1;
-            m.1 = m.1.saturating_add(r.input_tokens);
-            m.2 = m.2.saturating_add(r.output_tokens);
-            m.3 = m.3.saturating_add(r.cached_tokens);
-            m.4 = m.4.saturating_add(r.cost_nanos);
-            if let Some(Some((_, p))) = siblings.get(&r.model) {
-                m.5 = Some(m.5.unwrap_or(0).saturating_add(cost_nanos(&u, p)));
-                mix_rows.push(i);
+            let sib = siblings.get(r.model as usize).and_then(Option::as_ref);
+            if let Some(m) = mix.get_mut(r.model as usize) {
+                let m = m.get_or_insert((0, 0, 0, 0, 0, None));
+                m.0 += 1;
+                m.1 = m.1.saturating_add(r.input_tokens);
+                m.2 = m.2.saturating_add(r.output_tokens);
+                m.3 = m.3.saturating_add(r.cached_tokens);
+                m.4 = m.4.saturating_add(r.cost_nanos);
+                if let Some((_, p)) = sib {
+                    m.5 = Some(m.5.unwrap_or(0).saturating_add(cost_nanos(&u, p)));
+                    mix_rows.push(i);
+                }
             }
             out.cache.input_tokens = out.cache.input_tokens.saturating_add(r.input_tokens);
             out.cache.cached_tokens = out.cache.cached_tokens.saturating_add(r.cached_tokens);
-            let uncached = Usage {
-                cached_tokens: 0,
-                ..u
-            };
-            out.cache.saved += cost_nanos(&uncached, &r.prices) - cost_nanos(&u, &r.prices);
+            if r.cached_tokens > 0 {
+                let uncached = Usage {
+                    cached_tokens: 0,
+                    ..u
+                };
+                out.cache.saved += cost_nanos(&uncached, &r.prices) - cost_nanos(&u, &r.prices);
+            }
             // Only answers count: a failed attempt read nothing, cached or not.
             if let (Some(c), Status::Success) = (r.conversation, r.status) {
                 if !seen_openings.insert(c) {
@@ -411,40 +444,51 @@ pub fn analyze(
             }
         }
         if let Some(fp) = r.fingerprint {
+            let st = fps.entry(fp).or_insert(FpState {
+                last_answered_ms: i64::MIN,
+                answered: 0,
+                first_model: r.model,
+                first_key: r.key,
+                streak_len: 0,
+                streak_last: u32::MAX,
+                streak_last_ms: 0,
+                streak_last_failed: false,
+            });
+            prev_same[i as usize] = st.streak_last;
             // Duplicates: answered, and an identical request was answered within the window.
             if r.status == Status::Success {
-                let d = dups.entry(fp).or_default();
-                if d.last_answered_ms
-                    .is_some_and(|t| r.created_at_ms.saturating_sub(t) <= s.duplicate_window_ms)
+                if st.answered > 0
+                    && r.created_at_ms.saturating_sub(st.last_answered_ms) <= s.duplicate_window_ms
                 {
-                    d.duplicates += 1;
-                    d.wasted = d.wasted.saturating_add(r.cost_nanos);
-                    if !d.keys.contains(&r.key) {
-                        d.keys.push(r.key);
+                    let g = groups.entry(fp).or_default();
+                    if g.keys.is_empty() {
+                        g.keys.push(st.first_key);
+                    }
+                    g.duplicates += 1;
+                    g.wasted = g.wasted.saturating_add(r.cost_nanos);
+                    if !g.keys.contains(&r.key) {
+                        g.keys.push(r.key);
                     }
                     dup_rows.push(i);
-                } else if d.answered == 0 {
-                    d.model = r.model;
-                    d.keys.push(r.key);
                 }
-                d.answered += 1;
-                d.last_answered_ms = Some(r.created_at_ms);
+                st.answered += 1;
+                st.last_answered_ms = r.created_at_ms;
             }
             // Retry loops: a streak continues while the previous attempt failed and this one
             // came within the window; it ends at a success.
-            let st = streaks.entry(fp).or_default();
-            let continues = !st.rows.is_empty()
-                && st.last_failed
-                && r.created_at_ms.saturating_sub(st.last_ms) <= s.retry_window_ms;
+            let continues = st.streak_len > 0
+                && st.streak_last_failed
+                && r.created_at_ms.saturating_sub(st.streak_last_ms) <= s.retry_window_ms;
             if !continues {
-                let done = std::mem::take(st);
-                if done.rows.len() >= s.retry_min_attempts.max(2) {
-                    loops.push((fp, done));
+                if st.streak_len >= min_attempts {
+                    loops.push((fp, streak_rows(&prev_same, st.streak_last, st.streak_len)));
                 }
+                st.streak_len = 0;
             }
-            st.rows.push(i);
-            st.last_ms = r.created_at_ms;
-            st.last_failed = failed(r.status);
+            st.streak_len += 1;
+            st.streak_last = i;
+            st.streak_last_ms = r.created_at_ms;
+            st.streak_last_failed = failed(r.status);
         }
         // Conversation growth: answered turns of one opening, a repeat of the previous turn
         // skipped (it is a duplicate, not a turn).
@@ -455,7 +499,7 @@ pub fn analyze(
                 last_input: i64::MIN,
                 last_fp: None,
             });
-            if t.rows.is_empty() || t.last_fp != r.fingerprint {
+            if t.rising && (t.rows.is_empty() || t.last_fp != r.fingerprint) {
                 t.rising &= r.input_tokens > t.last_input;
                 t.rows.push(i);
                 t.last_input = r.input_tokens;
@@ -463,11 +507,13 @@ pub fn analyze(
             }
         }
     }
-    for (fp, st) in streaks {
-        if st.rows.len() >= s.retry_min_attempts.max(2) {
-            loops.push((fp, st));
+    for (fp, st) in &fps {
+        if st.streak_len >= min_attempts {
+            loops.push((*fp, streak_rows(&prev_same, st.streak_last, st.streak_len)));
         }
     }
+    // Deterministic order whatever the map's.
+    loops.sort_unstable_by_key(|(_, rows)| rows[0]);
 
     // Duplicates.
     let d = &mut out.duplicates;
@@ -478,16 +524,18 @@ pub fn analyze(
         d.wasted_output_tokens = d.wasted_output_tokens.saturating_add(r.output_tokens);
         d.wasted_cost += r.cost_nanos;
     }
-    let groups: Vec<DuplicateGroup> = dups
+    let groups: Vec<DuplicateGroup> = groups
         .into_iter()
-        .filter(|(_, g)| g.duplicates > 0)
-        .map(|(fp, g)| DuplicateGroup {
-            fingerprint: to_hex(fp),
-            model: model_name(g.model),
-            key_ids: g.keys.iter().map(|k| key_name(*k)).collect(),
-            requests: g.answered,
-            duplicates: g.duplicates,
-            wasted_cost: Money(g.wasted),
+        .map(|(fp, g)| {
+            let st = fps.get(&fp);
+            DuplicateGroup {
+                fingerprint: to_hex(fp),
+                model: model_name(st.map_or(0, |s| s.first_model)),
+                key_ids: g.keys.iter().map(|k| key_name(*k)).collect(),
+                requests: st.map_or(0, |s| s.answered),
+                duplicates: g.duplicates,
+                wasted_cost: Money(g.wasted),
+            }
         })
         .collect();
     d.top = top_by(groups, s.top, |g| {
@@ -502,10 +550,9 @@ pub fn analyze(
     let mut failed_rows = Vec::new();
     let mut by_key: BTreeMap<u32, KeyWaste> = BTreeMap::new();
     let mut list = Vec::new();
-    for (fp, st) in &loops {
-        let attempts: Vec<&InsightRow> = st.rows.iter().map(|i| &all[*i as usize]).collect();
-        let fails: Vec<u32> = st
-            .rows
+    for (fp, streak) in &loops {
+        let attempts: Vec<&InsightRow> = streak.iter().map(|i| &all[*i as usize]).collect();
+        let fails: Vec<u32> = streak
             .iter()
             .copied()
             .filter(|i| failed(all[*i as usize].status))
@@ -623,11 +670,12 @@ pub fn analyze(
 
     // Model mix.
     let mm = &mut out.model_mix;
-    let total: i64 = mix.values().map(|m| m.4).fold(0, i64::saturating_add);
+    let total: i64 = mix.iter().flatten().map(|m| m.4).fold(0, i64::saturating_add);
     mm.total_cost = Money(total);
     let mut models = Vec::new();
-    for (m, (requests, input, output, cached, cost, sib_cost)) in mix {
-        let sib = siblings.get(&m).cloned().flatten().map(|(name, _)| name);
+    let used = mix.into_iter().enumerate().filter_map(|(m, v)| Some((m as u32, v?)));
+    for (m, (requests, input, output, cached, cost, sib_cost)) in used {
+        let sib = siblings[m as usize].as_ref().map(|(name, _)| name.clone());
         let savings = sib_cost.map(|c| Money(cost.saturating_sub(c)));
         if let Some(sv) = savings {
             mm.potential_savings += sv.0.max(0);

@@ -110,6 +110,11 @@ impl Db {
         let writer = open(path)?;
         migrate(&writer)?;
         let reader = open(path)?;
+        // Reads (usage pages, exports, the insights' scans) map the file rather than copy each
+        // page into the connection's cache; writes keep the copying path.
+        reader
+            .execute_batch("PRAGMA mmap_size = 1073741824;")
+            .map_err(|e| StoreError::from(Fail::from(e)))?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
