@@ -219,6 +219,13 @@ impl RecordStore for SqliteStore {
         self.with_writer(move |c| insert_batch(c, &batch)).await
     }
 
+    async fn insert_usage_shared(
+        &self,
+        batch: std::sync::Arc<[UsageRecord]>,
+    ) -> Result<usize, StoreError> {
+        self.with_writer(move |c| insert_batch(c, &batch)).await
+    }
+
     async fn get_usage(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
         let id = request_id.to_string();
         self.with_reader(move |c| {
