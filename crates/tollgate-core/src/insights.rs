@@ -396,7 +396,8 @@ pub fn analyze(
     let mut uncached_rows = Vec::new();
     let mut cancelled_rows = Vec::new();
     // Per model: (requests, input, output, cached, cost, sibling cost).
-    let mut mix: Vec<Option<(u64, i64, i64, i64, i64, Option<i64>)>> = vec![None; rows.models.len()];
+    let mut mix: Vec<Option<(u64, i64, i64, i64, i64, Option<i64>)>> =
+        vec![None; rows.models.len()];
     let mut mix_rows: Vec<u32> = Vec::new();
     let siblings: Vec<Option<(String, UnitPrices)>> =
         rows.models.iter().map(|m| sibling(m)).collect();
@@ -670,10 +671,17 @@ pub fn analyze(
 
     // Model mix.
     let mm = &mut out.model_mix;
-    let total: i64 = mix.iter().flatten().map(|m| m.4).fold(0, i64::saturating_add);
+    let total: i64 = mix
+        .iter()
+        .flatten()
+        .map(|m| m.4)
+        .fold(0, i64::saturating_add);
     mm.total_cost = Money(total);
     let mut models = Vec::new();
-    let used = mix.into_iter().enumerate().filter_map(|(m, v)| Some((m as u32, v?)));
+    let used = mix
+        .into_iter()
+        .enumerate()
+        .filter_map(|(m, v)| Some((m as u32, v?)));
     for (m, (requests, input, output, cached, cost, sib_cost)) in used {
         let sib = siblings[m as usize].as_ref().map(|(name, _)| name.clone());
         let savings = sib_cost.map(|c| Money(cost.saturating_sub(c)));

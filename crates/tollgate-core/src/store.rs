@@ -39,6 +39,15 @@ pub trait RecordStore: Send + Sync + 'static {
     /// new), in one transaction. Idempotent by `request_id`: a record already stored is skipped
     /// and not counted again. Returns how many were new.
     async fn insert_usage(&self, batch: Vec<UsageRecord>) -> Result<usize, StoreError>;
+    /// `insert_usage` of a batch the caller keeps a share of (the batch writer needs the
+    /// records again for its sinks, or to split a batch the store refused). A backend that
+    /// reads the records in place takes it as it is; the default copies it.
+    async fn insert_usage_shared(
+        &self,
+        batch: std::sync::Arc<[UsageRecord]>,
+    ) -> Result<usize, StoreError> {
+        self.insert_usage(batch.to_vec()).await
+    }
     async fn get_usage(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError>;
     async fn list_usage(&self, q: RecordQuery) -> Result<Vec<UsageRecord>, StoreError>;
     async fn count_usage(&self) -> Result<i64, StoreError>;

@@ -65,6 +65,22 @@ pub(crate) fn order_insight_rows(rows: &mut InsightRows) {
         .sort_by(|a, b| (a.created_at_ms, &a.request_id).cmp(&(b.created_at_ms, &b.request_id)));
 }
 
+/// How many columns `RECORD_COLUMNS` names: the values of one inserted row.
+pub(crate) const RECORD_WIDTH: usize = count_columns(RECORD_COLUMNS);
+
+/// Columns in a comma-separated list.
+const fn count_columns(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let (mut n, mut i) = (1, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
+
 pub(crate) const KEY_COLUMNS: &str =
     "id, account_id, name, key_hash, last4, prefix, role, created_at_ms, revoked_at_ms, limits";
 

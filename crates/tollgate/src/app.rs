@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tollgate_core::clock::{SharedClock, SystemClock};
-use tollgate_core::metering::tokenizer;
 use tollgate_core::pricing::{import_litellm, PriceTable};
 use tollgate_core::store::Store;
 use tollgate_engine::keys::IssuedKey;
@@ -110,8 +109,9 @@ impl Application {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1024)
             .build()?;
-        // Load the BPE now, not inside the first request that needs an estimate.
-        tokio::task::spawn_blocking(tokenizer::warm_up);
+        // The BPE (o200k, ~35 MB in memory) is not loaded here: only estimates need it (an
+        // upstream that reports no usage, a hold that must count the input), and the first
+        // of those loads it (`tokenizer::bpe`, once per process).
         let listener = TcpListener::bind(listen).await?;
         let state = Arc::new(AppState {
             engine,

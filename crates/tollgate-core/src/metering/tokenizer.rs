@@ -9,6 +9,8 @@ use tiktoken_rs::CoreBPE;
 
 static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
 
+/// The BPE, loaded by the first call (~35 MB once loaded, so a gateway whose upstreams report
+/// usage never holds it).
 fn bpe() -> Option<&'static CoreBPE> {
     BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
 }

@@ -141,7 +141,8 @@ impl Journal {
         record: UsageRecord,
         then: impl FnOnce(u64, UsageRecord),
     ) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
+        let mut line = Vec::new();
+        super::line::record_line(&record, &mut line)?;
         line.push(b'\n');
         let mut inner = self.inner.lock();
         let written = inner.file.write_all(&line);

@@ -16,6 +16,7 @@
 //! start (see `start.rs`).
 
 mod journal;
+mod line;
 mod start;
 mod writer;
 

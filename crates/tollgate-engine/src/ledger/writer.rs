@@ -56,7 +56,9 @@ impl Writer {
     /// Returns how many records were new. Fails only if a dead letter cannot be written (then
     /// the journal still holds the record).
     pub(super) async fn write(&mut self, batch: Vec<UsageRecord>) -> std::io::Result<usize> {
-        let mut pending = vec![batch];
+        // Shared with the store rather than copied for it (a deep copy of every record's
+        // strings, on the one thread that bounds recording throughput).
+        let mut pending: Vec<Arc<[UsageRecord]>> = vec![batch.into()];
         let mut inserted = 0;
         while let Some(part) = pending.pop() {
             let started = std::time::Instant::now();
@@ -77,20 +79,19 @@ impl Writer {
                 }
                 Err(e) if part.len() == 1 => self.dead_letter(&part[0], &e)?,
                 Err(_) => {
-                    let mut left = part;
-                    let right = left.split_off(left.len() / 2);
-                    pending.push(right);
-                    pending.push(left);
+                    let (left, right) = part.split_at(part.len() / 2);
+                    pending.push(right.into());
+                    pending.push(left.into());
                 }
             }
         }
         Ok(inserted)
     }
 
-    async fn insert_retrying(&self, batch: &[UsageRecord]) -> Result<usize, StoreError> {
+    async fn insert_retrying(&self, batch: &Arc<[UsageRecord]>) -> Result<usize, StoreError> {
         let mut backoff = Duration::from_millis(50);
         loop {
-            match self.store.insert_usage(batch.to_vec()).await {
+            match self.store.insert_usage_shared(batch.clone()).await {
                 Ok(n) => return Ok(n),
                 Err(e) if e.is_transient() => {
                     tracing::error!(error = %e, records = batch.len(), "store write failed; retrying");

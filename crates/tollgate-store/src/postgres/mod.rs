@@ -88,6 +88,13 @@ impl RecordStore for PgStore {
         records::insert_batch(self, &batch).await
     }
 
+    async fn insert_usage_shared(
+        &self,
+        batch: std::sync::Arc<[UsageRecord]>,
+    ) -> Result<usize, StoreError> {
+        records::insert_batch(self, &batch).await
+    }
+
     async fn get_usage(&self, request_id: &str) -> Result<Option<UsageRecord>, StoreError> {
         let c = self.client().await?;
         let row = c

@@ -28,8 +28,8 @@ use tollgate_core::StoreError;
 
 use self::conn::{bad_value, Db, Fail};
 use self::rows::{
-    account_from_row, attr_table, credit_from_row, key_from_row, record_from_row, rollup_sql,
-    rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+    account_from_row, attr_table, credit_from_row, key_from_row, record_from_row, record_values,
+    rollup_sql, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS, RECORD_WIDTH,
 };
 use crate::columns::{insight_row, order_insight_rows, RowKey, INSIGHT_COLUMNS};
 use rusqlite::types::Type;
@@ -86,58 +86,56 @@ fn check_record(r: &UsageRecord) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Rows per multi-row `INSERT` at most. A batch is inserted in chunks of 64, 32, …, 1 rows
+/// (its length's binary digits), so at most seven statements are cached, whatever the batch's
+/// length; the largest binds 64 × `RECORD_WIDTH` parameters (SQLite allows 32,766).
+const INSERT_CHUNK_LOG2: usize = 6;
+
+/// `INSERT OR IGNORE` of `2^i` rows, for `i` in `0..=INSERT_CHUNK_LOG2`.
+static INSERT_SQL: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    let row = format!("({})", vec!["?"; RECORD_WIDTH].join(", "));
+    (0..=INSERT_CHUNK_LOG2)
+        .map(|i| {
+            format!(
+                "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES {}",
+                vec![row.as_str(); 1 << i].join(", ")
+            )
+        })
+        .collect()
+});
+
 fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, Fail> {
     batch.iter().try_for_each(check_record)?;
     let tx = conn.transaction()?;
     let mut new = Vec::with_capacity(batch.len());
     {
-        let mut ins = tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO usage_records ({RECORD_COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-              ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35)"
-        ))?;
-        for r in batch {
-            let n = ins.execute(params![
-                r.request_id,
-                r.created_at_ms,
-                r.finished_at_ms,
-                r.account_id,
-                r.key_id,
-                r.endpoint.as_str(),
-                r.model_requested,
-                r.model_served,
-                r.provider,
-                r.owned_by,
-                r.source.as_str(),
-                r.input_tokens,
-                r.output_tokens,
-                r.cached_tokens,
-                r.cache_write_tokens,
-                r.reasoning_tokens,
-                r.cost_nanos,
-                r.price_input,
-                r.price_output,
-                r.price_cached_input,
-                r.price_cache_write,
-                r.status.as_str(),
-                r.http_status,
-                r.error_code,
-                r.latency_ms,
-                r.ttft_ms,
-                r.streamed,
-                r.provenance.as_str(),
-                r.charged_nanos,
-                r.anomaly.map(|a| a.as_str()),
-                r.user,
-                (!r.tags.is_empty()).then(|| r.tags.as_str()),
-                r.price_version,
-                r.fingerprint,
-                r.conversation,
-            ])?;
+        // Each size's statement is taken from the cache once per batch: going back to the
+        // cache clears its bindings, which frees every bound text's copy.
+        let mut statements: [Option<rusqlite::CachedStatement<'_>>; INSERT_CHUNK_LOG2 + 1] =
+            Default::default();
+        let mut rest = batch;
+        while !rest.is_empty() {
+            let log2 = rest.len().ilog2().min(INSERT_CHUNK_LOG2 as u32) as usize;
+            let (chunk, tail) = rest.split_at(1 << log2);
+            rest = tail;
+            let ins = match &mut statements[log2] {
+                Some(s) => s,
+                empty => empty.insert(tx.prepare_cached(&INSERT_SQL[log2])?),
+            };
+            let mut at = 1;
+            for r in chunk {
+                for v in record_values(r) {
+                    ins.raw_bind_parameter(at, v)?;
+                    at += 1;
+                }
+            }
+            let n = ins.raw_execute()?;
             // Rollups grow only with records that are new, so a replayed journal entry is not
             // counted twice.
-            if n > 0 {
-                new.push(r);
+            if n == chunk.len() {
+                new.extend(chunk);
+            } else if n > 0 {
+                new.extend(inserted_of(&tx, chunk, n)?);
             }
         }
         let deltas = rollup::deltas(new.iter().copied());
@@ -151,6 +149,34 @@ fn insert_batch(conn: &mut Connection, batch: &[UsageRecord]) -> Result<usize, F
     let inserted = new.len();
     tx.commit()?;
     Ok(inserted)
+}
+
+/// The records of `chunk` that its `INSERT OR IGNORE` just inserted, when it inserted only `n`
+/// of them (the others were already in: a journal replay). A new row's rowid is one past the
+/// largest in the table, so the statement's rows are the `n` rowids ending at the last one it
+/// inserted.
+fn inserted_of<'r>(
+    tx: &rusqlite::Transaction<'_>,
+    chunk: &'r [UsageRecord],
+    n: usize,
+) -> Result<impl Iterator<Item = &'r UsageRecord>, Fail> {
+    let after = tx.last_insert_rowid() - n as i64;
+    let mut q = tx.prepare_cached("SELECT request_id FROM usage_records WHERE rowid > ?1")?;
+    let mut ids = q
+        .query_map([after], |row| row.get::<_, String>(0))?
+        .collect::<Result<std::collections::HashSet<String>, _>>()?;
+    let found = ids.len();
+    // A request id twice in the chunk: the first row is the one inserted.
+    let new: Vec<&UsageRecord> = chunk.iter().filter(|r| ids.remove(&r.request_id)).collect();
+    if found != n || new.len() != n {
+        // Only if rowids were not handed out in order (a table at the largest rowid): the
+        // batch is refused and split by the writer until each record is alone.
+        return Err(Fail::Store(StoreError::invalid(format!(
+            "usage insert: {n} of {} rows new, {found} found by rowid",
+            chunk.len(),
+        ))));
+    }
+    Ok(new.into_iter())
 }
 
 /// Adds one grain's deltas (main or attribution rows) to its rollup table.
@@ -192,6 +218,13 @@ fn upsert_rollups<'a, K: RowKey<'a>>(
 impl RecordStore for SqliteStore {
     // records_page and rollup_rows: usage.rs, next to their SQL.
     async fn insert_usage(&self, batch: Vec<UsageRecord>) -> Result<usize, StoreError> {
+        self.with_writer(move |c| insert_batch(c, &batch)).await
+    }
+
+    async fn insert_usage_shared(
+        &self,
+        batch: std::sync::Arc<[UsageRecord]>,
+    ) -> Result<usize, StoreError> {
         self.with_writer(move |c| insert_batch(c, &batch)).await
     }
 

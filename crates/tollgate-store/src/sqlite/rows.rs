@@ -1,7 +1,7 @@
 //! Rows to domain values and back: column lists, row readers (a value that is not one of its
 //! type's values is an error, never a default), and the rollup upsert.
 
-use rusqlite::types::Type;
+use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::Row;
 use tollgate_core::account::{Account, ApiKeyRecord, Role};
 use tollgate_core::attribution::Tags;
@@ -11,9 +11,63 @@ use tollgate_core::record::{Anomaly, Endpoint, Source, Status, UsageRecord};
 
 use super::conn::bad_value;
 pub(crate) use crate::columns::{
-    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS,
+    attr_table, rollup_table, CREDIT_COLUMNS, KEY_COLUMNS, RECORD_COLUMNS, RECORD_WIDTH,
 };
 use crate::columns::{rollup_key_columns, rollup_key_width, SUMS_UPDATE, SUM_COLUMNS};
+
+/// A record's values in `RECORD_COLUMNS` order (what `record_from_row` reads back), borrowed
+/// for the batch insert to bind.
+pub(crate) fn record_values(r: &UsageRecord) -> [ToSqlOutput<'_>; RECORD_WIDTH] {
+    fn text(s: &str) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    }
+    fn opt_text(s: Option<&str>) -> ToSqlOutput<'_> {
+        s.map_or(ToSqlOutput::Borrowed(ValueRef::Null), text)
+    }
+    fn int(v: i64) -> ToSqlOutput<'static> {
+        ToSqlOutput::Borrowed(ValueRef::Integer(v))
+    }
+    fn opt_int(v: Option<i64>) -> ToSqlOutput<'static> {
+        v.map_or(ToSqlOutput::Borrowed(ValueRef::Null), int)
+    }
+    [
+        text(&r.request_id),
+        int(r.created_at_ms),
+        int(r.finished_at_ms),
+        text(&r.account_id),
+        text(&r.key_id),
+        text(r.endpoint.as_str()),
+        text(&r.model_requested),
+        text(&r.model_served),
+        text(&r.provider),
+        text(&r.owned_by),
+        text(r.source.as_str()),
+        int(r.input_tokens),
+        int(r.output_tokens),
+        int(r.cached_tokens),
+        int(r.cache_write_tokens),
+        int(r.reasoning_tokens),
+        int(r.cost_nanos),
+        int(r.price_input),
+        int(r.price_output),
+        int(r.price_cached_input),
+        int(r.price_cache_write),
+        text(r.status.as_str()),
+        int(i64::from(r.http_status)),
+        opt_text(r.error_code.as_deref()),
+        int(r.latency_ms),
+        opt_int(r.ttft_ms),
+        int(i64::from(r.streamed)),
+        text(r.provenance.as_str()),
+        int(r.charged_nanos),
+        opt_text(r.anomaly.map(Anomaly::as_str)),
+        opt_text(r.user.as_deref()),
+        opt_text((!r.tags.is_empty()).then(|| r.tags.as_str())),
+        opt_text(r.price_version.as_deref()),
+        opt_int(r.fingerprint),
+        opt_int(r.conversation),
+    ]
+}
 
 pub(crate) fn record_from_row(r: &Row<'_>) -> rusqlite::Result<UsageRecord> {
     let endpoint: String = r.get(5)?;

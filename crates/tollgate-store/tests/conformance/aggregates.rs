@@ -141,6 +141,33 @@ pub async fn credits_are_idempotent_and_conflicts_are_refused(store: Arc<dyn Sto
     assert_eq!(store.list_credits("acct_a", 10).await.unwrap().len(), 2);
 }
 
+/// A batch that is partly a replay (records already in, interleaved with new ones and a
+/// duplicate within the batch, across several multi-row statements) inserts and counts in its
+/// rollups only the new records.
+pub async fn partly_replayed_batches_add_only_new_records(store: Arc<dyn Store>) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let recs: Vec<_> = (0..300)
+        .map(|i| record(i, 1_700_000_000_000 + i as i64 * 997, "acct_a", &mut rng))
+        .collect();
+    let first: Vec<_> = recs.iter().step_by(3).cloned().collect();
+    assert_eq!(store.insert_usage(first.clone()).await.unwrap(), 100);
+    let mut replay = recs.clone();
+    replay.insert(150, recs[149].clone());
+    assert_eq!(store.insert_usage(replay).await.unwrap(), 200);
+    assert_eq!(store.insert_usage(recs.clone()).await.unwrap(), 0);
+    assert_eq!(store.count_usage().await.unwrap(), 300);
+    let t = store.credit_totals("acct_a", true).await.unwrap();
+    let charged: i64 = recs.iter().map(|r| r.charged_nanos).sum();
+    assert_eq!(t.charges_nanos, charged);
+    assert_eq!(t.charges_nanos_records, Some(charged));
+    for r in [&recs[0], &recs[1], &recs[149], &recs[299]] {
+        assert_eq!(
+            store.get_usage(&r.request_id).await.unwrap().as_ref(),
+            Some(r)
+        );
+    }
+}
+
 pub async fn records_are_idempotent_by_request_id(store: Arc<dyn Store>) {
     let mut rng = StdRng::seed_from_u64(1);
     let recs: Vec<_> = (0..50)

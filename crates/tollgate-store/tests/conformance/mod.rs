@@ -17,6 +17,7 @@ macro_rules! conformance_suite {
             keys_round_trip,
             credits_are_idempotent_and_conflicts_are_refused,
             records_are_idempotent_by_request_id,
+            partly_replayed_batches_add_only_new_records,
             provider_keys_round_trip,
             key_spend_reads_the_rollups,
             refused_records_are_invalid_not_transient,
