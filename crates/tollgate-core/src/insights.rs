@@ -315,7 +315,7 @@ fn page(rows: &[InsightRow], mut idx: Vec<u32>, p: Paging) -> Records {
 
 /// Largest first, then by name, so the lists are the same on every run.
 fn top_by<T, K: Ord>(mut v: Vec<T>, n: usize, key: impl Fn(&T) -> K) -> Vec<T> {
-    v.sort_by(|a, b| key(b).cmp(&key(a)));
+    v.sort_by_key(|x| std::cmp::Reverse(key(x)));
     v.truncate(n);
     v
 }
@@ -341,6 +341,17 @@ struct DupGroupState {
     duplicates: u64,
     wasted: i64,
     keys: Vec<u32>,
+}
+
+/// A model's sums in the period, and its tokens' cost on the cheaper sibling.
+#[derive(Clone, Copy, Default)]
+struct MixSums {
+    requests: u64,
+    input: i64,
+    output: i64,
+    cached: i64,
+    cost: i64,
+    sibling_cost: Option<i64>,
 }
 
 struct Turns {
@@ -395,9 +406,7 @@ pub fn analyze(
         FxHashSet::with_capacity_and_hasher(n / 4, Default::default());
     let mut uncached_rows = Vec::new();
     let mut cancelled_rows = Vec::new();
-    // Per model: (requests, input, output, cached, cost, sibling cost).
-    let mut mix: Vec<Option<(u64, i64, i64, i64, i64, Option<i64>)>> =
-        vec![None; rows.models.len()];
+    let mut mix: Vec<Option<MixSums>> = vec![None; rows.models.len()];
     let mut mix_rows: Vec<u32> = Vec::new();
     let siblings: Vec<Option<(String, UnitPrices)>> =
         rows.models.iter().map(|m| sibling(m)).collect();
@@ -414,14 +423,15 @@ pub fn analyze(
             let u = usage(r);
             let sib = siblings.get(r.model as usize).and_then(Option::as_ref);
             if let Some(m) = mix.get_mut(r.model as usize) {
-                let m = m.get_or_insert((0, 0, 0, 0, 0, None));
-                m.0 += 1;
-                m.1 = m.1.saturating_add(r.input_tokens);
-                m.2 = m.2.saturating_add(r.output_tokens);
-                m.3 = m.3.saturating_add(r.cached_tokens);
-                m.4 = m.4.saturating_add(r.cost_nanos);
+                let m = m.get_or_insert_with(MixSums::default);
+                m.requests += 1;
+                m.input = m.input.saturating_add(r.input_tokens);
+                m.output = m.output.saturating_add(r.output_tokens);
+                m.cached = m.cached.saturating_add(r.cached_tokens);
+                m.cost = m.cost.saturating_add(r.cost_nanos);
                 if let Some((_, p)) = sib {
-                    m.5 = Some(m.5.unwrap_or(0).saturating_add(cost_nanos(&u, p)));
+                    let on_sibling = cost_nanos(&u, p);
+                    m.sibling_cost = Some(m.sibling_cost.unwrap_or(0).saturating_add(on_sibling));
                     mix_rows.push(i);
                 }
             }
@@ -674,7 +684,7 @@ pub fn analyze(
     let total: i64 = mix
         .iter()
         .flatten()
-        .map(|m| m.4)
+        .map(|m| m.cost)
         .fold(0, i64::saturating_add);
     mm.total_cost = Money(total);
     let mut models = Vec::new();
@@ -682,7 +692,15 @@ pub fn analyze(
         .into_iter()
         .enumerate()
         .filter_map(|(m, v)| Some((m as u32, v?)));
-    for (m, (requests, input, output, cached, cost, sib_cost)) in used {
+    for (m, sums) in used {
+        let MixSums {
+            requests,
+            input,
+            output,
+            cached,
+            cost,
+            sibling_cost: sib_cost,
+        } = sums;
         let sib = siblings[m as usize].as_ref().map(|(name, _)| name.clone());
         let savings = sib_cost.map(|c| Money(cost.saturating_sub(c)));
         if let Some(sv) = savings {
