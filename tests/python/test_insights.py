@@ -189,6 +189,13 @@ def test_insights_equal_the_hand_computed_figures(world):
     assert ca["uncached_repeated_share"] == 0.6
     assert ca["records"]["request_ids"] == dup[1:] + turns[3:]
 
+    # One key's records: here, all of them; `user` and `tag` are refused, not ignored.
+    mine = insights(gw, key, period="today", key_id=key["id"], history_cap=10, limit=100)
+    assert mine["key_id"] == key["id"] and mine["duplicates"] == d
+    r = httpx.get(gw.url + "/v1/usage/insights", params={"user": "u1"},
+                  headers={"Authorization": f"Bearer {key['key']}"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "user"
+
     # One section, paged.
     one = insights(gw, key, period="today", section="duplicates", limit=1, offset=1)
     assert "retry_loops" not in one and "cache" not in one

@@ -17,6 +17,8 @@ use crate::Engine;
 #[derive(Debug, Clone)]
 pub struct InsightsQuery {
     pub account_id: String,
+    /// Only this key's records (checked to be the account's).
+    pub key_id: Option<String>,
     pub start_ms: i64,
     pub end_ms: i64,
     /// Overrides `insights.history_cap_tokens`.
@@ -40,10 +42,15 @@ impl Engine {
     }
 
     pub async fn insights(&self, q: InsightsQuery) -> Result<Insights, DomainError> {
-        let rows = self
+        let mut rows = self
             .store
             .insight_rows(&q.account_id, q.start_ms, q.end_ms)
             .await?;
+        if let Some(key) = &q.key_id {
+            let index = rows.keys.iter().position(|k| k == key);
+            rows.rows
+                .retain(|r| index.is_some_and(|i| r.key as usize == i));
+        }
         let c = &self.config.insights;
         let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let settings = InsightSettings {

@@ -87,15 +87,20 @@ pub async fn insights(
     let history_cap = p.int("history_cap", 0, max_tokens)?;
     let limit = p.int("limit", 0, 1000)?.unwrap_or(20);
     let offset = p.int("offset", 0, i64::from(u32::MAX))?.unwrap_or(0);
-    let scope = s
-        .engine
-        .scope(&q.caller, p.get("account_id")?, None)
-        .await?;
+    let scope = q.scope(&s).await?;
+    if !scope.users.is_empty() || scope.tag.is_some() {
+        let param = if scope.tag.is_some() { "tag" } else { "user" };
+        return Err(ApiError::invalid(
+            param,
+            "the insights cover an account or one of its keys; `user` and `tag` are not supported here",
+        ));
+    }
     q.read_your_writes(&s).await;
     let found = s
         .engine
         .insights(InsightsQuery {
             account_id: scope.account_id.clone(),
+            key_id: scope.key_id.clone(),
             start_ms: start,
             end_ms: end,
             history_cap_tokens: history_cap.and_then(|c| u64::try_from(c).ok()),
@@ -112,6 +117,7 @@ pub async fn insights(
     let meta = json!({
         "object": "usage.insights",
         "account_id": scope.account_id,
+        "key_id": scope.key_id,
         "start": time::rfc3339(tz, start, false),
         "end": time::rfc3339(tz, end, false),
         "period": period,
