@@ -38,8 +38,9 @@ pub struct Fingerprints {
 #[derive(Clone)]
 pub struct FingerprintSecret([u8; 32]);
 
-/// One account's fingerprint key.
-pub struct AccountKey([u8; 32]);
+/// One account's fingerprint key, as an HMAC already keyed with it: each hash clones it rather
+/// than hashing the key in again.
+pub struct AccountKey(Hasher);
 
 impl FingerprintSecret {
     /// Derived from a 32-byte server secret (the one that seals webhook secrets) under a label
@@ -49,7 +50,8 @@ impl FingerprintSecret {
     }
 
     pub fn for_account(&self, account_id: &str) -> AccountKey {
-        AccountKey(mac(&self.0, b"account\0", account_id.as_bytes()))
+        let key = mac(&self.0, b"account\0", account_id.as_bytes());
+        AccountKey(keyed(&key))
     }
 }
 
@@ -61,17 +63,7 @@ impl AccountKey {
         };
         let request = {
             let mut h = Buf::with_capacity(256);
-            let content = |(k, _): &(&String, &Value)| !DELIVERY_FIELDS.contains(&k.as_str());
-            let mut fields: Vec<(&String, &Value)> = obj.iter().filter(content).collect();
-            // In key order already unless serde_json's `preserve_order` is on.
-            if !fields.windows(2).all(|w| w[0].0 <= w[1].0) {
-                fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            }
-            h.extend_from_slice(&(fields.len() as u64).to_le_bytes());
-            for (k, v) in fields {
-                feed_str(&mut h, k);
-                feed(&mut h, v);
-            }
+            feed_fields(&mut h, obj, &DELIVERY_FIELDS);
             Some(self.hash(b'r', &h))
         };
         Fingerprints {
@@ -116,20 +108,26 @@ impl AccountKey {
 
     /// The first 64 bits of the keyed hash of `bytes`, in the domain `domain`.
     fn hash(&self, domain: u8, bytes: &[u8]) -> i64 {
-        let out = mac(&self.0, &[domain], bytes);
+        let mut m = self.0.clone();
+        m.update(&[domain]);
+        m.update(bytes);
+        let out: [u8; 32] = m.finalize().into_bytes().into();
         let mut first = [0u8; 8];
         first.copy_from_slice(&out[..8]);
         i64::from_be_bytes(first)
     }
 }
 
+/// An HMAC-SHA256 keyed with `key`.
+fn keyed(key: &[u8; 32]) -> Hasher {
+    // Infallible: HMAC takes keys of any length (`new_from_slice` only fails for fixed-size
+    // MACs); the fallback keeps this free of a panic path.
+    Hasher::new_from_slice(key).unwrap_or_else(|_| Hasher::new(&Default::default()))
+}
+
 /// HMAC-SHA256 of `prefix` then `bytes` under `key`.
 fn mac(key: &[u8; 32], prefix: &[u8], bytes: &[u8]) -> [u8; 32] {
-    // A 32-byte key is always accepted (HMAC takes keys of any length).
-    let mut m = match Hasher::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return [0; 32],
-    };
+    let mut m = keyed(key);
     m.update(prefix);
     m.update(bytes);
     m.finalize().into_bytes().into()
@@ -209,24 +207,28 @@ fn feed(h: &mut Buf, v: &Value) {
         Value::Array(items) => feed_items(h, items.iter()),
         Value::Object(o) => {
             h.extend_from_slice(b"{");
-            h.extend_from_slice(&(o.len() as u64).to_le_bytes());
-            // serde_json's map iterates in key order unless its `preserve_order` feature is on;
-            // sorted here only then, so the usual case allocates nothing.
-            if o.keys().zip(o.keys().skip(1)).all(|(a, b)| a <= b) {
-                for (k, v) in o {
-                    feed_str(h, k);
-                    feed(h, v);
-                }
-            } else {
-                let mut keys: Vec<&String> = o.keys().collect();
-                keys.sort_unstable();
-                for k in keys {
-                    feed_str(h, k);
-                    if let Some(v) = o.get(k.as_str()) {
-                        feed(h, v);
-                    }
-                }
-            }
+            feed_fields(h, o, &[]);
+        }
+    }
+}
+
+/// An object's fields but those in `skip`: their count, then each key and value in key order.
+fn feed_fields(h: &mut Buf, o: &serde_json::Map<String, Value>, skip: &[&str]) {
+    let kept = |(k, _): &(&String, &Value)| !skip.contains(&k.as_str());
+    h.extend_from_slice(&(o.iter().filter(kept).count() as u64).to_le_bytes());
+    // serde_json's map iterates in key order unless its `preserve_order` feature is on; sorted
+    // here only then, so the usual case allocates nothing.
+    if o.keys().zip(o.keys().skip(1)).all(|(a, b)| a <= b) {
+        for (k, v) in o.iter().filter(kept) {
+            feed_str(h, k);
+            feed(h, v);
+        }
+    } else {
+        let mut fields: Vec<(&String, &Value)> = o.iter().filter(kept).collect();
+        fields.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in fields {
+            feed_str(h, k);
+            feed(h, v);
         }
     }
 }

@@ -343,6 +343,36 @@ struct DupGroupState {
     keys: Vec<u32>,
 }
 
+/// Waste per key (loops or abandoned responses: how many, their requests, their cost), listed
+/// costliest first.
+#[derive(Default)]
+struct ByKey(BTreeMap<u32, (u64, u64, i64)>);
+
+impl ByKey {
+    fn add(&mut self, key: u32, requests: u64, cost: i64) {
+        let e = self.0.entry(key).or_default();
+        e.0 += 1;
+        e.1 += requests;
+        e.2 = e.2.saturating_add(cost);
+    }
+
+    fn into_list(self, keys: &[String]) -> Vec<KeyWaste> {
+        let list = self
+            .0
+            .into_iter()
+            .map(|(k, (count, requests, cost))| KeyWaste {
+                key_id: keys.get(k as usize).cloned().unwrap_or_default(),
+                count,
+                requests,
+                cost: Money(cost),
+            })
+            .collect();
+        top_by(list, usize::MAX, |k| {
+            (k.cost.0, k.requests, k.key_id.clone())
+        })
+    }
+}
+
 /// A model's sums in the period, and its tokens' cost on the cheaper sibling.
 #[derive(Clone, Copy, Default)]
 struct MixSums {
@@ -559,7 +589,7 @@ pub fn analyze(
     rl.window_secs = s.retry_window_ms / 1000;
     rl.min_attempts = s.retry_min_attempts.max(2);
     let mut failed_rows = Vec::new();
-    let mut by_key: BTreeMap<u32, KeyWaste> = BTreeMap::new();
+    let mut by_key = ByKey::default();
     let mut list = Vec::new();
     for (fp, streak) in &loops {
         let attempts: Vec<&InsightRow> = streak.iter().map(|i| &all[*i as usize]).collect();
@@ -579,15 +609,7 @@ pub fn analyze(
         rl.failed_attempts += fails.len() as u64;
         rl.resolved += u64::from(resolved);
         rl.failed_cost += cost;
-        let k = by_key.entry(first.key).or_insert_with(|| KeyWaste {
-            key_id: key_name(first.key),
-            count: 0,
-            requests: 0,
-            cost: Money(0),
-        });
-        k.count += 1;
-        k.requests += fails.len() as u64;
-        k.cost += cost;
+        by_key.add(first.key, fails.len() as u64, cost);
         list.push(RetryLoop {
             fingerprint: to_hex(*fp),
             model: model_name(first.model),
@@ -601,9 +623,7 @@ pub fn analyze(
         });
         failed_rows.extend(fails);
     }
-    rl.by_key = top_by(by_key.into_values().collect(), usize::MAX, |k| {
-        (k.cost.0, k.requests, k.key_id.clone())
-    });
+    rl.by_key = by_key.into_list(&rows.keys);
     rl.top = top_by(list, s.top, |l| {
         (l.failed_cost.0, l.failed_attempts, l.first_at_ms)
     });
@@ -611,25 +631,15 @@ pub fn analyze(
 
     // Unused responses.
     let un = &mut out.unused_responses;
-    let mut by_key: BTreeMap<u32, KeyWaste> = BTreeMap::new();
+    let mut by_key = ByKey::default();
     for r in cancelled_rows.iter().map(|i| &all[*i as usize]) {
         un.count += 1;
         un.input_tokens = un.input_tokens.saturating_add(r.input_tokens);
         un.output_tokens = un.output_tokens.saturating_add(r.output_tokens);
         un.cost += r.cost_nanos;
-        let k = by_key.entry(r.key).or_insert_with(|| KeyWaste {
-            key_id: key_name(r.key),
-            count: 0,
-            requests: 0,
-            cost: Money(0),
-        });
-        k.count += 1;
-        k.requests += 1;
-        k.cost += r.cost_nanos;
+        by_key.add(r.key, 1, r.cost_nanos);
     }
-    un.by_key = top_by(by_key.into_values().collect(), usize::MAX, |k| {
-        (k.cost.0, k.requests, k.key_id.clone())
-    });
+    un.by_key = by_key.into_list(&rows.keys);
     un.records = page(all, cancelled_rows, paging);
 
     // Conversation growth.

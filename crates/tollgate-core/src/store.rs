@@ -68,11 +68,13 @@ pub trait RecordStore: Send + Sync + 'static {
         dims: Dims,
         segments: Vec<Segment>,
     ) -> Result<Vec<RollupRow>, StoreError>;
-    /// What the insights read of an account's records created in `[start_ms, end_ms)`, in
-    /// `(created_at_ms, request_id)` order: one narrow scan, no full records.
+    /// What the insights read of an account's records (or one key's, `key_id`) created in
+    /// `[start_ms, end_ms)`, in `(created_at_ms, request_id)` order: one narrow scan, no full
+    /// records.
     async fn insight_rows(
         &self,
         account_id: &str,
+        key_id: Option<&str>,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<InsightRows, StoreError>;

@@ -42,15 +42,10 @@ impl Engine {
     }
 
     pub async fn insights(&self, q: InsightsQuery) -> Result<Insights, DomainError> {
-        let mut rows = self
+        let rows = self
             .store
-            .insight_rows(&q.account_id, q.start_ms, q.end_ms)
+            .insight_rows(&q.account_id, q.key_id.as_deref(), q.start_ms, q.end_ms)
             .await?;
-        if let Some(key) = &q.key_id {
-            let index = rows.keys.iter().position(|k| k == key);
-            rows.rows
-                .retain(|r| index.is_some_and(|i| r.key as usize == i));
-        }
         let c = &self.config.insights;
         let secs = |s: u64| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX);
         let settings = InsightSettings {

@@ -11,7 +11,7 @@ use tollgate_core::calendar::{self as time, day_start, local_date};
 use tollgate_core::insights::Paging;
 use tollgate_engine::insights::InsightsQuery;
 
-use crate::compat::runtype::period_dates;
+use crate::compat::runtype::{period_dates, PERIODS};
 use crate::error::ApiError;
 use crate::extract::UsageQuery;
 use crate::state::SharedState;
@@ -42,10 +42,7 @@ pub async fn insights(
             let (first, last) = period_dates(name, local_date(tz, now)).ok_or_else(|| {
                 ApiError::invalid(
                     "period",
-                    format!(
-                        "`period` must be one of today, yesterday, last_7_days, last_30_days, \
-                         current_month, last_month, current_year, got `{name}`"
-                    ),
+                    format!("`period` must be one of {PERIODS}, got `{name}`"),
                 )
             })?;
             let end = day_start(tz, last + Duration::days(1));

@@ -97,7 +97,8 @@ pub fn period_dates(period: &str, today: NaiveDate) -> Option<(NaiveDate, NaiveD
     })
 }
 
-const PERIODS: &str =
+/// The preset periods, as error messages list them.
+pub(crate) const PERIODS: &str =
     "today, yesterday, last_7_days, last_30_days, current_month, last_month, current_year";
 
 fn cost_of(v: &Sums) -> i64 {

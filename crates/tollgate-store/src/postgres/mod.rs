@@ -163,6 +163,7 @@ impl RecordStore for PgStore {
     async fn insight_rows(
         &self,
         account_id: &str,
+        key_id: Option<&str>,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<InsightRows, StoreError> {
@@ -172,9 +173,9 @@ impl RecordStore for PgStore {
                 &format!(
                     "SELECT {INSIGHT_COLUMNS} FROM usage_records \
                      WHERE account_id = $1 AND created_at_ms >= $2 AND created_at_ms < $3 \
-                     ORDER BY created_at_ms"
+                     AND ($4::text IS NULL OR key_id = $4) ORDER BY created_at_ms"
                 ),
-                &[&account_id, &start_ms, &end_ms],
+                &[&account_id, &start_ms, &end_ms, &key_id],
             )
             .await
             .map_err(classify)?;

@@ -403,17 +403,18 @@ impl RecordStore for SqliteStore {
     async fn insight_rows(
         &self,
         account_id: &str,
+        key_id: Option<&str>,
         start_ms: i64,
         end_ms: i64,
     ) -> Result<InsightRows, StoreError> {
-        let account_id = account_id.to_string();
+        let (account_id, key_id) = (account_id.to_string(), key_id.map(str::to_string));
         self.with_reader(move |c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT {INSIGHT_COLUMNS} FROM usage_records \
                  WHERE account_id = ?1 AND created_at_ms >= ?2 AND created_at_ms < ?3 \
-                 ORDER BY created_at_ms"
+                 AND (?4 IS NULL OR key_id = ?4) ORDER BY created_at_ms"
             ))?;
-            let mut q = st.query(params![account_id, start_ms, end_ms])?;
+            let mut q = st.query(params![account_id, start_ms, end_ms, key_id])?;
             let mut out = InsightRows::default();
             while let Some(r) = q.next()? {
                 let text = |i: usize| -> rusqlite::Result<&str> {

@@ -174,7 +174,10 @@ pub async fn insight_rows_are_the_accounts_records_in_order(store: Arc<dyn Store
     let (start, end) = (1_000_100, 1_000_500);
     recs.retain(|r| r.account_id == "acct_a" && (start..end).contains(&r.created_at_ms));
     recs.sort_by(|a, b| (a.created_at_ms, &a.request_id).cmp(&(b.created_at_ms, &b.request_id)));
-    let got = store.insight_rows("acct_a", start, end).await.unwrap();
+    let got = store
+        .insight_rows("acct_a", None, start, end)
+        .await
+        .unwrap();
     assert_eq!(got.rows.len(), recs.len());
     for (g, r) in got.rows.iter().zip(&recs) {
         assert_eq!(g.request_id, r.request_id);
@@ -203,8 +206,21 @@ pub async fn insight_rows_are_the_accounts_records_in_order(store: Arc<dyn Store
             (r.fingerprint, r.conversation)
         );
     }
+    // One key's records only, filtered by the store.
+    let one = store
+        .insight_rows("acct_a", Some("key_1"), start, end)
+        .await
+        .unwrap();
+    let want: Vec<&str> = recs
+        .iter()
+        .filter(|r| r.key_id == "key_1")
+        .map(|r| r.request_id.as_str())
+        .collect();
+    let got: Vec<&str> = one.rows.iter().map(|r| r.request_id.as_str()).collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
     assert!(store
-        .insight_rows("acct_none", 0, i64::MAX)
+        .insight_rows("acct_none", None, 0, i64::MAX)
         .await
         .unwrap()
         .rows
