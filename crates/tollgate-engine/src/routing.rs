@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use http::Uri;
 use tollgate_core::config::{Config, ProviderKind};
 use tollgate_core::record::Endpoint;
 use tollgate_core::{Code, DomainError};
@@ -15,13 +16,13 @@ pub struct Provider {
     pub kind: ProviderKind,
     pub api_key: Option<String>,
     /// Endpoint URLs, parsed once: chat/completions, embeddings, messages, responses.
-    pub urls: [Option<Url>; 4],
+    pub urls: [Option<Uri>; 4],
     /// Anthropic's `messages/count_tokens` (not a metered endpoint: no record, no price).
-    pub count_tokens_url: Option<Url>,
+    pub count_tokens_url: Option<Uri>,
 }
 
 impl Provider {
-    pub fn url(&self, api: Endpoint) -> Option<&Url> {
+    pub fn url(&self, api: Endpoint) -> Option<&Uri> {
         let i = match api {
             Endpoint::ChatCompletions => 0,
             Endpoint::Embeddings => 1,
@@ -45,7 +46,11 @@ impl ModelRouter {
         let mut router = ModelRouter::default();
         for (name, p) in &config.providers {
             let base_url = p.base_url.trim_end_matches('/').to_string();
-            let url = |path: &str| Url::parse(&format!("{base_url}/{path}")).ok();
+            // Checked as a URL (scheme, host), kept as the `Uri` the client sends to.
+            let url = |path: &str| {
+                let url = Url::parse(&format!("{base_url}/{path}")).ok()?;
+                Uri::try_from(url.as_str()).ok()
+            };
             let provider = Arc::new(Provider {
                 name: name.clone(),
                 kind: p.kind,

@@ -287,6 +287,9 @@ fn with_margin(tokens: u64) -> u64 {
 enum StartState {
     /// Not sent yet; nothing journaled.
     Pending,
+    /// The upstream has begun its answer, so the request was sent, but its start is not
+    /// journaled: an exchange that ends soon after sending (most do) never writes one.
+    Answered,
     /// Sent: the start is in the journal (no pin if the journal write failed). The pin is held
     /// for its drop, which lets the start's segment go.
     Sent { _pin: Option<StartPin> },
@@ -294,7 +297,8 @@ enum StartState {
     Closed,
 }
 
-/// Given to the code that sends a request upstream: `sent` journals the request's start.
+/// Given to the code that sends a request upstream: `sent` journals the request's start,
+/// `answered` says the request went without journaling it (yet).
 #[derive(Clone)]
 pub struct SentSignal {
     ledger: Ledger,
@@ -309,13 +313,22 @@ impl SentSignal {
     /// already settled journals nothing.
     pub fn sent(&self) {
         let mut state = self.state.lock();
-        if let StartState::Pending = *state {
+        if let StartState::Pending | StartState::Answered = *state {
             let mut start = RequestStart::clone(&self.facts);
             start.sent_at_ms = start.created_at_ms.saturating_add(elapsed_ms(self.started));
             // Not the BPE: paid by every journaled start, used only if the process dies.
             start.input_tokens = tokenizer::quick_count_request_input(&self.request_json);
             let pin = self.ledger.begin(&start);
             *state = StartState::Sent { _pin: pin };
+        }
+    }
+
+    /// The upstream has begun its answer: the request was sent. Journals nothing; the caller
+    /// calls `sent` if the exchange is still running when its start falls due.
+    pub fn answered(&self) {
+        let mut state = self.state.lock();
+        if let StartState::Pending = *state {
+            *state = StartState::Answered;
         }
     }
 }
@@ -346,7 +359,10 @@ impl Drop for Ticket {
         if self.settlement.is_none() {
             return;
         }
-        let sent = matches!(*self.start.lock(), StartState::Sent { .. });
+        let sent = matches!(
+            *self.start.lock(),
+            StartState::Sent { .. } | StartState::Answered
+        );
         if sent {
             self.settle(Outcome {
                 status: Status::Interrupted,

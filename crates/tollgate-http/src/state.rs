@@ -7,11 +7,12 @@ use std::time::Instant;
 use tollgate_engine::Engine;
 
 use crate::error::ErrorStyle;
+use crate::proxy::client::UpstreamClient;
 use crate::session::Sessions;
 
 pub struct AppState {
     pub engine: Engine,
-    pub http: reqwest::Client,
+    pub http: UpstreamClient,
     /// Dashboard sign-ins (in memory: see `session`).
     pub sessions: Sessions,
 }

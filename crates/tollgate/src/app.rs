@@ -12,6 +12,7 @@ use tollgate_core::pricing::{import_litellm, PriceTable};
 use tollgate_core::store::Store;
 use tollgate_engine::keys::IssuedKey;
 use tollgate_engine::Engine;
+use tollgate_http::proxy::client::{ClientOptions, UpstreamClient};
 use tollgate_http::{AppState, SharedState};
 
 use crate::config::{Config, RecordsConfig};
@@ -103,12 +104,7 @@ impl Application {
             // After the engine's start, so the journal's replay is stored before any cutoff.
             tokio::spawn(retention(store, records, clock));
         }
-        let http = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build()?;
+        let http = UpstreamClient::new(ClientOptions::default());
         // The BPE (o200k, ~35 MB in memory) is not loaded here: only estimates need it (an
         // upstream that reports no usage, a hold that must count the input), and the first
         // of those loads it (`tokenizer::bpe`, once per process).

@@ -157,7 +157,7 @@ impl Ledger {
             let count = records.len();
             let mut inserted = 0;
             for chunk in records.chunks(batch_max) {
-                inserted += writer.write(chunk.to_vec()).await?;
+                inserted += writer.write(Arc::from(chunk)).await?;
             }
             tracing::info!(
                 segment = no,
@@ -178,7 +178,7 @@ impl Ledger {
                 .collect();
             let mut inserted = 0;
             for chunk in records.chunks(batch_max) {
-                inserted += writer.write(chunk.to_vec()).await?;
+                inserted += writer.write(Arc::from(chunk)).await?;
             }
             tracing::warn!(
                 requests = records.len(),

@@ -55,10 +55,10 @@ impl Writer {
     /// halved until the refused records are alone, and those go to the dead-letter file.
     /// Returns how many records were new. Fails only if a dead letter cannot be written (then
     /// the journal still holds the record).
-    pub(super) async fn write(&mut self, batch: Vec<UsageRecord>) -> std::io::Result<usize> {
-        // Shared with the store rather than copied for it (a deep copy of every record's
-        // strings, on the one thread that bounds recording throughput).
-        let mut pending: Vec<Arc<[UsageRecord]>> = vec![batch.into()];
+    /// The batch is shared with the store rather than copied for it (a deep copy of every
+    /// record's strings, on the one thread that bounds recording throughput).
+    pub(super) async fn write(&mut self, batch: Arc<[UsageRecord]>) -> std::io::Result<usize> {
+        let mut pending: Vec<Arc<[UsageRecord]>> = vec![batch];
         let mut inserted = 0;
         while let Some(part) = pending.pop() {
             let started = std::time::Instant::now();
@@ -159,7 +159,9 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                let records = std::mem::replace(&mut batch, Vec::with_capacity(batch_max));
+                // Moved into an exact-size shared slice; the gathering buffer keeps its
+                // capacity (a fresh `batch_max` buffer per batch was page faults each time).
+                let records: Arc<[UsageRecord]> = batch.drain(..).collect();
                 let n = records.len() as i64;
                 let written = self.write(records).await;
                 self.stats.queued.fetch_sub(n, Ordering::Relaxed);

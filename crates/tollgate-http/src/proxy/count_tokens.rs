@@ -52,8 +52,7 @@ pub async fn count_tokens(
         header_str(&headers, "anthropic-version"),
         header_str(&headers, "anthropic-beta"),
     );
-    let rb = upstream::request(
-        &s.http,
+    let out = upstream::request(
         url,
         &ctx.request_id,
         &Credential {
@@ -63,13 +62,22 @@ pub async fn count_tokens(
             anthropic_version: version.as_deref(),
             anthropic_beta: beta.as_deref(),
         },
-    );
+    )
+    .map_err(|e| {
+        with_rate(ApiError::new(
+            Code::ProviderError,
+            format!(
+                "provider {} has a credential or header that is not a valid header value: {e}",
+                provider.name
+            ),
+        ))
+    })?;
     let limit = Duration::from_secs(cfg.upstream_timeout_secs);
     let max_body = cfg.max_upstream_body_bytes;
     let name = provider.name.clone();
     // One deadline for the answer and its body, as for a metered call.
     let answered = tokio::time::timeout(limit, async {
-        let resp = rb.body(bytes).send().await.map_err(|e| {
+        let resp = upstream::send_once(&s.http, &out, bytes).await.map_err(|e| {
             ApiError::new(
                 Code::ProviderError,
                 format!("provider {name} is unreachable: {}", error_chain(&e)),

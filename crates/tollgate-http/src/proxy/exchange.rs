@@ -19,6 +19,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use http_body_util::BodyDataStream;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use tollgate_core::metering::tokenizer;
@@ -31,6 +32,7 @@ use tollgate_engine::admission::Admitted;
 use tollgate_engine::routing::Provider;
 use tollgate_engine::settle::{Outcome, Ticket, Tokens};
 
+use super::client::{UpstreamClient, UpstreamResponse};
 use super::sse::{error_event, EventTooLarge, SseSplitter};
 use super::upstream;
 use crate::error::{rate_headers, ApiError};
@@ -51,7 +53,7 @@ struct Timeouts {
 }
 
 pub struct Exchange {
-    http: reqwest::Client,
+    http: UpstreamClient,
     timeouts: Timeouts,
     /// Credits per USD, for `x-credits-remaining`.
     per_usd: i64,
@@ -117,8 +119,7 @@ impl Exchange {
             );
             return self.fail(head_tx, err, 502, None);
         };
-        let rb = upstream::request(
-            &self.http,
+        let out = upstream::request(
             url,
             self.ticket.request_id(),
             &upstream::Credential {
@@ -129,11 +130,24 @@ impl Exchange {
                 anthropic_beta: self.anthropic_beta.as_deref(),
             },
         );
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                let err = ApiError::new(
+                    Code::ProviderError,
+                    format!(
+                        "provider {} has a credential or header that is not a valid header value: {e}",
+                        self.provider.name
+                    ),
+                );
+                return self.fail(head_tx, err, 502, None);
+            }
+        };
         let timeout = self.timeouts.upstream;
         let body = self.req.forward.clone();
-        let sent =
-            tokio::time::timeout(timeout, upstream::send(rb, body, self.ticket.on_sent())).await;
-        let resp = match sent {
+        let send = upstream::send(&self.http, &out, body, self.ticket.on_sent());
+        let sent = tokio::time::timeout(timeout, send).await;
+        let answer = match sent {
             Err(_) => {
                 let err = ApiError::new(
                     Code::UpstreamTimeout,
@@ -156,11 +170,18 @@ impl Exchange {
                 );
                 return self.fail(head_tx, err, 502, None);
             }
-            Ok(Ok(r)) => r,
+            Ok(Ok(a)) => a,
         };
+        let upstream::Answer {
+            response: resp,
+            mut start,
+        } = answer;
         let status = resp.status();
         if !status.is_success() {
-            let body = read_limited(resp, 1024 * 1024).await.unwrap_or_default();
+            let body = start
+                .around(read_limited(resp, 1024 * 1024))
+                .await
+                .unwrap_or_default();
             let message = upstream_message(&body).unwrap_or_else(|| {
                 format!(
                     "provider {} answered {}",
@@ -172,9 +193,9 @@ impl Exchange {
             return self.fail(head_tx, err, status.as_u16(), Some("upstream_error"));
         }
         if self.req.stream {
-            self.stream(resp, head_tx).await
+            self.stream(resp, start, head_tx).await
         } else {
-            self.whole(resp, head_tx).await
+            self.whole(resp, start, head_tx).await
         }
     }
 
@@ -216,7 +237,12 @@ impl Exchange {
         let _ = head_tx.send(Err(err));
     }
 
-    async fn whole(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+    async fn whole(
+        mut self,
+        resp: UpstreamResponse,
+        mut start: upstream::StartDue,
+        head_tx: oneshot::Sender<Head>,
+    ) {
         let status = resp.status();
         let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
         // The upstream timeout covers the whole exchange, body included, so a body that stalls
@@ -224,7 +250,8 @@ impl Exchange {
         let limit = self.timeouts.upstream;
         let left = limit.saturating_sub(self.ticket.started().elapsed());
         let max = self.timeouts.max_body;
-        let body = match tokio::time::timeout(left, read_capped(resp, max)).await {
+        let read = start.around(read_capped(resp, max));
+        let body = match tokio::time::timeout(left, read).await {
             Ok(Ok(b)) => b,
             Err(_) => {
                 let err = ApiError::new(
@@ -303,7 +330,12 @@ impl Exchange {
         let _ = head_tx.send(Ok(response));
     }
 
-    async fn stream(mut self, resp: reqwest::Response, head_tx: oneshot::Sender<Head>) {
+    async fn stream(
+        mut self,
+        resp: UpstreamResponse,
+        mut start: upstream::StartDue,
+        head_tx: oneshot::Sender<Head>,
+    ) {
         let Timeouts {
             idle,
             drain,
@@ -329,7 +361,7 @@ impl Exchange {
         let mut client_alive = head_tx.send(Ok(response)).is_ok();
         let mut drain_deadline = (!client_alive).then(|| Instant::now() + drain);
 
-        let mut upstream = resp.bytes_stream();
+        let mut upstream = BodyDataStream::new(resp.into_body());
         let mut splitter = SseSplitter::new(max_event);
         // None only for a limit beyond what the clock can represent, i.e. none.
         let deadline = self.ticket.started().checked_add(max_stream);
@@ -366,7 +398,14 @@ impl Exchange {
             if let Some(d) = drain_deadline {
                 wait = wait.min(d.saturating_duration_since(now));
             }
+            // A stream still running when its start falls due journals it.
+            let start_in = start.check(now);
+            if let Some(s) = start_in {
+                wait = wait.min(s);
+            }
             let next = match tokio::time::timeout(wait, upstream.next()).await {
+                // Woken for the start (journaled at the top of the loop), not by a limit.
+                Err(_) if start_in.is_some_and(|s| s <= wait) => continue,
                 Err(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
                     stopped = Some(past_deadline(self.api, meter.events()));
                     break Err("stream_deadline");
@@ -554,8 +593,8 @@ pub(super) fn upstream_message(body: &[u8]) -> Option<String> {
         .map(str::to_string)
 }
 
-pub(super) async fn read_limited(resp: reqwest::Response, limit: usize) -> Option<Bytes> {
-    let mut stream = resp.bytes_stream();
+pub(super) async fn read_limited(resp: UpstreamResponse, limit: usize) -> Option<Bytes> {
+    let mut stream = BodyDataStream::new(resp.into_body());
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.ok()?;
@@ -570,20 +609,25 @@ pub(super) async fn read_limited(resp: reqwest::Response, limit: usize) -> Optio
 pub(super) enum BodyError {
     /// Past the configured limit.
     TooLarge,
-    Broken(reqwest::Error),
+    Broken(hyper::Error),
 }
 
 /// A whole upstream body, refused as soon as it passes `max` bytes (before reading it when its
 /// length is announced). With a length, the body is read into one buffer of that size; without
 /// one, chunks are kept as they arrive and joined once into an exact-size buffer. Either way no
 /// buffer grows past the body, and a refused body is dropped at once.
-pub(super) async fn read_capped(resp: reqwest::Response, max: usize) -> Result<Bytes, BodyError> {
-    let announced = match resp.content_length().map(usize::try_from) {
+pub(super) async fn read_capped(resp: UpstreamResponse, max: usize) -> Result<Bytes, BodyError> {
+    let body = resp.into_body();
+    // hyper's hint is exact when the response announced its `Content-Length`.
+    let announced = match hyper::body::Body::size_hint(&body)
+        .exact()
+        .map(usize::try_from)
+    {
         Some(Ok(n)) if n <= max => Some(n),
         Some(_) => return Err(BodyError::TooLarge),
         None => None,
     };
-    let mut stream = resp.bytes_stream();
+    let mut stream = BodyDataStream::new(body);
     let mut whole = announced.map(BytesMut::with_capacity);
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut len = 0usize;
@@ -612,10 +656,10 @@ pub(super) async fn read_capped(resp: reqwest::Response, max: usize) -> Result<B
     Ok(body.freeze())
 }
 
-/// A reqwest error with its causes ("connection refused" sits in the source chain).
-pub(super) fn error_chain(e: &reqwest::Error) -> String {
+/// An error with its causes ("connection refused" sits in the source chain).
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         msg = format!("{msg}: {s}");
         source = s.source();

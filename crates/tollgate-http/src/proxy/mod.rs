@@ -6,6 +6,7 @@
 //! An authenticated request refused before the exchange is recorded too (status `refused`), so
 //! request counts include it; an unauthenticated one leaves nothing.
 
+pub mod client;
 mod count_tokens;
 pub mod exchange;
 pub mod sse;
