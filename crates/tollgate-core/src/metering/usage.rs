@@ -91,7 +91,15 @@ struct ResponseHead {
 
 /// Usage and served model from a complete response body, reading only those two fields (the
 /// rest is skipped without being built into a JSON tree).
+///
+/// The usual body goes through `TypedHead`, whose counts are read straight into integers: the
+/// `usage` object as a JSON tree was ~18 allocations per request. Anything it cannot take (a
+/// `usage` or details that is not an object, a repeated key) is read again the general way,
+/// whose rules `Count` copies, so both read every body alike.
 pub fn from_response_bytes(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option<String>) {
+    if let Ok(head) = serde_json::from_slice::<TypedHead>(body) {
+        return (head.usage.map(|u| u.0.usage(api)), head.model);
+    }
     let Ok(head) = serde_json::from_slice::<ResponseHead>(body) else {
         return (None, None);
     };
@@ -101,6 +109,152 @@ pub fn from_response_bytes(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option
         Endpoint::Responses => from_responses_usage(u),
     });
     (usage, head.model)
+}
+
+#[derive(serde::Deserialize)]
+struct TypedHead {
+    #[serde(default)]
+    model: Option<String>,
+    /// `null` reads as no usage, as in the general reading.
+    #[serde(default)]
+    usage: Option<Obj<UsageWire>>,
+}
+
+/// Every count the three formats' `usage` objects carry (`from_openai_usage`,
+/// `from_anthropic_usage`, `from_responses_usage` say which belongs to which).
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct UsageWire {
+    prompt_tokens: Count,
+    completion_tokens: Count,
+    input_tokens: Count,
+    output_tokens: Count,
+    cache_read_input_tokens: Count,
+    cache_creation_input_tokens: Count,
+    prompt_tokens_details: Obj<DetailsWire>,
+    completion_tokens_details: Obj<DetailsWire>,
+    input_tokens_details: Obj<DetailsWire>,
+    output_tokens_details: Obj<DetailsWire>,
+}
+
+/// `T` read from a JSON object only: a derived struct also takes an array (its fields by
+/// position), which the general reading counts as no usage.
+#[derive(Default)]
+struct Obj<T>(T);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Obj<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Obj<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Obj<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Obj)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct DetailsWire {
+    cached_tokens: Count,
+    reasoning_tokens: Count,
+}
+
+impl UsageWire {
+    fn usage(self, api: Endpoint) -> Usage {
+        match api {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => Usage {
+                input_tokens: self.prompt_tokens.0,
+                output_tokens: self.completion_tokens.0,
+                cached_tokens: self.prompt_tokens_details.0.cached_tokens.0,
+                cache_write_tokens: 0,
+                reasoning_tokens: self.completion_tokens_details.0.reasoning_tokens.0,
+            },
+            Endpoint::Responses => Usage {
+                input_tokens: self.input_tokens.0,
+                output_tokens: self.output_tokens.0,
+                cached_tokens: self.input_tokens_details.0.cached_tokens.0,
+                cache_write_tokens: 0,
+                reasoning_tokens: self.output_tokens_details.0.reasoning_tokens.0,
+            },
+            Endpoint::Messages => {
+                let (cached, writes) = (
+                    self.cache_read_input_tokens.0,
+                    self.cache_creation_input_tokens.0,
+                );
+                Usage {
+                    input_tokens: self
+                        .input_tokens
+                        .0
+                        .saturating_add(cached)
+                        .saturating_add(writes),
+                    output_tokens: self.output_tokens.0,
+                    cached_tokens: cached,
+                    cache_write_tokens: writes,
+                    reasoning_tokens: 0,
+                }
+            }
+        }
+    }
+}
+
+/// A token count read by `u`'s rules from any JSON value: a number past u64 or a positive
+/// float saturates; negatives, strings, booleans, null, arrays and objects are 0.
+#[derive(Default, Clone, Copy)]
+struct Count(u64);
+
+impl<'de> serde::Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a token count")
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                Ok(Count(n))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
+                Ok(Count(u64::try_from(n).unwrap_or(0)))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Count, E> {
+                // `as` saturates at u64::MAX, as `u` does.
+                Ok(Count(if f > 0.0 { f as u64 } else { 0 }))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+            fn visit_unit<E>(self) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+            fn visit_none<E>(self) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Count(0))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Count, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Count(0))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// The assistant text of a complete response, for local counting when usage is missing.
@@ -539,6 +693,77 @@ impl StreamMeter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The general reading of a body, without the typed fast path.
+    fn general(api: Endpoint, body: &str) -> (Option<Usage>, Option<String>) {
+        let Ok(head) = serde_json::from_str::<ResponseHead>(body) else {
+            return (None, None);
+        };
+        let usage = head.usage.as_ref().and_then(|u| match api {
+            Endpoint::ChatCompletions | Endpoint::Embeddings => from_openai_usage(u),
+            Endpoint::Messages => from_anthropic_usage(u),
+            Endpoint::Responses => from_responses_usage(u),
+        });
+        (usage, head.model)
+    }
+
+    #[test]
+    fn the_typed_reading_of_a_body_agrees_with_the_general_one() {
+        let counts = [
+            "7",
+            "0",
+            "-3",
+            "1.9",
+            "-0.5",
+            "1e30",
+            "18446744073709551615",
+            "\"12\"",
+            "true",
+            "null",
+            "[1,2]",
+            "{\"a\":1}",
+        ];
+        let mut bodies = vec![
+            r#"{"model":"m"}"#.to_string(),
+            r#"{"usage":null}"#.to_string(),
+            r#"{"usage":5}"#.to_string(),
+            r#"{"usage":{}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#.to_string(),
+            r#"{"usage":{"prompt_tokens_details":7,"input_tokens_details":null}}"#.to_string(),
+            r#"not json"#.to_string(),
+            r#"{"usage":[]}"#.to_string(),
+            r#"{"usage":{"prompt_tokens_details":[5],"input_tokens_details":[5]}}"#.to_string(),
+        ];
+        for c in counts {
+            bodies.push(format!(
+                r#"{{"id":"x","model":"gpt","choices":[{{"message":{{"content":"hi"}}}}],"usage":{{"prompt_tokens":{c},"completion_tokens":5,"prompt_tokens_details":{{"cached_tokens":{c}}},"completion_tokens_details":{{"reasoning_tokens":{c}}}}}}}"#
+            ));
+            bodies.push(format!(
+                r#"{{"model":"claude","usage":{{"input_tokens":{c},"output_tokens":{c},"cache_read_input_tokens":4,"cache_creation_input_tokens":{c}}}}}"#
+            ));
+            bodies.push(format!(
+                r#"{{"usage":{{"input_tokens":9,"output_tokens":{c},"input_tokens_details":{{"cached_tokens":{c}}},"output_tokens_details":{{"reasoning_tokens":2}}}},"model":"r"}}"#
+            ));
+        }
+        // The fast path is the one taken for the usual bodies (and for odd counts in them).
+        for body in &bodies[9..] {
+            assert!(serde_json::from_str::<TypedHead>(body).is_ok(), "{body}");
+        }
+        for body in &bodies {
+            for api in [
+                Endpoint::ChatCompletions,
+                Endpoint::Embeddings,
+                Endpoint::Messages,
+                Endpoint::Responses,
+            ] {
+                assert_eq!(
+                    from_response_bytes(api, body.as_bytes()),
+                    general(api, body),
+                    "{api:?} {body}"
+                );
+            }
+        }
+    }
     use serde_json::json;
 
     #[test]

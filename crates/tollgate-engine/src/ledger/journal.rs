@@ -27,9 +27,9 @@ pub struct Journal {
 }
 
 struct Inner {
-    file: File,
-    /// A second handle on the current segment, so fsync runs without holding the lock.
-    sync_handle: Arc<File>,
+    /// The current segment, opened `O_APPEND`: shared, so writes and fsync run without the
+    /// lock.
+    file: Arc<File>,
     segment_no: u64,
     bytes: u64,
     seq: u64,
@@ -115,14 +115,12 @@ impl Journal {
     /// Opens a fresh segment numbered after `first_segment_no`'s predecessors.
     pub fn create(dir: &Path, first_segment_no: u64, segment_bytes: u64) -> std::io::Result<Self> {
         crate::fs::create_private_dir(dir)?;
-        let file = open_segment(dir, first_segment_no)?;
-        let sync_handle = Arc::new(file.try_clone()?);
+        let file = Arc::new(open_segment(dir, first_segment_no)?);
         Ok(Self {
             dir: dir.to_path_buf(),
             segment_bytes,
             inner: Mutex::new(Inner {
                 file,
-                sync_handle,
                 segment_no: first_segment_no,
                 bytes: 0,
                 seq: 0,
@@ -134,35 +132,47 @@ impl Journal {
     }
 
     /// Makes `record` durable against a process kill, then hands it with its sequence number to
-    /// `then` (the batch writer's queue). `then` runs under the same lock as the write, so the
-    /// writer sees records in sequence order and "committed up to N" is meaningful.
+    /// `then` (the batch writer's queue). `then` runs under the lock that numbers the record,
+    /// so the writer sees records in sequence order and "committed up to N" is meaningful.
+    ///
+    /// The `write(2)` itself runs outside the lock, into the segment the record was counted in:
+    /// `O_APPEND` makes each line's write land whole at the end, so concurrent appends do not
+    /// interleave, and the lock is held for a few counters instead of a syscall (held across
+    /// the write, the other worker spun and yielded on it). The record may reach the writer
+    /// before its line is written: harmless, the store is durable too, and the client is
+    /// answered only after this returns.
     pub fn append(
         &self,
         record: UsageRecord,
         then: impl FnOnce(u64, UsageRecord),
     ) -> std::io::Result<()> {
-        let mut line = Vec::new();
+        let mut line = Vec::with_capacity(1024);
         super::line::record_line(&record, &mut line)?;
         line.push(b'\n');
-        let mut inner = self.inner.lock();
-        let written = inner.file.write_all(&line);
-        inner.bytes += line.len() as u64;
-        inner.seq += 1;
-        let seq = inner.seq;
-        then(seq, record);
+        let file = {
+            let mut inner = self.inner.lock();
+            inner.bytes += line.len() as u64;
+            inner.seq += 1;
+            let seq = inner.seq;
+            then(seq, record);
+            let file = inner.file.clone();
+            self.rotate_if_full(&mut inner);
+            file
+        };
+        append_line(&file, &line)
+    }
+
+    fn rotate_if_full(&self, inner: &mut Inner) {
         if inner.bytes >= self.segment_bytes {
-            if let Err(e) = self.rotate(&mut inner) {
+            if let Err(e) = self.rotate(inner) {
                 tracing::error!(error = %e, "journal rotation failed; continuing in the old segment");
             }
         }
-        written
     }
 
     fn rotate(&self, inner: &mut Inner) -> std::io::Result<()> {
         let next = inner.segment_no + 1;
-        let file = open_segment(&self.dir, next)?;
-        inner.sync_handle = Arc::new(file.try_clone()?);
-        inner.file = file;
+        inner.file = Arc::new(open_segment(&self.dir, next)?);
         let sealed = (inner.segment_no, inner.seq);
         inner.sealed.push_back(sealed);
         inner.segment_no = next;
@@ -182,15 +192,19 @@ impl Journal {
     pub fn append_start(&self, start: &RequestStart) -> std::io::Result<u64> {
         let mut line = serde_json::to_vec(&StartLine { start }).map_err(std::io::Error::other)?;
         line.push(b'\n');
-        let mut inner = self.inner.lock();
-        inner.file.write_all(&line)?;
-        inner.bytes += line.len() as u64;
-        let segment = inner.segment_no;
-        *inner.open_starts.entry(segment).or_default() += 1;
-        if inner.bytes >= self.segment_bytes {
-            if let Err(e) = self.rotate(&mut inner) {
-                tracing::error!(error = %e, "journal rotation failed; continuing in the old segment");
-            }
+        // As in `append`: counted under the lock, written after it, into the same segment.
+        let (file, segment) = {
+            let mut inner = self.inner.lock();
+            inner.bytes += line.len() as u64;
+            let segment = inner.segment_no;
+            *inner.open_starts.entry(segment).or_default() += 1;
+            let file = inner.file.clone();
+            self.rotate_if_full(&mut inner);
+            (file, segment)
+        };
+        if let Err(e) = append_line(&file, &line) {
+            self.release_start(segment);
+            return Err(e);
         }
         Ok(segment)
     }
@@ -243,9 +257,28 @@ impl Journal {
 
     /// Flushes the current segment to stable storage (power-loss safety).
     pub fn sync(&self) -> std::io::Result<()> {
-        let handle = self.inner.lock().sync_handle.clone();
+        let handle = self.inner.lock().file.clone();
         handle.sync_data()
     }
+}
+
+/// One `write(2)` of a whole line to a segment opened `O_APPEND`. A short write (a full disk)
+/// is ended with a newline, so the torn line cannot run into the next writer's line and take
+/// it down with it at replay (a torn line is skipped).
+fn append_line(file: &File, line: &[u8]) -> std::io::Result<()> {
+    let mut f = file;
+    let n = f.write(line)?;
+    if n < line.len() {
+        let _ = f.write(b"\n");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::WriteZero,
+            format!(
+                "journal line cut short: {n} of {} bytes written",
+                line.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn open_segment(dir: &Path, no: u64) -> std::io::Result<File> {
