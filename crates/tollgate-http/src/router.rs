@@ -50,6 +50,7 @@ pub fn route_table() -> Vec<RouteInfo> {
     all_routes().table()
 }
 
+/// The routes, without the per-request context: `app` puts that around the whole router.
 pub fn routes(state: SharedState) -> Router {
     all_routes()
         .into_router()
@@ -60,11 +61,28 @@ pub fn routes(state: SharedState) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            request_context,
-        ))
         .with_state(state)
+}
+
+/// The service as served: `router` inside `request_context` and the body limit, applied once
+/// around the whole router. (`Router::layer` wraps every route instead, and each layer's
+/// boxed service was cloned and boxed again on every request: ~26 allocations per request in
+/// the routing alone.)
+pub fn app(
+    state: SharedState,
+    router: Router,
+) -> impl tower_service::Service<
+    Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static {
+    use tower_layer::Layer;
+    let max_body = state.engine.config.server.max_body_bytes;
+    let with_ctx = axum::middleware::from_fn_with_state(state, request_context).layer(router);
+    axum::extract::DefaultBodyLimit::max(max_body).layer(with_ctx)
 }
 
 /// Gives every request an id and an error style, and renders any `ApiError` in that style: the

@@ -9,16 +9,20 @@ use tokio::net::TcpListener;
 
 use crate::state::SharedState;
 
-/// Serves `router` on `listener` until `shutdown` resolves, then commits the ledger.
+/// Serves `router` (inside `router::app`) on `listener` until `shutdown` resolves, then commits
+/// the ledger.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     state: SharedState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let app = crate::router::app(state.clone(), router);
     axum::serve(
         NoDelayListener(listener),
-        router.into_make_service_with_connect_info::<ClientAddr>(),
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            ClientAddr,
+        >(app),
     )
     .with_graceful_shutdown(shutdown)
     .await?;

@@ -96,7 +96,6 @@ impl Application {
         let store = open_store(&config).await?;
         let prices = load_price_table(&config)?;
         let listen = config.server.listen;
-        let max_body = config.server.max_body_bytes;
         let records = config.records.clone();
         let (engine, bootstrap_admin_key) =
             Engine::start(config, store.clone(), clock.clone(), prices, Vec::new()).await?;
@@ -114,8 +113,7 @@ impl Application {
             http,
             sessions: Default::default(),
         });
-        let router = tollgate_http::routes(state.clone())
-            .layer(axum::extract::DefaultBodyLimit::max(max_body));
+        let router = tollgate_http::routes(state.clone());
         Ok(Self {
             listener,
             router,
