@@ -17,8 +17,7 @@ use tollgate_core::Code;
 
 use crate::error::{ApiError, ErrorStyle};
 use crate::routes::{Access, RouteInfo, Routes};
-use crate::server::ClientAddr;
-use crate::state::{RequestCtx, SharedState};
+use crate::state::{ClientAddr, RequestCtx, SharedState};
 use crate::{admin, compat, dashboard, insights, proxy, webhooks};
 
 /// Every route the gateway serves. Adding one is one line here, in `admin::routes` or in

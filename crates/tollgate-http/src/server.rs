@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::state::SharedState;
+use crate::state::{ClientAddr, SharedState};
 
 /// Serves `router` (inside `router::app`) on `listener` until `shutdown` resolves, then commits
 /// the ledger.
@@ -58,10 +58,6 @@ impl axum::serve::Listener for NoDelayListener {
         self.0.local_addr()
     }
 }
-
-/// The client's address, for the authentication-failure brake.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientAddr(pub SocketAddr);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, NoDelayListener>>
     for ClientAddr

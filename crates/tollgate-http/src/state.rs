@@ -19,6 +19,11 @@ pub struct AppState {
 
 pub type SharedState = Arc<AppState>;
 
+/// The client's address, for the authentication-failure brake (set by `server` per
+/// connection).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
 /// Facts about the current request, set by `router::request_context` before any handler runs.
 #[derive(Clone, Debug)]
 pub struct RequestCtx {
