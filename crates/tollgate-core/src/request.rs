@@ -144,14 +144,24 @@ impl ProxyRequest {
             }
         };
         let user = body_user(api, obj)?;
+        let has_stream_options = obj.contains_key("stream_options");
         let json = Value::Object(map);
         let forward = if api == Endpoint::ChatCompletions && stream && !client_wants_usage {
-            // Ask for the usage chunk; the client, which did not ask, will not see it.
-            let mut changed = json.clone();
-            if let Some(o) = changed.as_object_mut() {
-                o.insert("stream_options".into(), json!({"include_usage": true}));
+            // Ask for the usage chunk; the client, which did not ask, will not see it. Without
+            // a `stream_options` of the client's, the field is spliced in at the front of the
+            // body as it came (no copy of the tree, no re-serialising a long conversation);
+            // with one (a `{}` or `null`), the body is rebuilt, since a second key of the same
+            // name would leave the upstream to choose.
+            match with_usage_requested(&bytes).filter(|_| !has_stream_options) {
+                Some(spliced) => spliced,
+                None => {
+                    let mut changed = json.clone();
+                    if let Some(o) = changed.as_object_mut() {
+                        o.insert("stream_options".into(), json!({"include_usage": true}));
+                    }
+                    Bytes::from(serde_json::to_vec(&changed).map_err(DomainError::internal)?)
+                }
             }
-            Bytes::from(serde_json::to_vec(&changed).map_err(DomainError::internal)?)
         } else {
             bytes
         };
@@ -200,6 +210,21 @@ pub fn count_tokens_model(bytes: &[u8]) -> Result<String, DomainError> {
     let model = model_of(&obj)?;
     require_messages(&obj)?;
     Ok(model)
+}
+
+/// `body` (a JSON object with at least one member, already parsed) with
+/// `"stream_options":{"include_usage":true}` as its first member.
+fn with_usage_requested(body: &[u8]) -> Option<Bytes> {
+    const FIELD: &[u8] = br#""stream_options":{"include_usage":true},"#;
+    let open = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[open] != b'{' {
+        return None;
+    }
+    let mut out = Vec::with_capacity(body.len() + FIELD.len());
+    out.extend_from_slice(&body[..=open]);
+    out.extend_from_slice(FIELD);
+    out.extend_from_slice(&body[open + 1..]);
+    Some(Bytes::from(out))
 }
 
 /// The body as a JSON object, refused if it is anything else.
@@ -278,6 +303,44 @@ mod tests {
 
     fn forwarded(r: &ProxyRequest) -> Value {
         serde_json::from_slice(&r.forward).unwrap()
+    }
+
+    #[test]
+    fn a_stream_asks_for_usage_by_a_splice_or_by_a_rebuild() {
+        let body =
+            br#" {"model":"m","messages":[{"role":"user","content":"hi \"x\""}],"stream":true}"#;
+        let r = ProxyRequest::parse(Endpoint::ChatCompletions, Bytes::from_static(body)).unwrap();
+        // Spliced: the client's bytes follow the added member unchanged.
+        assert!(r
+            .forward
+            .starts_with(br#" {"stream_options":{"include_usage":true},"model""#));
+        assert!(r.forward.ends_with(&body[2..]));
+        let f = forwarded(&r);
+        assert_eq!(f["stream_options"]["include_usage"], true);
+        assert_eq!(f["messages"][0]["content"], "hi \"x\"");
+        assert!(!r.client_wants_usage);
+        // A `stream_options` of the client's without usage: rebuilt, one key.
+        for so in [json!({}), json!(null), json!({"include_usage": false})] {
+            let r = parse(
+                Endpoint::ChatCompletions,
+                json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": true, "stream_options": so}),
+            );
+            let text = std::str::from_utf8(&r.forward).unwrap();
+            assert_eq!(text.matches("stream_options").count(), 1, "{text}");
+            assert_eq!(forwarded(&r)["stream_options"]["include_usage"], true);
+        }
+        // Not streamed, or usage already asked for: the body goes as it came.
+        for body in [
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true,
+                   "stream_options": {"include_usage": true}}),
+        ] {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let r =
+                ProxyRequest::parse(Endpoint::ChatCompletions, Bytes::from(bytes.clone())).unwrap();
+            assert_eq!(&r.forward[..], &bytes[..]);
+        }
     }
 
     #[test]

@@ -367,14 +367,34 @@ const MAX_CONTENT: usize = 8 * 1024 * 1024;
 /// content events (tokenizing a few KiB takes well under a millisecond).
 const COUNT_EVERY: usize = 4 * 1024;
 
+/// A chat stream chunk; `U` is how its usage is read: `Obj<UsageWire>` first, `Value` for
+/// anything that cannot take (as in `from_response_bytes`).
 #[derive(serde::Deserialize)]
-struct OpenAiChunk {
+struct OpenAiChunk<U> {
     #[serde(default)]
     model: Option<String>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(default)]
-    usage: Option<Value>,
+    #[serde(default = "none")]
+    usage: Option<U>,
+}
+
+fn none<U>() -> Option<U> {
+    None
+}
+
+impl OpenAiChunk<Obj<UsageWire>> {
+    /// The chunk's model, whether it has choices, and its usage.
+    fn read(text: &str) -> Option<(Option<String>, bool, Option<Usage>)> {
+        let has_choices = |c: &Option<Vec<_>>| c.as_ref().is_some_and(|c| !c.is_empty());
+        if let Ok(c) = serde_json::from_str::<Self>(text) {
+            let usage = c.usage.map(|u| u.0.usage(Endpoint::ChatCompletions));
+            return Some((c.model, has_choices(&c.choices), usage));
+        }
+        let c = serde_json::from_str::<OpenAiChunk<Value>>(text).ok()?;
+        let usage = c.usage.as_ref().and_then(from_openai_usage);
+        Some((c.model, has_choices(&c.choices), usage))
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -519,17 +539,16 @@ impl StreamMeter {
             self.keep_content(trimmed);
             return EventAction::Forward;
         }
-        let Ok(chunk) = serde_json::from_str::<OpenAiChunk>(trimmed) else {
+        let Some((model, has_choices, usage)) = OpenAiChunk::read(trimmed) else {
             return EventAction::Forward;
         };
         if self.model.is_none() {
-            self.model = chunk.model;
+            self.model = model;
         }
-        let has_choices = chunk.choices.as_ref().is_some_and(|c| !c.is_empty());
         if has_choices {
             self.keep_content(trimmed);
         }
-        match chunk.usage.as_ref().and_then(from_openai_usage) {
+        match usage {
             Some(usage) => {
                 self.usage = Some(usage);
                 self.usage_final = true;
@@ -705,6 +724,30 @@ mod tests {
             Endpoint::Responses => from_responses_usage(u),
         });
         (usage, head.model)
+    }
+
+    #[test]
+    fn a_stream_chunks_usage_reads_as_the_general_reading_does() {
+        for usage in [
+            json!({"prompt_tokens": 3, "completion_tokens": 5,
+                   "prompt_tokens_details": {"cached_tokens": 2},
+                   "completion_tokens_details": {"reasoning_tokens": 1}}),
+            json!({"prompt_tokens": -1, "completion_tokens": 1e30}),
+            json!({"prompt_tokens": "7", "prompt_tokens_details": [5]}),
+            json!({"prompt_tokens_details": null}),
+            json!([]),
+            json!(4),
+            json!({}),
+        ] {
+            let text = json!({"model": "m", "choices": [], "usage": usage}).to_string();
+            let (model, has_choices, got) = OpenAiChunk::read(&text).unwrap();
+            assert_eq!((model.as_deref(), has_choices), (Some("m"), false));
+            assert_eq!(got, from_openai_usage(&usage), "{text}");
+        }
+        // The usual chunk takes the typed reading.
+        let usual =
+            r#"{"model":"m","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#;
+        assert!(serde_json::from_str::<OpenAiChunk<Obj<UsageWire>>>(usual).is_ok());
     }
 
     #[test]

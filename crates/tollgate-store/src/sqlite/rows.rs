@@ -3,6 +3,7 @@
 
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::Row;
+use std::fmt::Write as _;
 use tollgate_core::account::{Account, ApiKeyRecord, Role};
 use tollgate_core::attribution::Tags;
 use tollgate_core::credit::{CreditEntry, CreditKind};
@@ -155,11 +156,19 @@ pub(crate) fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKeyRecord> {
 pub(crate) fn rollup_sql(table: &str, attr: bool) -> String {
     let (keys, conflict) = rollup_key_columns(attr);
     let n = rollup_key_width(attr) + 8;
-    let values: Vec<String> = (1..=n).map(|i| format!("?{i}")).collect();
+    // Built on every batch for the statement cache's lookup: one buffer, not a string per
+    // placeholder.
+    let mut values = String::with_capacity(n * 5);
+    for i in 1..=n {
+        if i > 1 {
+            values.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(values, "?{i}");
+    }
     format!(
-        "INSERT INTO {table} AS t ({keys}, {SUM_COLUMNS}) VALUES ({}) \
-         ON CONFLICT ({conflict}) DO UPDATE SET {SUMS_UPDATE}",
-        values.join(", ")
+        "INSERT INTO {table} AS t ({keys}, {SUM_COLUMNS}) VALUES ({values}) \
+         ON CONFLICT ({conflict}) DO UPDATE SET {SUMS_UPDATE}"
     )
 }
 
