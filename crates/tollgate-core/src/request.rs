@@ -152,7 +152,8 @@ impl ProxyRequest {
             // body as it came (no copy of the tree, no re-serialising a long conversation);
             // with one (a `{}` or `null`), the body is rebuilt, since a second key of the same
             // name would leave the upstream to choose.
-            match with_usage_requested(&bytes).filter(|_| !has_stream_options) {
+            let spliced = (!has_stream_options).then(|| with_usage_requested(&bytes));
+            match spliced.flatten() {
                 Some(spliced) => spliced,
                 None => {
                     let mut changed = json.clone();

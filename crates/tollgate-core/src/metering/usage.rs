@@ -100,6 +100,11 @@ pub fn from_response_bytes(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option
     if let Ok(head) = serde_json::from_slice::<TypedHead>(body) {
         return (head.usage.map(|u| u.0.usage(api)), head.model);
     }
+    read_general(api, body)
+}
+
+/// The general reading of a whole body: its `usage` as a JSON tree.
+fn read_general(api: Endpoint, body: &[u8]) -> (Option<Usage>, Option<String>) {
     let Ok(head) = serde_json::from_slice::<ResponseHead>(body) else {
         return (None, None);
     };
@@ -375,12 +380,8 @@ struct OpenAiChunk<U> {
     model: Option<String>,
     #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
-    #[serde(default = "none")]
+    #[serde(default)]
     usage: Option<U>,
-}
-
-fn none<U>() -> Option<U> {
-    None
 }
 
 impl OpenAiChunk<Obj<UsageWire>> {
@@ -713,19 +714,6 @@ impl StreamMeter {
 mod tests {
     use super::*;
 
-    /// The general reading of a body, without the typed fast path.
-    fn general(api: Endpoint, body: &str) -> (Option<Usage>, Option<String>) {
-        let Ok(head) = serde_json::from_str::<ResponseHead>(body) else {
-            return (None, None);
-        };
-        let usage = head.usage.as_ref().and_then(|u| match api {
-            Endpoint::ChatCompletions | Endpoint::Embeddings => from_openai_usage(u),
-            Endpoint::Messages => from_anthropic_usage(u),
-            Endpoint::Responses => from_responses_usage(u),
-        });
-        (usage, head.model)
-    }
-
     #[test]
     fn a_stream_chunks_usage_reads_as_the_general_reading_does() {
         for usage in [
@@ -801,7 +789,7 @@ mod tests {
             ] {
                 assert_eq!(
                     from_response_bytes(api, body.as_bytes()),
-                    general(api, body),
+                    read_general(api, body.as_bytes()),
                     "{api:?} {body}"
                 );
             }

@@ -63,21 +63,13 @@ pub async fn count_tokens(
             anthropic_beta: beta.as_deref(),
         },
     )
-    .map_err(|e| {
-        with_rate(ApiError::new(
-            Code::ProviderError,
-            format!(
-                "provider {} has a credential or header that is not a valid header value: {e}",
-                provider.name
-            ),
-        ))
-    })?;
+    .map_err(|e| with_rate(upstream::invalid_header(&provider.name, e)))?;
     let limit = Duration::from_secs(cfg.upstream_timeout_secs);
     let max_body = cfg.max_upstream_body_bytes;
     let name = provider.name.clone();
     // One deadline for the answer and its body, as for a metered call.
     let answered = tokio::time::timeout(limit, async {
-        let resp = upstream::send_once(&s.http, &out, bytes).await.map_err(|e| {
+        let resp = upstream::send_once(&s.http, out, bytes).await.map_err(|e| {
             ApiError::new(
                 Code::ProviderError,
                 format!("provider {name} is unreachable: {}", error_chain(&e)),

@@ -133,13 +133,7 @@ impl Exchange {
         let out = match out {
             Ok(out) => out,
             Err(e) => {
-                let err = ApiError::new(
-                    Code::ProviderError,
-                    format!(
-                        "provider {} has a credential or header that is not a valid header value: {e}",
-                        self.provider.name
-                    ),
-                );
+                let err = upstream::invalid_header(&self.provider.name, e);
                 return self.fail(head_tx, err, 502, None);
             }
         };

@@ -92,8 +92,19 @@ pub fn request(
     Ok(Outgoing { uri, headers })
 }
 
+/// The error for a request `request` could not build: the provider's credential (or a header
+/// passed on) is not a valid header value.
+pub fn invalid_header(provider: &str, e: header::InvalidHeaderValue) -> crate::error::ApiError {
+    crate::error::ApiError::new(
+        tollgate_core::Code::ProviderError,
+        format!(
+            "provider {provider} has a credential or header that is not a valid header value: {e}"
+        ),
+    )
+}
+
 impl Outgoing {
-    /// The request of one attempt, with `body`.
+    /// The request of one attempt, with `body` (a copy of the head: another may follow).
     fn build(&self, body: OnceBody) -> axum::http::Request<OnceBody> {
         let mut req = post(self.uri.clone(), body);
         *req.headers_mut() = self.headers.clone();
@@ -104,10 +115,12 @@ impl Outgoing {
 /// Sends `out` with `body` once (no journaling, no retry): for calls that are not metered.
 pub async fn send_once(
     client: &UpstreamClient,
-    out: &Outgoing,
+    out: Outgoing,
     body: Bytes,
 ) -> Result<UpstreamResponse, ClientError> {
-    client.request(out.build(OnceBody::new(body, None))).await
+    let mut req = post(out.uri, OnceBody::new(body, None));
+    *req.headers_mut() = out.headers;
+    client.request(req).await
 }
 
 /// Retries of a request the upstream refused unprocessed (reqwest's default was 2 as well).
